@@ -1,0 +1,42 @@
+"""dacapo-store: training checkpoints and validation scores of DaCapo-style runs, in MongoDB
+(GridFS) or in a zero-setup local store."""
+
+from .config import create_stats_store, create_weights_store, resolve_store
+from .errors import (
+    CheckpointExistsError,
+    CheckpointNotFoundError,
+    ConfigurationError,
+    CorruptCheckpointError,
+    DacapoStoreError,
+    NoScoreError,
+    StoreConnectionError,
+)
+from .local import LocalStatsStore, LocalWeightsStore
+from .mongo import MongoStatsStore, MongoWeightsStore
+from .records import CheckpointInfo, PartInfo, TrainingIterationStats, ValidationScore, Weights
+from .stats_store import StatsStore
+from .weights_store import WeightsStore
+
+__all__ = [
+    "CheckpointExistsError",
+    "CheckpointInfo",
+    "CheckpointNotFoundError",
+    "ConfigurationError",
+    "CorruptCheckpointError",
+    "DacapoStoreError",
+    "LocalStatsStore",
+    "LocalWeightsStore",
+    "MongoStatsStore",
+    "MongoWeightsStore",
+    "NoScoreError",
+    "PartInfo",
+    "StatsStore",
+    "StoreConnectionError",
+    "TrainingIterationStats",
+    "ValidationScore",
+    "Weights",
+    "WeightsStore",
+    "create_stats_store",
+    "create_weights_store",
+    "resolve_store",
+]

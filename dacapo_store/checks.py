@@ -1,0 +1,159 @@
+"""Validation of user input at the store boundary.
+
+Run, dataset and criterion names are user strings. They are stored as values (never as MongoDB
+field names or file paths), but are still checked so that a bad value fails loudly, before
+anything is written, with a message that names it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import numbers
+from collections.abc import Mapping
+from typing import Any
+
+MAX_NAME_LENGTH = 1024
+MAX_ITERATION = 2**63 - 1
+MAX_PARAMETERS_JSON_BYTES = 64 * 1024
+
+
+def check_name(value: Any, what: str) -> str:
+    """Return ``value`` if it is a valid run/dataset/criterion name.
+
+    Raises:
+        TypeError: ``value`` is not a ``str``.
+        ValueError: empty, longer than :data:`MAX_NAME_LENGTH`, contains NUL, or starts with ``$``.
+    """
+    if not isinstance(value, str):
+        raise TypeError(f"{what} name must be a str, got {type(value).__name__}: {value!r}")
+    if not value:
+        raise ValueError(f"{what} name must not be empty")
+    if "\x00" in value:
+        raise ValueError(f"{what} name must not contain NUL characters: {value!r}")
+    if value.startswith("$"):
+        raise ValueError(f"{what} name must not start with '$': {value!r}")
+    if len(value) > MAX_NAME_LENGTH:
+        raise ValueError(
+            f"{what} name is {len(value)} characters long, at most {MAX_NAME_LENGTH} allowed: "
+            f"{value[:40]!r}..."
+        )
+    return value
+
+
+def check_iteration(value: Any) -> int:
+    """Return ``value`` as an ``int`` if it is a valid iteration (an int >= 0, not a bool).
+
+    Raises:
+        TypeError: not an integer (``bool`` and ``float`` included).
+        ValueError: negative or beyond a 64-bit signed integer.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"iteration must be an int, got {type(value).__name__}: {value!r}")
+    value = int(value)
+    if value < 0:
+        raise ValueError(f"iteration must be >= 0, got {value}")
+    if value > MAX_ITERATION:
+        raise ValueError(f"iteration must be < 2**63, got {value}")
+    return value
+
+
+def run_name_of(run: Any) -> str:
+    """Return the checked name of ``run`` (a run object with ``.name``, or a name).
+
+    Raises:
+        TypeError / ValueError: as :func:`check_name`.
+    """
+    name = run if isinstance(run, str) else getattr(run, "name", run)
+    return check_name(name, "run")
+
+
+def check_score(value: Any, criterion: str) -> float:
+    """Return ``value`` as a float if it is a real number (NaN and +-inf allowed; bool is not).
+
+    Raises:
+        TypeError: not a real number.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(
+            f"score of criterion {criterion!r} must be a real number, got "
+            f"{type(value).__name__}: {value!r}"
+        )
+    return float(value)
+
+
+def check_scores(
+    scores: Any, higher_is_better: Any
+) -> list[tuple[str, float, bool]]:
+    """Validate a criterion -> score mapping and its criterion -> direction mapping.
+
+    Returns:
+        ``(criterion, score, higher_is_better)`` triples, in ``scores`` order.
+
+    Raises:
+        TypeError: not mappings, a score that is not a real number, a direction that is not a bool.
+        ValueError: a bad criterion name, or a criterion without a direction.
+    """
+    if not isinstance(scores, Mapping):
+        raise TypeError(f"scores must be a mapping criterion -> float, got {type(scores).__name__}")
+    if not isinstance(higher_is_better, Mapping):
+        raise TypeError(
+            "higher_is_better must be a mapping criterion -> bool, got "
+            f"{type(higher_is_better).__name__}"
+        )
+    checked = []
+    for criterion, value in scores.items():
+        check_name(criterion, "criterion")
+        if criterion not in higher_is_better:
+            raise ValueError(f"higher_is_better has no entry for criterion {criterion!r}")
+        direction = higher_is_better[criterion]
+        if not isinstance(direction, bool):
+            raise TypeError(
+                f"higher_is_better[{criterion!r}] must be a bool, got {type(direction).__name__}"
+            )
+        checked.append((criterion, check_score(value, criterion), direction))
+    return checked
+
+
+def parameters_key(parameters: Any) -> str:
+    """Return the canonical JSON text of a post-processing parameters mapping (``{}`` for None).
+
+    The text is what the stores keep: it identifies a parameter set and is never used as a
+    field name. Keys must be strings; values JSON types with finite numbers.
+
+    Raises:
+        TypeError: not a mapping, a non-string key, or a value JSON cannot encode.
+        ValueError: a non-finite number, or more than :data:`MAX_PARAMETERS_JSON_BYTES` of JSON.
+    """
+    if parameters is None:
+        return "{}"
+    if not isinstance(parameters, Mapping):
+        raise TypeError(f"parameters must be a mapping or None, got {type(parameters).__name__}")
+    _check_json_value(parameters, "parameters")
+    text = json.dumps(parameters, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    if len(text.encode()) > MAX_PARAMETERS_JSON_BYTES:
+        raise ValueError(
+            f"parameters take {len(text.encode())} bytes of JSON, at most "
+            f"{MAX_PARAMETERS_JSON_BYTES} allowed"
+        )
+    return text
+
+
+def _check_json_value(value: Any, where: str) -> None:
+    if value is None or isinstance(value, (str, bool, int)):
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"{where} must be a finite number, got {value!r}")
+        return
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise TypeError(f"{where} has a non-string key {key!r}")
+            _check_json_value(item, f"{where}[{key!r}]")
+        return
+    if isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            _check_json_value(item, f"{where}[{index}]")
+        return
+    raise TypeError(f"{where} is not JSON-able: {type(value).__name__} {value!r}")

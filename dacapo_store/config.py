@@ -1,0 +1,166 @@
+"""Where the stores live: resolving the store setting and opening stores.
+
+Resolution order (the first that is set wins):
+
+1. an explicit ``store`` argument (the CLI's ``--store``): a directory path or a MongoDB URI;
+2. the environment variable ``DACAPO_STORE_URI`` (same forms);
+3. a DaCapo options file ``dacapo.yaml`` (``type: files`` with ``runs_base_dir``, or
+   ``type: mongo`` with ``mongo_db_host`` and ``mongo_db_name``), found via
+   ``$DACAPO_OPTIONS_FILE``, ``./dacapo.yaml``, ``~/.config/dacapo/dacapo.yaml``;
+4. the local default directory: ``$XDG_DATA_HOME/dacapo-store``, else
+   ``~/.local/share/dacapo-store``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigurationError
+from .local import LocalStatsStore, LocalWeightsStore
+from .mongo import MongoStatsStore, MongoWeightsStore
+from .stats_store import StatsStore
+from .uri import is_mongodb_uri, redact_uri
+from .weights_store import WeightsStore
+
+STORE_ENV = "DACAPO_STORE_URI"
+OPTIONS_FILE_ENV = "DACAPO_OPTIONS_FILE"
+DEFAULT_DB_NAME = "dacapo"
+
+
+@dataclass(frozen=True)
+class StoreLocation:
+    """A resolved store: ``kind`` is ``"local"`` (``target`` a directory) or ``"mongo"``
+    (``target`` a URI, ``db_name`` the database); ``source`` says where the setting came from."""
+
+    kind: str
+    target: str
+    db_name: str
+    source: str
+
+    def __str__(self) -> str:
+        if self.kind == "mongo":
+            return f"{redact_uri(self.target)} (database {self.db_name!r}, from {self.source})"
+        return f"{self.target} (from {self.source})"
+
+
+def default_local_dir() -> Path:
+    """The default local store directory (``$XDG_DATA_HOME/dacapo-store`` or
+    ``~/.local/share/dacapo-store``)."""
+    data_home = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(data_home) / "dacapo-store"
+
+
+def options_file_candidates() -> list[Path]:
+    """The DaCapo options files looked at, in order."""
+    candidates = []
+    if os.environ.get(OPTIONS_FILE_ENV):
+        candidates.append(Path(os.environ[OPTIONS_FILE_ENV]))
+    candidates += [Path.cwd() / "dacapo.yaml", Path.home() / ".config" / "dacapo" / "dacapo.yaml"]
+    return candidates
+
+
+def location_from_value(value: str, source: str, db_name: str | None = None) -> StoreLocation:
+    """Interpret a store setting (a MongoDB URI or a directory).
+
+    Raises:
+        ConfigurationError: empty value, naming ``source``.
+    """
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigurationError(f"store setting from {source} is empty or not a string: {value!r}")
+    value = value.strip()
+    if is_mongodb_uri(value):
+        return StoreLocation("mongo", value, db_name or _database_in_uri(value, source), source)
+    if "://" in value:
+        raise ConfigurationError(
+            f"store setting from {source} is neither a directory nor a mongodb:// URI: "
+            f"{redact_uri(value)!r}"
+        )
+    return StoreLocation("local", str(Path(value).expanduser()), DEFAULT_DB_NAME, source)
+
+
+def _database_in_uri(uri: str, source: str) -> str:
+    from pymongo.uri_parser import parse_uri
+
+    try:
+        return parse_uri(uri, connect_timeout=None)["database"] or DEFAULT_DB_NAME
+    except Exception as error:  # pymongo raises several types for malformed URIs
+        raise ConfigurationError(
+            f"store setting from {source} is not a valid MongoDB URI ({redact_uri(uri)}): "
+            f"{str(error).replace(uri, redact_uri(uri))}"
+        ) from None
+
+
+def location_from_options_file(path: Path) -> StoreLocation:
+    """Read a DaCapo ``dacapo.yaml``.
+
+    Raises:
+        ConfigurationError: unreadable YAML, or a missing/bad ``type``, ``runs_base_dir``,
+            ``mongo_db_host`` or ``mongo_db_name``, naming the file.
+    """
+    source = f"options file {path}"
+    try:
+        options = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as error:
+        raise ConfigurationError(f"cannot read {source}: {error}") from None
+    if not isinstance(options, dict):
+        raise ConfigurationError(f"{source} must hold a mapping, got {type(options).__name__}")
+    kind = options.get("type", "files")
+    if kind == "files":
+        base = options.get("runs_base_dir")
+        if base is None:
+            return StoreLocation("local", str(default_local_dir()), DEFAULT_DB_NAME, source)
+        return location_from_value(str(base), f"{source} (runs_base_dir)")
+    if kind == "mongo":
+        host = options.get("mongo_db_host")
+        name = options.get("mongo_db_name", DEFAULT_DB_NAME)
+        if not isinstance(host, str) or not is_mongodb_uri(host):
+            raise ConfigurationError(f"{source}: mongo_db_host must be a mongodb:// URI, got {host!r}")
+        if not isinstance(name, str) or not name:
+            raise ConfigurationError(f"{source}: mongo_db_name must be a non-empty string, got {name!r}")
+        return location_from_value(host, f"{source} (mongo_db_host)", db_name=name)
+    raise ConfigurationError(f"{source}: type must be 'files' or 'mongo', got {kind!r}")
+
+
+def resolve_store(store: str | os.PathLike | None = None) -> StoreLocation:
+    """Resolve the store setting in the documented order (see module docstring).
+
+    Raises:
+        ConfigurationError: a bad value, naming the setting and where it came from.
+    """
+    if store is not None:
+        return location_from_value(os.fspath(store), "the store argument")
+    if os.environ.get(STORE_ENV):
+        return location_from_value(os.environ[STORE_ENV], f"${STORE_ENV}")
+    for candidate in options_file_candidates():
+        if candidate.is_file():
+            return location_from_options_file(candidate)
+    return StoreLocation("local", str(default_local_dir()), DEFAULT_DB_NAME, "the default")
+
+
+def create_weights_store(store: str | os.PathLike | None = None, **options: Any) -> WeightsStore:
+    """Open the weights store that ``store`` (or the environment) designates.
+
+    Raises:
+        ConfigurationError, StoreConnectionError.
+    """
+    location = resolve_store(store)
+    if location.kind == "mongo":
+        return MongoWeightsStore(location.target, location.db_name, **options)
+    return LocalWeightsStore(location.target, **options)
+
+
+def create_stats_store(store: str | os.PathLike | None = None) -> StatsStore:
+    """Open the stats store that ``store`` (or the environment) designates.
+
+    Raises:
+        ConfigurationError, StoreConnectionError.
+    """
+    location = resolve_store(store)
+    if location.kind == "mongo":
+        return MongoStatsStore(location.target, location.db_name)
+    return LocalStatsStore(location.target)

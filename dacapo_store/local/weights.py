@@ -1,0 +1,194 @@
+"""The local weights store: payload files plus the embedded SQLite catalog."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from ..checks import run_name_of
+from ..errors import CheckpointExistsError, NoScoreError, ReservationLostError
+from ..records import CheckpointInfo, PartInfo
+from ..serialization import serialize_state, verify_file
+from ..weights_store import DEFAULT_STALE_AFTER, Reservation, WeightsStore, describe
+from .catalog import BEST_SCORE_SQL, Catalog, checkpoint_from_row, parts_to_json
+
+logger = logging.getLogger(__name__)
+
+PAYLOAD_DIRNAME = "payloads"
+PARTIAL_SUFFIX = ".partial"
+
+
+def fsync_directory(path: Path) -> None:
+    """Make a rename or unlink in ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class LocalWeightsStore(WeightsStore):
+    """Checkpoints as files under ``basedir/payloads``, catalogued in ``basedir/catalog.sqlite3``.
+
+    Each part is written to a ``.partial`` file, fsync'd and renamed; the catalog entry is
+    committed after. Several processes may share ``basedir``. A :class:`LocalStatsStore` on the
+    same ``basedir`` shares the validation scores that :meth:`retrieve_best` reads.
+
+    Args:
+        basedir: the store directory (created if missing).
+        stale_after: seconds without progress after which a pending upload may be taken over.
+    """
+
+    _mmap_payloads = True
+
+    def __init__(self, basedir: str | os.PathLike, stale_after: float = DEFAULT_STALE_AFTER) -> None:
+        self.catalog = Catalog(basedir)
+        self.basedir = self.catalog.basedir
+        self.payload_dir = self.basedir / PAYLOAD_DIRNAME
+        self.payload_dir.mkdir(exist_ok=True)
+        self.stale_after = stale_after
+
+    def __repr__(self) -> str:
+        return f"LocalWeightsStore({str(self.basedir)!r})"
+
+    def list_checkpoints(self, run: Any) -> list[CheckpointInfo]:
+        rows = self.catalog.query(
+            "SELECT * FROM checkpoints WHERE run = ? AND state = 'complete' ORDER BY iteration",
+            (run_name_of(run),),
+        )
+        return [checkpoint_from_row(row) for row in rows]
+
+    def list_runs(self) -> list[str]:
+        rows = self.catalog.query(
+            "SELECT DISTINCT run FROM checkpoints WHERE state = 'complete' ORDER BY run"
+        )
+        return [row["run"] for row in rows]
+
+    def payload_path(self, location: str) -> Path:
+        """The file that holds the payload at ``location``."""
+        return self.payload_dir / location
+
+    def _reserve(self, run: str, iteration: int) -> Reservation:
+        now = time.time()
+        token = uuid.uuid4().hex
+        with self.catalog.transaction() as db:
+            row = db.execute(
+                "SELECT state, heartbeat FROM checkpoints WHERE run = ? AND iteration = ?",
+                (run, iteration),
+            ).fetchone()
+            if row is not None:
+                if row["state"] == "complete":
+                    raise CheckpointExistsError(f"{describe(run, iteration)} is already stored")
+                if row["heartbeat"] > now - self.stale_after:
+                    raise CheckpointExistsError(
+                        f"{describe(run, iteration)} is being stored by another writer"
+                    )
+                logger.warning("taking over the stale upload of %s", describe(run, iteration))
+                db.execute("DELETE FROM checkpoints WHERE run = ? AND iteration = ?", (run, iteration))
+            db.execute(
+                "INSERT INTO checkpoints (run, iteration, state, token, created, heartbeat)"
+                " VALUES (?, ?, 'pending', ?, ?, ?)",
+                (run, iteration, token, now, now),
+            )
+        return Reservation(run, iteration, token)
+
+    def _heartbeat(self, reservation: Reservation) -> None:
+        with self.catalog.transaction() as db:
+            db.execute(
+                "UPDATE checkpoints SET heartbeat = ? WHERE run = ? AND iteration = ? AND token = ?",
+                (time.time(), reservation.run, reservation.iteration, reservation.token),
+            )
+
+    def _write_part(self, reservation: Reservation, part: str, state: Any) -> PartInfo:
+        location = f"{reservation.token}.{part}.pt"
+        final = self.payload_path(location)
+        partial = final.with_name(final.name + PARTIAL_SUFFIX)
+        reservation.payloads.append(location)
+        try:
+            with open(partial, "wb") as file:
+                info = serialize_state(
+                    state, file.write, location, heartbeat=lambda: self._heartbeat(reservation)
+                )
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(partial, final)
+            fsync_directory(self.payload_dir)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+        return info
+
+    def _commit(self, reservation: Reservation, parts: Mapping[str, PartInfo]) -> CheckpointInfo:
+        now = time.time()
+        with self.catalog.transaction() as db:
+            updated = db.execute(
+                "UPDATE checkpoints SET state = 'complete', parts = ?, heartbeat = ?"
+                " WHERE run = ? AND iteration = ? AND token = ? AND state = 'pending'",
+                (parts_to_json(dict(parts)), now, reservation.run, reservation.iteration, reservation.token),
+            ).rowcount
+            if updated != 1:
+                raise ReservationLostError(
+                    f"the upload of {describe(reservation.run, reservation.iteration)} was taken "
+                    "over by another writer (it was judged stale) before it committed"
+                )
+            row = db.execute(
+                "SELECT * FROM checkpoints WHERE run = ? AND iteration = ?",
+                (reservation.run, reservation.iteration),
+            ).fetchone()
+        return checkpoint_from_row(row)
+
+    def _abandon(self, reservation: Reservation) -> None:
+        for location in reservation.payloads:
+            final = self.payload_path(location)
+            final.with_name(final.name + PARTIAL_SUFFIX).unlink(missing_ok=True)
+            final.unlink(missing_ok=True)
+        with self.catalog.transaction() as db:
+            db.execute(
+                "DELETE FROM checkpoints WHERE run = ? AND iteration = ? AND token = ? AND state = 'pending'",
+                (reservation.run, reservation.iteration, reservation.token),
+            )
+
+    def _find(self, run: str, iteration: int) -> CheckpointInfo | None:
+        rows = self.catalog.query(
+            "SELECT * FROM checkpoints WHERE run = ? AND iteration = ? AND state = 'complete'",
+            (run, iteration),
+        )
+        return checkpoint_from_row(rows[0]) if rows else None
+
+    def _verified_payload(self, info: CheckpointInfo, part: str) -> str:
+        path = self.payload_path(info.parts[part].location)
+        verify_file(path, info.parts[part], describe(info.run, info.iteration, part))
+        return str(path)
+
+    def _unlist(self, run: str, iteration: int) -> CheckpointInfo | None:
+        with self.catalog.transaction() as db:
+            row = db.execute(
+                "SELECT * FROM checkpoints WHERE run = ? AND iteration = ? AND state = 'complete'",
+                (run, iteration),
+            ).fetchone()
+            if row is None:
+                return None
+            db.execute("DELETE FROM checkpoints WHERE run = ? AND iteration = ?", (run, iteration))
+        return checkpoint_from_row(row)
+
+    def _delete_payload(self, location: str) -> None:
+        self.payload_path(location).unlink(missing_ok=True)
+
+    def _latest_iteration(self, run: str) -> int | None:
+        rows = self.catalog.query(
+            "SELECT iteration FROM checkpoints WHERE run = ? AND state = 'complete'"
+            " ORDER BY iteration DESC LIMIT 1",
+            (run,),
+        )
+        return rows[0]["iteration"] if rows else None
+
+    def _best_iteration(self, run: str, dataset: str, criterion: str) -> int:
+        rows = self.catalog.query(BEST_SCORE_SQL, (run, dataset, criterion))
+        if not rows:
+            raise NoScoreError.for_query(run, dataset, criterion)
+        return rows[0]["iteration"]

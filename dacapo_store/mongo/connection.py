@@ -1,0 +1,93 @@
+"""Connecting to MongoDB: clients from URIs, write concerns, idempotent index creation, and
+errors that never show a password."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import pymongo
+from pymongo.errors import ConnectionFailure, OperationFailure, PyMongoError
+from pymongo.write_concern import WriteConcern
+
+from ..errors import StoreConnectionError
+from ..uri import redact_text, redact_uri
+
+SERVER_SELECTION_TIMEOUT_MS = 5000
+DEFAULT_WRITE_CONCERN = WriteConcern(w="majority", j=True)
+
+IndexSpec = tuple[Sequence[tuple[str, int]], dict[str, Any]]
+"""Keys and options (a ``name`` among them) of one index."""
+
+
+class MongoDatabase:
+    """One database of a MongoDB deployment, as the stores use it.
+
+    Args:
+        db_host: a ``mongodb://`` / ``mongodb+srv://`` URI, or an existing client (a pymongo
+            ``MongoClient`` or a ``mongomock.MongoClient``).
+        db_name: the database name.
+        write_concern: for every write (default ``w="majority", j=True``).
+
+    Raises:
+        TypeError: ``db_host`` is neither a URI nor a client.
+        StoreConnectionError: the server cannot be reached (password redacted).
+    """
+
+    def __init__(
+        self, db_host: Any, db_name: str, write_concern: WriteConcern = DEFAULT_WRITE_CONCERN
+    ) -> None:
+        if isinstance(db_host, str):
+            self.uri = db_host
+            self.display = redact_uri(db_host)
+            try:
+                self.client = pymongo.MongoClient(
+                    db_host,
+                    serverSelectionTimeoutMS=SERVER_SELECTION_TIMEOUT_MS,
+                    retryWrites=True,
+                    retryReads=True,
+                )
+            except (PyMongoError, ValueError) as error:
+                raise StoreConnectionError(
+                    f"bad MongoDB URI {self.display}: {redact_text(str(error), db_host)}"
+                ) from None
+        elif hasattr(db_host, "get_database"):
+            self.uri = ""
+            self.display = f"<{type(db_host).__name__}>"
+            self.client = db_host
+        else:
+            raise TypeError(
+                f"db_host must be a MongoDB URI or a MongoClient, got {type(db_host).__name__}"
+            )
+        self.db_name = db_name
+        self.write_concern = write_concern
+        self.db = self.client.get_database(db_name, write_concern=write_concern)
+
+    def collection(self, name: str) -> Any:
+        """The collection ``name`` with the store's write concern."""
+        return self.db.get_collection(name, write_concern=self.write_concern)
+
+    @contextmanager
+    def reporting_errors(self, action: str) -> Iterator[None]:
+        """Turn connection and authorization failures into :class:`StoreConnectionError`."""
+        try:
+            yield
+        except (ConnectionFailure, OperationFailure) as error:
+            raise StoreConnectionError(
+                f"MongoDB at {self.display} (database {self.db_name!r}) failed while {action}: "
+                f"{redact_text(str(error), self.uri)}"
+            ) from None
+
+    def ensure_indexes(self, collection: Any, specs: Sequence[IndexSpec]) -> None:
+        """Create the indexes ``specs`` on ``collection`` if missing.
+
+        Idempotent and safe when several processes start at once: creating an index that
+        exists with the same keys and options is a no-op on the server.
+
+        Raises:
+            StoreConnectionError: the server is unreachable or refuses (password redacted).
+        """
+        with self.reporting_errors(f"creating indexes on {collection.name}"):
+            for keys, options in specs:
+                collection.create_index(list(keys), **options)

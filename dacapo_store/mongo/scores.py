@@ -1,0 +1,56 @@
+"""Validation score documents in MongoDB and the one query that finds the best one."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pymongo import ASCENDING, DESCENDING
+
+from ..errors import NoScoreError
+from ..stats_store import ScoreRow
+
+SCORES_COLLECTION = "validation_scores"
+
+SCORE_KEY_FIELDS = ("run", "dataset", "criterion", "iteration", "parameters")
+
+SCORE_INDEXES = (
+    ([(field, ASCENDING) for field in SCORE_KEY_FIELDS], {"name": "score_key", "unique": True}),
+    (
+        [
+            ("run", ASCENDING),
+            ("dataset", ASCENDING),
+            ("criterion", ASCENDING),
+            ("ranked", ASCENDING),
+            ("rank", DESCENDING),
+            ("iteration", ASCENDING),
+            ("parameters", ASCENDING),
+        ],
+        {"name": "best_score"},
+    ),
+)
+"""``best_score`` serves :func:`find_best_score` as one index scan with sort and limit."""
+
+BEST_SORT = [("rank", DESCENDING), ("iteration", ASCENDING), ("parameters", ASCENDING)]
+
+
+def score_document(row: ScoreRow) -> dict[str, Any]:
+    """The stored document of a score row: user strings only as values; ``ranked`` is False
+    for NaN scores, which never win."""
+    return {**row, "ranked": row["rank"] is not None}
+
+
+def find_best_score(collection: Any, run: str, dataset: str, criterion: str) -> dict[str, Any]:
+    """Return the best score document of ``(run, dataset, criterion)``: one ``find`` with
+    sort and limit on the ``best_score`` index.
+
+    Raises:
+        NoScoreError: no non-NaN score.
+    """
+    document = collection.find_one(
+        {"run": run, "dataset": dataset, "criterion": criterion, "ranked": True},
+        projection={"_id": False},
+        sort=BEST_SORT,
+    )
+    if document is None:
+        raise NoScoreError.for_query(run, dataset, criterion)
+    return document

@@ -1,0 +1,238 @@
+"""The MongoDB weights store: payloads in GridFS, a catalog collection with a unique key."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import gridfs
+from bson import ObjectId
+from pymongo import ASCENDING, DESCENDING
+from pymongo.errors import DuplicateKeyError
+from pymongo.write_concern import WriteConcern
+
+from ..checks import run_name_of
+from ..errors import CheckpointExistsError, CorruptCheckpointError, ReservationLostError
+from ..records import CheckpointInfo, PartInfo
+from ..serialization import serialize_state, verify_bytes
+from ..weights_store import DEFAULT_STALE_AFTER, Reservation, WeightsStore, describe
+from .connection import DEFAULT_WRITE_CONCERN, MongoDatabase
+from .scores import SCORE_INDEXES, SCORES_COLLECTION, find_best_score
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINTS_COLLECTION = "checkpoints"
+BUCKET_NAME = "weights"
+CHUNK_SIZE_BYTES = 255 * 1024
+
+CHECKPOINT_INDEXES = (
+    ([("run", ASCENDING), ("iteration", ASCENDING)], {"name": "run_iteration", "unique": True}),
+    (
+        [("run", ASCENDING), ("state", ASCENDING), ("iteration", DESCENDING)],
+        {"name": "run_state_iteration"},
+    ),
+)
+
+
+def checkpoint_from_document(document: Mapping[str, Any]) -> CheckpointInfo:
+    """Build the :class:`CheckpointInfo` of a complete catalog document."""
+    return CheckpointInfo(
+        run=document["run"],
+        iteration=document["iteration"],
+        created=document["created"],
+        parts={name: PartInfo(**part) for name, part in document["parts"].items()},
+    )
+
+
+class MongoWeightsStore(WeightsStore):
+    """Checkpoints in GridFS (bucket ``weights``), catalogued in the ``checkpoints`` collection.
+
+    The catalog's unique ``(run, iteration)`` index decides which writer wins before anything
+    is uploaded; a checkpoint becomes visible only when its catalog document is marked complete
+    with each part's size and sha256. A :class:`MongoStatsStore` on the same database shares the
+    validation scores that :meth:`retrieve_best` reads.
+
+    Args:
+        db_host: a MongoDB URI or an existing client (pymongo or mongomock).
+        db_name: the database (default ``"dacapo"``).
+        stale_after: seconds without progress after which a pending upload may be taken over.
+        write_concern: default ``w="majority", j=True``.
+        chunk_size_bytes: GridFS chunk size of new uploads.
+
+    Raises:
+        StoreConnectionError: the server is unreachable (within a few seconds; no password shown).
+    """
+
+    def __init__(
+        self,
+        db_host: Any,
+        db_name: str = "dacapo",
+        stale_after: float = DEFAULT_STALE_AFTER,
+        write_concern: WriteConcern = DEFAULT_WRITE_CONCERN,
+        chunk_size_bytes: int = CHUNK_SIZE_BYTES,
+    ) -> None:
+        self.database = MongoDatabase(db_host, db_name, write_concern)
+        self.checkpoints = self.database.collection(CHECKPOINTS_COLLECTION)
+        self.scores = self.database.collection(SCORES_COLLECTION)
+        self.bucket = gridfs.GridFSBucket(
+            self.database.db, BUCKET_NAME, chunk_size_bytes=chunk_size_bytes, write_concern=write_concern
+        )
+        self.stale_after = stale_after
+        self.database.ensure_indexes(self.checkpoints, CHECKPOINT_INDEXES)
+        self.database.ensure_indexes(self.scores, SCORE_INDEXES)
+
+    def __repr__(self) -> str:
+        return f"MongoWeightsStore({self.database.display!r}, db_name={self.database.db_name!r})"
+
+    def list_checkpoints(self, run: Any) -> list[CheckpointInfo]:
+        documents = self.checkpoints.find(
+            {"run": run_name_of(run), "state": "complete"}, sort=[("iteration", ASCENDING)]
+        )
+        return [checkpoint_from_document(document) for document in documents]
+
+    def list_runs(self) -> list[str]:
+        return sorted(self.checkpoints.distinct("run", {"state": "complete"}))
+
+    def _reserve(self, run: str, iteration: int) -> Reservation:
+        token = uuid.uuid4().hex
+        for _ in range(2):
+            now = time.time()
+            try:
+                self.checkpoints.insert_one(
+                    {
+                        "run": run,
+                        "iteration": iteration,
+                        "state": "pending",
+                        "token": token,
+                        "created": now,
+                        "heartbeat": now,
+                    }
+                )
+                return Reservation(run, iteration, token)
+            except DuplicateKeyError:
+                existing = self.checkpoints.find_one({"run": run, "iteration": iteration})
+            if existing is None:
+                continue  # removed in the meantime: try again
+            if existing["state"] == "complete":
+                raise CheckpointExistsError(f"{describe(run, iteration)} is already stored")
+            if existing["heartbeat"] > now - self.stale_after:
+                raise CheckpointExistsError(f"{describe(run, iteration)} is being stored by another writer")
+            logger.warning("taking over the stale upload of %s", describe(run, iteration))
+            self.checkpoints.delete_one(
+                {"_id": existing["_id"], "token": existing["token"], "state": "pending"}
+            )
+        raise CheckpointExistsError(f"{describe(run, iteration)} is being stored by another writer")
+
+    def _heartbeat(self, reservation: Reservation) -> None:
+        self.checkpoints.update_one(
+            {"run": reservation.run, "iteration": reservation.iteration, "token": reservation.token},
+            {"$set": {"heartbeat": time.time()}},
+        )
+
+    def _write_part(self, reservation: Reservation, part: str, state: Any) -> PartInfo:
+        file_id = ObjectId()
+        reservation.payloads.append(str(file_id))
+        upload = self.bucket.open_upload_stream_with_id(
+            file_id,
+            f"{reservation.run}/{reservation.iteration}/{part}",
+            metadata={
+                "run": reservation.run,
+                "iteration": reservation.iteration,
+                "part": part,
+                "token": reservation.token,
+            },
+        )
+        try:
+            info = serialize_state(
+                state,
+                lambda view: upload.write(bytes(view)),
+                str(file_id),
+                heartbeat=lambda: self._heartbeat(reservation),
+            )
+            upload.close()
+        except BaseException:
+            upload.abort()
+            raise
+        return info
+
+    def _commit(self, reservation: Reservation, parts: Mapping[str, PartInfo]) -> CheckpointInfo:
+        document = self.checkpoints.find_one_and_update(
+            {
+                "run": reservation.run,
+                "iteration": reservation.iteration,
+                "token": reservation.token,
+                "state": "pending",
+            },
+            {
+                "$set": {
+                    "state": "complete",
+                    "heartbeat": time.time(),
+                    "size": sum(p.size for p in parts.values()),
+                    "parts": {
+                        name: {"location": p.location, "size": p.size, "sha256": p.sha256}
+                        for name, p in parts.items()
+                    },
+                }
+            },
+            return_document=True,
+        )
+        if document is None:
+            raise ReservationLostError(
+                f"the upload of {describe(reservation.run, reservation.iteration)} was taken over "
+                "by another writer (it was judged stale) before it committed"
+            )
+        return checkpoint_from_document(document)
+
+    def _abandon(self, reservation: Reservation) -> None:
+        for location in reservation.payloads:
+            self._delete_payload(location)
+        self.checkpoints.delete_one(
+            {
+                "run": reservation.run,
+                "iteration": reservation.iteration,
+                "token": reservation.token,
+                "state": "pending",
+            }
+        )
+
+    def _find(self, run: str, iteration: int) -> CheckpointInfo | None:
+        document = self.checkpoints.find_one({"run": run, "iteration": iteration, "state": "complete"})
+        return None if document is None else checkpoint_from_document(document)
+
+    def _verified_payload(self, info: CheckpointInfo, part: str) -> bytes:
+        expected = info.parts[part]
+        where = describe(info.run, info.iteration, part)
+        try:
+            data = self.bucket.open_download_stream(ObjectId(expected.location)).read()
+        except gridfs.errors.NoFile:
+            raise CorruptCheckpointError(f"{where}: its GridFS payload is missing") from None
+        except gridfs.errors.CorruptGridFile as error:
+            raise CorruptCheckpointError(f"{where}: its GridFS payload is damaged ({error})") from None
+        verify_bytes(data, expected, where)
+        return data
+
+    def _unlist(self, run: str, iteration: int) -> CheckpointInfo | None:
+        document = self.checkpoints.find_one_and_delete(
+            {"run": run, "iteration": iteration, "state": "complete"}
+        )
+        return None if document is None else checkpoint_from_document(document)
+
+    def _delete_payload(self, location: str) -> None:
+        try:
+            self.bucket.delete(ObjectId(location))
+        except gridfs.errors.NoFile:
+            pass  # its chunks, if any, were deleted all the same
+
+    def _latest_iteration(self, run: str) -> int | None:
+        document = self.checkpoints.find_one(
+            {"run": run, "state": "complete"},
+            projection={"iteration": True, "_id": False},
+            sort=[("iteration", DESCENDING)],
+        )
+        return None if document is None else document["iteration"]
+
+    def _best_iteration(self, run: str, dataset: str, criterion: str) -> int:
+        return find_best_score(self.scores, run, dataset, criterion)["iteration"]

@@ -1,0 +1,1 @@
+"""Reusable test support: the backend contract suites and a mongomock patch."""

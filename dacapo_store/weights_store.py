@@ -1,0 +1,289 @@
+"""The weights store contract, and the write/read protocol every backend shares.
+
+A checkpoint is written in three steps, so that it is all or nothing and one writer wins:
+
+1. **reserve** ``(run, iteration)`` in the catalog (a unique key): a second writer fails here,
+   before it uploads anything;
+2. **stream** each part (model, optimizer) into the backend's payload storage, hashing as it goes;
+3. **commit**: record sizes and sha256 digests and mark the checkpoint complete.
+
+Only complete checkpoints are visible. An exception anywhere aborts the upload, deletes what was
+written and drops the reservation. A writer killed outright leaves a reservation whose heartbeat
+goes stale: a later writer may take it over after ``stale_after`` seconds, and garbage
+collection reclaims its payloads. A remove deletes the catalog entry first (the checkpoint is
+gone at once), then the payloads.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .checks import check_iteration, check_name, run_name_of
+from .errors import CheckpointNotFoundError
+from .records import PARTS, CheckpointInfo, PartInfo, Weights
+from .serialization import load_state
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_STALE_AFTER = 600.0
+"""Seconds without a heartbeat after which a pending upload counts as abandoned."""
+
+RunLike = Any
+"""A run object (with ``.name``, ``.model``, ``.optimizer``) or, where only the name is needed, a name."""
+
+
+@dataclass
+class Reservation:
+    """A writer's claim on ``(run, iteration)``; ``payloads`` lists what it has written so far."""
+
+    run: str
+    iteration: int
+    token: str
+    payloads: list[str] = field(default_factory=list)
+
+
+def describe(run: str, iteration: int, part: str | None = None) -> str:
+    """Human-readable name of a checkpoint (or one of its parts) for error messages."""
+    where = f"checkpoint {iteration} of run {run!r}"
+    return f"{where} ({part} part)" if part else where
+
+
+class WeightsStore(ABC):
+    """Stores checkpoints (model and optimizer state dicts) by run and iteration.
+
+    Subclasses implement the storage primitives (the ``_``-prefixed abstract methods and the
+    one-query look-ups); the DaCapo methods are implemented here on top of them.
+    """
+
+    # ---- DaCapo API -------------------------------------------------------------------------
+
+    def store_weights(self, run: RunLike, iteration: int) -> CheckpointInfo:
+        """Store ``run.model`` and ``run.optimizer`` state as checkpoint ``iteration``.
+
+        Returns:
+            The stored checkpoint's :class:`CheckpointInfo`.
+
+        Raises:
+            TypeError: ``run`` has no ``model``/``optimizer``, or a bad name/iteration type.
+            ValueError: a bad run name or iteration.
+            CheckpointExistsError: ``(run, iteration)`` is stored or being stored (nothing is
+                uploaded and the stored checkpoint stays intact).
+        """
+        name = run_name_of(run)
+        iteration = check_iteration(iteration)
+        model = getattr(run, "model", None)
+        optimizer = getattr(run, "optimizer", None)
+        if model is None or optimizer is None:
+            raise TypeError(
+                f"store_weights needs a run object with .model and .optimizer, got {type(run).__name__}"
+            )
+        return self.put_weights(name, iteration, Weights(model.state_dict(), optimizer.state_dict()))
+
+    def put_weights(self, run: RunLike, iteration: int, weights: Weights) -> CheckpointInfo:
+        """Store the state dicts of ``weights`` as checkpoint ``iteration`` of ``run``.
+
+        ``weights.optimizer`` may be ``None`` (a model-only checkpoint).
+
+        Raises:
+            TypeError / ValueError / CheckpointExistsError: as :meth:`store_weights`.
+        """
+        name = run_name_of(run)
+        iteration = check_iteration(iteration)
+        states = {"model": weights.model, "optimizer": weights.optimizer}
+        if not isinstance(weights.model, Mapping):
+            raise TypeError(f"weights.model must be a state dict, got {type(weights.model).__name__}")
+        if weights.optimizer is not None and not isinstance(weights.optimizer, Mapping):
+            raise TypeError(
+                f"weights.optimizer must be a state dict or None, got {type(weights.optimizer).__name__}"
+            )
+        reservation = self._reserve(name, iteration)
+        try:
+            parts = {
+                part: self._write_part(reservation, part, states[part])
+                for part in PARTS
+                if states[part] is not None
+            }
+            info = self._commit(reservation, parts)
+        except BaseException:
+            self._abandon_safely(reservation)
+            raise
+        logger.info("stored %s (%d bytes)", describe(name, iteration), info.size)
+        return info
+
+    def retrieve_weights(
+        self, run: RunLike, iteration: int, map_location: Any = "cpu", optimizer: bool = True
+    ) -> Weights:
+        """Return checkpoint ``iteration`` of ``run``, verified, loaded onto ``map_location``.
+
+        With ``optimizer=False`` only the model part is transferred and ``Weights.optimizer``
+        is ``None`` (also for model-only checkpoints).
+
+        Raises:
+            CheckpointNotFoundError: no complete checkpoint (a ``FileNotFoundError`` and ``ValueError``).
+            CorruptCheckpointError: the payload is missing, corrupt or not a plain state dict.
+        """
+        info = self.checkpoint_info(run, iteration)
+        wanted = [part for part in PARTS if part in info.parts and (optimizer or part == "model")]
+        states = {
+            part: load_state(
+                self._verified_payload(info, part),
+                map_location,
+                describe(info.run, info.iteration, part),
+                mmap=self._mmap_payloads,
+            )
+            for part in wanted
+        }
+        return Weights(states.get("model"), states.get("optimizer"))
+
+    def load_weights(self, run: RunLike, iteration: int) -> None:
+        """Load checkpoint ``iteration`` into ``run.model`` and ``run.optimizer``.
+
+        Raises:
+            as :meth:`retrieve_weights`; TypeError if ``run`` is a name.
+        """
+        if isinstance(run, str):
+            raise TypeError("load_weights needs a run object with .model and .optimizer, not a name")
+        weights = self.retrieve_weights(run, iteration)
+        run.model.load_state_dict(weights.model)
+        if weights.optimizer is not None:
+            run.optimizer.load_state_dict(weights.optimizer)
+        else:
+            logger.warning("%s has no optimizer state; optimizer left as is", describe(run.name, iteration))
+
+    def load_best(self, run: RunLike, dataset: str, criterion: str) -> int:
+        """Load the best checkpoint for ``(dataset, criterion)`` into ``run``; return its iteration.
+
+        Raises:
+            NoScoreError, CheckpointNotFoundError, CorruptCheckpointError.
+        """
+        iteration = self.retrieve_best(run, dataset, criterion)
+        self.load_weights(run, iteration)
+        return iteration
+
+    def retrieve_best(self, run: RunLike, dataset: str, criterion: str) -> int:
+        """Return the iteration with the best score of ``run`` on ``(dataset, criterion)``.
+
+        Best is over all iterations and parameter sets, in the direction stored with each
+        score; NaN never wins; ties go to the earliest iteration. One indexed query.
+
+        Raises:
+            NoScoreError: no non-NaN score (a ``ValueError`` and ``LookupError``).
+            TypeError / ValueError: bad names.
+        """
+        return self._best_iteration(
+            run_name_of(run), check_name(dataset, "dataset"), check_name(criterion, "criterion")
+        )
+
+    def latest_iteration(self, run: RunLike) -> int | None:
+        """Return the highest iteration with a complete checkpoint, or ``None``. One query."""
+        return self._latest_iteration(run_name_of(run))
+
+    def remove(self, run: RunLike, iteration: int) -> None:
+        """Remove checkpoint ``iteration`` of ``run``: it is invisible at once, then deleted.
+
+        Raises:
+            CheckpointNotFoundError: no such complete checkpoint.
+        """
+        name = run_name_of(run)
+        iteration = check_iteration(iteration)
+        info = self._unlist(name, iteration)
+        if info is None:
+            raise CheckpointNotFoundError(f"no {describe(name, iteration)} is stored")
+        for part in info.parts.values():
+            self._delete_payload(part.location)
+        logger.info("removed %s", describe(name, iteration))
+
+    # ---- listing and verification -----------------------------------------------------------
+
+    def checkpoint_info(self, run: RunLike, iteration: int) -> CheckpointInfo:
+        """Return the catalog entry of a complete checkpoint.
+
+        Raises:
+            CheckpointNotFoundError: no complete checkpoint for ``(run, iteration)``.
+        """
+        name = run_name_of(run)
+        iteration = check_iteration(iteration)
+        info = self._find(name, iteration)
+        if info is None:
+            raise CheckpointNotFoundError(f"no {describe(name, iteration)} is stored")
+        return info
+
+    def verify(self, run: RunLike, iteration: int) -> CheckpointInfo:
+        """Re-check the size and sha256 of every part of a checkpoint; return its entry.
+
+        Raises:
+            CheckpointNotFoundError, CorruptCheckpointError.
+        """
+        info = self.checkpoint_info(run, iteration)
+        for part in info.parts:
+            self._verified_payload(info, part)
+        return info
+
+    @abstractmethod
+    def list_checkpoints(self, run: RunLike) -> list[CheckpointInfo]:
+        """Return the complete checkpoints of ``run``, by increasing iteration."""
+
+    @abstractmethod
+    def list_runs(self) -> list[str]:
+        """Return the names of runs with at least one complete checkpoint, sorted."""
+
+    # ---- backend primitives -----------------------------------------------------------------
+
+    _mmap_payloads = False
+    """Whether :meth:`_verified_payload` returns file paths that ``torch.load`` may memory-map."""
+
+    @abstractmethod
+    def _reserve(self, run: str, iteration: int) -> Reservation:
+        """Claim ``(run, iteration)``; raise CheckpointExistsError if stored or being stored."""
+
+    @abstractmethod
+    def _write_part(self, reservation: Reservation, part: str, state: Any) -> PartInfo:
+        """Stream one state dict into payload storage; append its location to the reservation
+        before writing; on failure abort the partial payload and re-raise."""
+
+    @abstractmethod
+    def _commit(self, reservation: Reservation, parts: Mapping[str, PartInfo]) -> CheckpointInfo:
+        """Mark the reserved checkpoint complete; raise ReservationLostError if it was taken over."""
+
+    @abstractmethod
+    def _abandon(self, reservation: Reservation) -> None:
+        """Delete the reservation's payloads and drop the reservation (if still ours)."""
+
+    @abstractmethod
+    def _find(self, run: str, iteration: int) -> CheckpointInfo | None:
+        """Return the complete checkpoint's entry, or ``None``."""
+
+    @abstractmethod
+    def _verified_payload(self, info: CheckpointInfo, part: str) -> Any:
+        """Return one part's verified payload (bytes-like, or a path if ``_mmap_payloads``).
+
+        Raises CorruptCheckpointError naming run, iteration and part."""
+
+    @abstractmethod
+    def _unlist(self, run: str, iteration: int) -> CheckpointInfo | None:
+        """Atomically delete the complete checkpoint's catalog entry; return it, or ``None``."""
+
+    @abstractmethod
+    def _delete_payload(self, location: str) -> None:
+        """Delete one payload; a missing one is not an error."""
+
+    @abstractmethod
+    def _latest_iteration(self, run: str) -> int | None:
+        """One query: the highest complete iteration of ``run``."""
+
+    @abstractmethod
+    def _best_iteration(self, run: str, dataset: str, criterion: str) -> int:
+        """One query over the stored validation scores (see :meth:`retrieve_best`)."""
+
+    def _abandon_safely(self, reservation: Reservation) -> None:
+        try:
+            self._abandon(reservation)
+        except Exception:  # the original error matters more; gc reclaims what is left
+            logger.exception(
+                "could not clean up the aborted upload of %s; run `dacapo-store gc` later",
+                describe(reservation.run, reservation.iteration),
+            )
