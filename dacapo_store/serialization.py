@@ -40,18 +40,31 @@ class HashingWriter:
         self._hash = hashlib.sha256()
         self._since_heartbeat = 0
         self.size = 0
+        self.error: BaseException | None = None
 
     def write(self, data: Any) -> int:
-        """Hash, count and forward ``data`` (bytes or memoryview); returns its length."""
+        """Hash, count and forward ``data`` (bytes or memoryview); returns its length.
+
+        The first exception is kept in :attr:`error` (``torch.save`` masks it with its own
+        error while closing the archive; :func:`serialize_state` re-raises it).
+        """
         view = memoryview(data).cast("B")
-        self._hash.update(view)
+        try:
+            self._forward(view)
+        except BaseException as error:
+            self.error = error
+            raise
+        return len(view)
+
+    def _forward(self, view: memoryview) -> None:
+        """Hand ``view`` to the sink, then hash and count it."""
         self._sink(view)
+        self._hash.update(view)
         self.size += len(view)
         self._since_heartbeat += len(view)
         if self._heartbeat is not None and self._since_heartbeat >= HEARTBEAT_EVERY_BYTES:
             self._since_heartbeat = 0
             self._heartbeat()
-        return len(view)
 
     def flush(self) -> None:
         """Nothing to do: the sink owns buffering (``torch.save`` requires the method)."""
@@ -68,7 +81,12 @@ def serialize_state(
 ) -> PartInfo:
     """Stream ``torch.save(state)`` into ``sink`` and return the part's size and digest."""
     writer = HashingWriter(sink, heartbeat)
-    torch.save(state, writer)
+    try:
+        torch.save(state, writer)
+    except BaseException:
+        if writer.error is not None:
+            raise writer.error from None
+        raise
     return PartInfo(location=location, size=writer.size, sha256=writer.hexdigest())
 
 

@@ -17,6 +17,8 @@ gone at once), then the payloads.
 from __future__ import annotations
 
 import logging
+import math
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -44,6 +46,52 @@ class Reservation:
     iteration: int
     token: str
     payloads: list[str] = field(default_factory=list)
+
+
+STALE_RESERVATION = "stale-reservation"
+ORPHAN_PAYLOAD = "orphan-payload"
+PARTIAL_FILE = "partial-file"
+ORPHAN_CHUNKS = "orphan-chunks"
+GARBAGE_KINDS = (STALE_RESERVATION, ORPHAN_PAYLOAD, PARTIAL_FILE, ORPHAN_CHUNKS)
+"""What :meth:`WeightsStore.collect_garbage` reclaims: abandoned uploads (a pending reservation
+whose heartbeat is stale, with its payloads), payloads no catalog entry or live upload owns,
+local ``.partial`` files, and GridFS chunks whose files document is gone."""
+
+
+@dataclass(frozen=True)
+class GarbageItem:
+    """One thing garbage collection removes (or would remove).
+
+    ``kind`` is one of :data:`GARBAGE_KINDS`; ``payloads`` are the backend locations deleted
+    (GridFS file ids or payload file names); ``size`` their bytes. A stale reservation also
+    names its ``run``, ``iteration`` and ``token``.
+    """
+
+    kind: str
+    payloads: tuple[str, ...]
+    size: int
+    run: str | None = None
+    iteration: int | None = None
+    token: str | None = None
+
+    def __str__(self) -> str:
+        what = ", ".join(self.payloads) or "no payload"
+        if self.kind == STALE_RESERVATION:
+            return f"{self.kind}: {describe(self.run, self.iteration)} ({what}; {self.size} bytes)"
+        return f"{self.kind}: {what} ({self.size} bytes)"
+
+
+@dataclass(frozen=True)
+class GarbageReport:
+    """What :meth:`WeightsStore.collect_garbage` removed (or, with ``dry_run``, would remove)."""
+
+    items: tuple[GarbageItem, ...]
+    dry_run: bool
+
+    @property
+    def bytes_freed(self) -> int:
+        """Bytes of payload removed (or that would be removed)."""
+        return sum(item.size for item in self.items)
 
 
 def describe(run: str, iteration: int, part: str | None = None) -> str:
@@ -231,6 +279,63 @@ class WeightsStore(ABC):
     def list_runs(self) -> list[str]:
         """Return the names of runs with at least one complete checkpoint, sorted."""
 
+    # ---- garbage collection -----------------------------------------------------------------
+
+    def collect_garbage(
+        self, older_than: float = 3600.0, dry_run: bool = False, now: float | None = None
+    ) -> GarbageReport:
+        """Remove what no complete checkpoint and no live upload owns.
+
+        An upload is live while its pending reservation's heartbeat (or, for GridFS chunks
+        without a files document, its newest chunk) is younger than ``older_than`` seconds
+        before ``now`` (default: the current time). Removed: stale reservations with their
+        payloads, payloads that belong to no reservation and no complete checkpoint, and
+        (per backend) ``.partial`` files or orphaned GridFS chunks. Complete checkpoints and
+        live uploads are never touched; a reservation that shows a heartbeat after the scan
+        is kept.
+
+        Returns:
+            A :class:`GarbageReport` (with ``dry_run``: what would go; nothing is deleted).
+
+        Raises:
+            TypeError / ValueError: ``older_than`` is not a finite number >= 0.
+        """
+        if isinstance(older_than, bool) or not isinstance(older_than, (int, float)):
+            raise TypeError(f"older_than must be a number of seconds, got {type(older_than).__name__}")
+        if not math.isfinite(older_than) or older_than < 0:
+            raise ValueError(f"older_than must be a finite number of seconds >= 0, got {older_than}")
+        cutoff = (time.time() if now is None else now) - older_than
+        found = self._find_garbage(cutoff)
+        if dry_run:
+            return GarbageReport(tuple(found), dry_run=True)
+        removed = tuple(item for item in found if self._remove_garbage(item, cutoff))
+        for item in removed:
+            logger.info("garbage collected %s", item)
+        return GarbageReport(removed, dry_run=False)
+
+    def _remove_garbage(self, item: GarbageItem, cutoff: float) -> bool:
+        """Delete one item found by :meth:`_find_garbage`; return whether it was removed.
+
+        A stale reservation is dropped first (only if still stale), so its payloads are
+        deleted only once no writer can commit them.
+        """
+        if item.kind == STALE_RESERVATION and not self._drop_stale_reservation(item, cutoff):
+            return False
+        for location in item.payloads:
+            self._delete_payload(location)
+        return True
+
+    @abstractmethod
+    def _find_garbage(self, cutoff: float) -> list[GarbageItem]:
+        """Scan payload storage, then the catalog (in that order, so a payload written during
+        the scan is seen with its reservation); return the garbage, given that heartbeats
+        older than ``cutoff`` (POSIX time) are stale. Deletes nothing."""
+
+    @abstractmethod
+    def _drop_stale_reservation(self, item: GarbageItem, cutoff: float) -> bool:
+        """Delete the pending reservation ``(item.run, item.iteration, item.token)`` if its
+        heartbeat is still older than ``cutoff``; return whether it was deleted."""
+
     # ---- backend primitives -----------------------------------------------------------------
 
     _mmap_payloads = False
@@ -281,9 +386,19 @@ class WeightsStore(ABC):
 
     def _abandon_safely(self, reservation: Reservation) -> None:
         try:
+            if self._committed(reservation):
+                return  # the commit reached the catalog (its reply was lost): keep the checkpoint
             self._abandon(reservation)
         except Exception:  # the original error matters more; gc reclaims what is left
             logger.exception(
                 "could not clean up the aborted upload of %s; run `dacapo-store gc` later",
                 describe(reservation.run, reservation.iteration),
             )
+
+    def _committed(self, reservation: Reservation) -> bool:
+        """Whether the catalog holds the reservation's checkpoint as complete (payload
+        locations are unique to one upload, so matching them proves it is this one)."""
+        info = self._find(reservation.run, reservation.iteration)
+        return info is not None and all(
+            part.location in reservation.payloads for part in info.parts.values()
+        )

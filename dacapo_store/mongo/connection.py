@@ -41,13 +41,15 @@ class MongoDatabase:
         if isinstance(db_host, str):
             self.uri = db_host
             self.display = redact_uri(db_host)
+            # Options written in the URI win over these defaults.
+            defaults = {
+                "serverSelectionTimeoutMS": SERVER_SELECTION_TIMEOUT_MS,
+                "retryWrites": True,
+                "retryReads": True,
+            }
+            options = {k: v for k, v in defaults.items() if k.lower() not in db_host.lower()}
             try:
-                self.client = pymongo.MongoClient(
-                    db_host,
-                    serverSelectionTimeoutMS=SERVER_SELECTION_TIMEOUT_MS,
-                    retryWrites=True,
-                    retryReads=True,
-                )
+                self.client = pymongo.MongoClient(db_host, **options)
             except (PyMongoError, ValueError) as error:
                 raise StoreConnectionError(
                     f"bad MongoDB URI {self.display}: {redact_text(str(error), db_host)}"

@@ -1,0 +1,518 @@
+"""The store contract suite, written once and run against every backend.
+
+A backend's test module subclasses :class:`StoreContract` and provides two things (the
+pattern of zarr-python's ``StoreTests``):
+
+* a ``stores`` fixture returning a fresh, empty ``(WeightsStore, StatsStore)`` pair that share
+  one backend (the weights store sees the scores the stats store writes);
+* :meth:`StoreContract.flip_payload_byte`, which damages one stored payload in place.
+
+A backend is done when it passes the whole suite.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import uuid
+from typing import Any
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from dacapo_store import (
+    CheckpointExistsError,
+    CheckpointNotFoundError,
+    CorruptCheckpointError,
+    NoScoreError,
+    StatsStore,
+    TrainingIterationStats,
+    Weights,
+    WeightsStore,
+)
+from dacapo_store.serialization import HashingWriter
+
+
+class ToyRun:
+    """The smallest run object a weights store accepts: ``name``, ``model``, ``optimizer``."""
+
+    def __init__(self, name: str, seed: int = 0) -> None:
+        torch.manual_seed(seed)
+        self.name = name
+        self.model = torch.nn.Sequential(
+            torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(4, 2, 1)
+        )
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-2)
+
+    def train_steps(self, steps: int = 3) -> None:
+        """Take some optimizer steps so that the Adam state is non-trivial."""
+        for _ in range(steps):
+            self.optimizer.zero_grad()
+            self.model(torch.randn(2, 1, 8, 8)).pow(2).mean().backward()
+            self.optimizer.step()
+
+
+def assert_state_equal(actual: Any, expected: Any) -> None:
+    """Recursively compare state dicts (tensors exactly, everything else by ==)."""
+    if isinstance(expected, torch.Tensor):
+        assert isinstance(actual, torch.Tensor)
+        assert actual.dtype == expected.dtype and actual.shape == expected.shape
+        assert torch.equal(actual.cpu(), expected.cpu())
+    elif isinstance(expected, dict):
+        assert isinstance(actual, dict) and actual.keys() == expected.keys()
+        for key in expected:
+            assert_state_equal(actual[key], expected[key])
+    elif isinstance(expected, (list, tuple)):
+        assert len(actual) == len(expected)
+        for a, e in zip(actual, expected):
+            assert_state_equal(a, e)
+    else:
+        assert actual == expected
+
+
+def brute_force_best(rows: list[tuple[int, dict, float, bool]]) -> int | None:
+    """Reference for "best": rows of (iteration, parameters, value, higher_is_better)."""
+    ranked = [
+        ((value if higher else -value), -iteration)
+        for iteration, _, value, higher in rows
+        if not math.isnan(value)
+    ]
+    return -max(ranked)[1] if ranked else None
+
+
+BAD_NAMES = [
+    ("", ValueError),
+    ("with\x00nul", ValueError),
+    ("$where", ValueError),
+    ("x" * 5000, ValueError),
+    (None, TypeError),
+    (42, TypeError),
+    (b"bytes", TypeError),
+    ({"$gt": ""}, TypeError),
+]
+BAD_ITERATIONS = [(-1, ValueError), (True, TypeError), (1.5, TypeError), ("3", TypeError), (2**63, ValueError)]
+
+
+class StoreContract:
+    """Every rule of the weights and stats store contracts. Subclass per backend."""
+
+    @pytest.fixture
+    def stores(self) -> tuple[WeightsStore, StatsStore]:
+        raise NotImplementedError("a backend's test class provides the `stores` fixture")
+
+    def flip_payload_byte(self, weights_store: WeightsStore, location: str) -> None:
+        """Flip one byte in the middle of the payload stored at ``location``."""
+        raise NotImplementedError
+
+    @pytest.fixture
+    def weights_store(self, stores: tuple[WeightsStore, StatsStore]) -> WeightsStore:
+        return stores[0]
+
+    @pytest.fixture
+    def stats_store(self, stores: tuple[WeightsStore, StatsStore]) -> StatsStore:
+        return stores[1]
+
+    @pytest.fixture
+    def run(self) -> ToyRun:
+        run = ToyRun("run-" + uuid.uuid4().hex[:8])
+        run.train_steps()
+        return run
+
+    # ---- round trips ------------------------------------------------------------------------
+
+    def test_round_trip_model_and_adam_state(self, weights_store: WeightsStore, run: ToyRun) -> None:
+        info = weights_store.store_weights(run, 3)
+        assert (info.run, info.iteration) == (run.name, 3)
+        assert set(info.parts) == {"model", "optimizer"}
+        assert info.size == sum(p.size for p in info.parts.values()) > 0
+        assert all(len(p.sha256) == 64 for p in info.parts.values())
+        weights = weights_store.retrieve_weights(run.name, 3)
+        assert isinstance(weights, Weights)
+        assert_state_equal(weights.model, run.model.state_dict())
+        assert_state_equal(weights.optimizer, run.optimizer.state_dict())
+        assert weights.optimizer["state"], "Adam state after steps must not be empty"
+
+    def test_load_weights_into_fresh_run_gives_identical_outputs_and_steps(
+        self, weights_store: WeightsStore, run: ToyRun
+    ) -> None:
+        weights_store.store_weights(run, 7)
+        fresh = ToyRun(run.name, seed=123)
+        x = torch.randn(1, 1, 8, 8)
+        assert not torch.equal(fresh.model(x), run.model(x))
+        weights_store.load_weights(fresh, 7)
+        assert torch.equal(fresh.model(x), run.model(x))
+        assert_state_equal(fresh.optimizer.state_dict(), run.optimizer.state_dict())
+        torch.manual_seed(5)
+        run.train_steps(1)
+        torch.manual_seed(5)
+        fresh.train_steps(1)
+        assert torch.equal(fresh.model(x), run.model(x)), "resumed optimizer must step identically"
+
+    def test_retrieve_accepts_run_object_or_name(self, weights_store: WeightsStore, run: ToyRun) -> None:
+        weights_store.store_weights(run, 1)
+        by_object = weights_store.retrieve_weights(run, 1)
+        by_name = weights_store.retrieve_weights(run.name, 1)
+        assert_state_equal(by_object.model, by_name.model)
+
+    def test_map_location_is_honoured(self, weights_store: WeightsStore, run: ToyRun) -> None:
+        weights_store.store_weights(run, 1)
+        weights = weights_store.retrieve_weights(run.name, 1, map_location="meta")
+        assert all(t.device.type == "meta" for t in weights.model.values())
+
+    def test_model_only_retrieval(self, weights_store: WeightsStore, run: ToyRun) -> None:
+        weights_store.store_weights(run, 2)
+        weights = weights_store.retrieve_weights(run.name, 2, optimizer=False)
+        assert weights.optimizer is None
+        assert_state_equal(weights.model, run.model.state_dict())
+
+    def test_model_only_checkpoint(self, weights_store: WeightsStore, run: ToyRun) -> None:
+        info = weights_store.put_weights(run.name, 4, Weights(run.model.state_dict(), None))
+        assert set(info.parts) == {"model"}
+        assert weights_store.retrieve_weights(run.name, 4).optimizer is None
+
+    # ---- listing, latest, remove ------------------------------------------------------------
+
+    def test_latest_iteration_is_numeric_and_per_run(self, weights_store: WeightsStore, run: ToyRun) -> None:
+        assert weights_store.latest_iteration(run) is None
+        for iteration in (2, 10, 9):
+            weights_store.store_weights(run, iteration)
+        assert weights_store.latest_iteration(run) == 10
+        assert weights_store.latest_iteration(run.name + "-other") is None
+        assert [c.iteration for c in weights_store.list_checkpoints(run.name)] == [2, 9, 10]
+        assert run.name in weights_store.list_runs()
+
+    def test_remove(self, weights_store: WeightsStore, run: ToyRun) -> None:
+        for iteration in (1, 2):
+            weights_store.store_weights(run, iteration)
+        weights_store.remove(run.name, 2)
+        assert weights_store.latest_iteration(run) == 1
+        with pytest.raises(CheckpointNotFoundError):
+            weights_store.retrieve_weights(run.name, 2)
+        weights_store.store_weights(run, 2)  # the iteration is free again
+        assert weights_store.latest_iteration(run) == 2
+
+    @pytest.mark.parametrize("action", ["retrieve", "remove", "load", "verify"])
+    def test_missing_checkpoint_is_file_not_found_and_value_error(
+        self, weights_store: WeightsStore, run: ToyRun, action: str
+    ) -> None:
+        call = {
+            "retrieve": lambda: weights_store.retrieve_weights(run.name, 5),
+            "remove": lambda: weights_store.remove(run.name, 5),
+            "load": lambda: weights_store.load_weights(run, 5),
+            "verify": lambda: weights_store.verify(run.name, 5),
+        }[action]
+        with pytest.raises(CheckpointNotFoundError) as caught:
+            call()
+        assert isinstance(caught.value, FileNotFoundError) and isinstance(caught.value, ValueError)
+        assert run.name in str(caught.value) and "5" in str(caught.value)
+
+    # ---- one writer wins ----------------------------------------------------------------------
+
+    def test_storing_an_existing_checkpoint_fails_and_keeps_the_original(
+        self, weights_store: WeightsStore, run: ToyRun
+    ) -> None:
+        original = {k: v.clone() for k, v in run.model.state_dict().items()}
+        first = weights_store.store_weights(run, 5)
+        run.train_steps(2)
+        with pytest.raises(CheckpointExistsError) as caught:
+            weights_store.store_weights(run, 5)
+        assert isinstance(caught.value, ValueError)
+        assert weights_store.list_checkpoints(run.name) == [first]
+        assert_state_equal(weights_store.retrieve_weights(run.name, 5).model, original)
+        assert weights_store.verify(run.name, 5) == first
+
+    def test_threads_racing_on_one_checkpoint_have_exactly_one_winner(
+        self, weights_store: WeightsStore, run: ToyRun
+    ) -> None:
+        outcomes: list[str] = []
+        barrier = threading.Barrier(6)
+
+        def writer() -> None:
+            barrier.wait()
+            try:
+                weights_store.store_weights(run, 8)
+                outcomes.append("won")
+            except CheckpointExistsError:
+                outcomes.append("lost")
+
+        threads = [threading.Thread(target=writer) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert sorted(outcomes) == ["lost"] * 5 + ["won"]
+        assert [c.iteration for c in weights_store.list_checkpoints(run.name)] == [8]
+        weights_store.verify(run.name, 8)
+
+    # ---- all or nothing -------------------------------------------------------------------------
+
+    @pytest.mark.parametrize("phase", ["first byte", "inside the model part", "inside the optimizer part"])
+    def test_failure_mid_write_leaves_no_visible_checkpoint(
+        self, weights_store: WeightsStore, run: ToyRun, monkeypatch: pytest.MonkeyPatch, phase: str
+    ) -> None:
+        first = weights_store.store_weights(run, 1)
+        model_size = first.parts["model"].size
+        fail_after_bytes = {
+            "first byte": 0,
+            "inside the model part": model_size // 2,
+            "inside the optimizer part": model_size + first.parts["optimizer"].size // 2,
+        }[phase]
+        written = [0]
+        real_forward = HashingWriter._forward
+
+        def failing_forward(self: HashingWriter, view: memoryview) -> None:
+            if written[0] + view.nbytes > fail_after_bytes:
+                raise OSError("injected failure")
+            written[0] += view.nbytes
+            real_forward(self, view)
+
+        monkeypatch.setattr(HashingWriter, "_forward", failing_forward)
+        with pytest.raises(OSError, match="injected failure"):
+            weights_store.store_weights(run, 2)
+        monkeypatch.undo()
+        assert weights_store.latest_iteration(run) == 1
+        assert [c.iteration for c in weights_store.list_checkpoints(run.name)] == [1]
+        with pytest.raises(CheckpointNotFoundError):
+            weights_store.retrieve_weights(run.name, 2)
+        weights_store.store_weights(run, 2)  # the failed writer left no reservation behind
+        assert weights_store.latest_iteration(run) == 2
+
+    # ---- integrity --------------------------------------------------------------------------------
+
+    @pytest.mark.parametrize("part", ["model", "optimizer"])
+    def test_flipped_byte_is_detected(self, weights_store: WeightsStore, run: ToyRun, part: str) -> None:
+        info = weights_store.store_weights(run, 6)
+        self.flip_payload_byte(weights_store, info.parts[part].location)
+        with pytest.raises(CorruptCheckpointError) as caught:
+            weights_store.retrieve_weights(run.name, 6)
+        assert run.name in str(caught.value) and "6" in str(caught.value)
+        with pytest.raises(CorruptCheckpointError):
+            weights_store.verify(run.name, 6)
+
+    # ---- best ---------------------------------------------------------------------------------
+
+    def test_retrieve_best_reads_what_the_stats_store_wrote(
+        self, weights_store: WeightsStore, stats_store: StatsStore, run: ToyRun
+    ) -> None:
+        for iteration, f1, loss in [(10, 0.5, 0.9), (20, 0.8, 0.4), (30, 0.7, 0.2)]:
+            stats_store.store_validation_scores(
+                run, iteration, "validate", {"f1": f1, "loss": loss}, {"f1": True, "loss": False}
+            )
+        assert weights_store.retrieve_best(run, "validate", "f1") == 20
+        assert weights_store.retrieve_best(run.name, "validate", "loss") == 30
+        best = stats_store.best_validation_score(run, "validate", "loss")
+        assert (best.iteration, best.value, best.higher_is_better) == (30, 0.2, False)
+
+    def test_load_best(self, weights_store: WeightsStore, stats_store: StatsStore, run: ToyRun) -> None:
+        weights_store.store_weights(run, 10)
+        expected = {k: v.clone() for k, v in run.model.state_dict().items()}
+        run.train_steps(2)
+        weights_store.store_weights(run, 20)
+        stats_store.store_validation_scores(run, 10, "d", {"iou": 0.9}, {"iou": True})
+        stats_store.store_validation_scores(run, 20, "d", {"iou": 0.1}, {"iou": True})
+        fresh = ToyRun(run.name, seed=9)
+        assert weights_store.load_best(fresh, "d", "iou") == 10
+        assert_state_equal(fresh.model.state_dict(), expected)
+
+    def test_best_nan_never_wins_and_ties_go_to_earliest(
+        self, weights_store: WeightsStore, stats_store: StatsStore, run: ToyRun
+    ) -> None:
+        for iteration, value in [(5, math.nan), (10, 0.3), (15, 0.3), (20, math.nan)]:
+            stats_store.store_validation_scores(run, iteration, "d", {"c": value}, {"c": True})
+        assert weights_store.retrieve_best(run, "d", "c") == 10
+
+    def test_best_spans_parameter_sets(self, weights_store: WeightsStore, stats_store: StatsStore, run: ToyRun) -> None:
+        stats_store.store_validation_scores(run, 10, "d", {"f1": 0.6}, {"f1": True}, {"threshold": 0.5})
+        stats_store.store_validation_scores(run, 20, "d", {"f1": 0.4}, {"f1": True}, {"threshold": 0.5})
+        stats_store.store_validation_scores(run, 20, "d", {"f1": 0.9}, {"f1": True}, {"threshold": 0.3})
+        best = stats_store.best_validation_score(run, "d", "f1")
+        assert (best.iteration, best.value, dict(best.parameters)) == (20, 0.9, {"threshold": 0.3})
+        assert weights_store.retrieve_best(run, "d", "f1") == 20
+
+    @pytest.mark.parametrize("scores", [[], [math.nan, math.nan]])
+    def test_no_usable_score_is_a_value_and_lookup_error(
+        self, weights_store: WeightsStore, stats_store: StatsStore, run: ToyRun, scores: list[float]
+    ) -> None:
+        for iteration, value in enumerate(scores):
+            stats_store.store_validation_scores(run, iteration, "d", {"c": value}, {"c": True})
+        for call in (
+            lambda: weights_store.retrieve_best(run, "d", "c"),
+            lambda: stats_store.best_validation_score(run, "d", "c"),
+        ):
+            with pytest.raises(NoScoreError) as caught:
+                call()
+            assert isinstance(caught.value, ValueError) and isinstance(caught.value, LookupError)
+
+    @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.differing_executors])
+    @given(
+        rows=st.lists(
+            st.tuples(
+                st.integers(0, 6),
+                st.sampled_from([None, {"t": 0.3}, {"t": 0.5}]),
+                st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.sampled_from([0.0, 1.0, math.nan])),
+            ),
+            max_size=12,
+        ),
+        higher_is_better=st.booleans(),
+    )
+    def test_best_matches_brute_force(
+        self, weights_store: WeightsStore, stats_store: StatsStore, rows: list, higher_is_better: bool
+    ) -> None:
+        run = "prop-" + uuid.uuid4().hex
+        latest: dict[tuple, float] = {}
+        for iteration, parameters, value in rows:
+            stats_store.store_validation_scores(
+                run, iteration, "d", {"c": value}, {"c": higher_is_better}, parameters
+            )
+            latest[(iteration, str(parameters))] = (iteration, parameters, value, higher_is_better)
+        expected = brute_force_best(list(latest.values()))
+        if expected is None:
+            with pytest.raises(NoScoreError):
+                weights_store.retrieve_best(run, "d", "c")
+        else:
+            assert weights_store.retrieve_best(run, "d", "c") == expected
+            assert stats_store.best_validation_score(run, "d", "c").iteration == expected
+
+    def test_each_criterion_keeps_its_own_direction(
+        self, weights_store: WeightsStore, stats_store: StatsStore, run: ToyRun
+    ) -> None:
+        for iteration, value in [(1, 0.2), (2, 0.8)]:
+            stats_store.store_validation_scores(
+                run, iteration, "d", {"up": value, "down": value}, {"up": True, "down": False}
+            )
+        assert weights_store.retrieve_best(run, "d", "up") == 2
+        assert weights_store.retrieve_best(run, "d", "down") == 1
+
+    # ---- stats --------------------------------------------------------------------------------
+
+    def test_training_stats_round_trip_upsert_and_delete_after(self, stats_store: StatsStore, run: ToyRun) -> None:
+        stats = [TrainingIterationStats(i, 1.0 / (i + 1), 0.01 * i) for i in range(5)]
+        stats_store.store_training_stats(run, stats)
+        stats_store.store_training_stats(run.name, [TrainingIterationStats(4, math.nan, 0.5)])
+        stored = stats_store.retrieve_training_stats(run)
+        assert stored[:4] == stats[:4]
+        assert stored[4].iteration == 4 and math.isnan(stored[4].loss)
+        assert stats_store.delete_training_stats(run, after=2) == 2
+        assert [s.iteration for s in stats_store.retrieve_training_stats(run)] == [0, 1, 2]
+        assert stats_store.delete_training_stats(run) == 3
+        assert stats_store.retrieve_training_stats(run) == []
+
+    def test_validation_scores_round_trip_replace_and_delete_after(self, stats_store: StatsStore, run: ToyRun) -> None:
+        stats_store.store_validation_scores(run, 10, "a", {"f1": 0.1, "x.y": math.inf}, {"f1": True, "x.y": False}, {"t": [1, 2]})
+        stats_store.store_validation_scores(run, 10, "a", {"f1": 0.2}, {"f1": True}, {"t": [1, 2]})
+        stats_store.store_validation_scores(run, 20, "b", {"f1": math.nan}, {"f1": True})
+        scores = stats_store.retrieve_validation_scores(run)
+        assert [(s.iteration, s.dataset, s.criterion) for s in scores] == [(10, "a", "f1"), (10, "a", "x.y"), (20, "b", "f1")]
+        assert scores[0].value == 0.2 and scores[0].parameters == {"t": [1, 2]}
+        assert scores[1].value == math.inf and scores[1].higher_is_better is False
+        assert math.isnan(scores[2].value) and scores[2].parameters == {}
+        assert [s.criterion for s in stats_store.retrieve_validation_scores(run, dataset="a", criterion="x.y")] == ["x.y"]
+        assert stats_store.delete_validation_scores(run, after=10) == 1
+        assert {s.iteration for s in stats_store.retrieve_validation_scores(run)} == {10}
+        assert stats_store.delete_validation_scores(run) == 2
+        assert stats_store.retrieve_validation_scores(run) == []
+
+    def test_runs_are_isolated(self, weights_store: WeightsStore, stats_store: StatsStore, run: ToyRun) -> None:
+        other = ToyRun(run.name + ".other")
+        weights_store.store_weights(run, 1)
+        stats_store.store_validation_scores(run, 1, "d", {"c": 1.0}, {"c": True})
+        assert weights_store.latest_iteration(other) is None
+        assert stats_store.retrieve_validation_scores(other) == []
+        with pytest.raises(NoScoreError):
+            weights_store.retrieve_best(other, "d", "c")
+        assert run.name in stats_store.list_runs()
+
+    # ---- bad input ----------------------------------------------------------------------------
+
+    @pytest.mark.parametrize("name, error", BAD_NAMES)
+    def test_bad_run_names_are_refused_and_nothing_is_written(
+        self, weights_store: WeightsStore, stats_store: StatsStore, run: ToyRun, name: Any, error: type
+    ) -> None:
+        calls = [
+            lambda: weights_store.put_weights(name, 1, Weights(run.model.state_dict(), None)),
+            lambda: weights_store.retrieve_weights(name, 1),
+            lambda: weights_store.latest_iteration(name),
+            lambda: weights_store.remove(name, 1),
+            lambda: weights_store.retrieve_best(name, "d", "c"),
+            lambda: stats_store.store_validation_scores(name, 1, "d", {"c": 1.0}, {"c": True}),
+            lambda: stats_store.store_training_stats(name, [TrainingIterationStats(1, 0.1, 0.1)]),
+            lambda: stats_store.retrieve_validation_scores(name),
+        ]
+        for call in calls:
+            with pytest.raises(error) as caught:
+                call()
+            assert "run" in str(caught.value)
+        assert weights_store.list_runs() == [] and stats_store.list_runs() == []
+
+    @pytest.mark.parametrize("name, error", BAD_NAMES)
+    def test_bad_dataset_and_criterion_names_are_refused(
+        self, weights_store: WeightsStore, stats_store: StatsStore, run: ToyRun, name: Any, error: type
+    ) -> None:
+        with pytest.raises(error, match="dataset"):
+            stats_store.store_validation_scores(run, 1, name, {"c": 1.0}, {"c": True})
+        with pytest.raises(error, match="dataset"):
+            weights_store.retrieve_best(run, name, "c")
+        with pytest.raises(error, match="criterion"):
+            weights_store.retrieve_best(run, "d", name)
+        if isinstance(name, str) or name is None or isinstance(name, int):
+            with pytest.raises(error, match="criterion"):
+                stats_store.store_validation_scores(run, 1, "d", {name: 1.0}, {name: True})
+        assert stats_store.retrieve_validation_scores(run) == []
+
+    @pytest.mark.parametrize("iteration, error", BAD_ITERATIONS)
+    def test_bad_iterations_are_refused(
+        self, weights_store: WeightsStore, stats_store: StatsStore, run: ToyRun, iteration: Any, error: type
+    ) -> None:
+        for call in (
+            lambda: weights_store.store_weights(run, iteration),
+            lambda: weights_store.retrieve_weights(run, iteration),
+            lambda: weights_store.remove(run, iteration),
+            lambda: stats_store.store_validation_scores(run, iteration, "d", {"c": 1.0}, {"c": True}),
+            lambda: stats_store.delete_validation_scores(run, after=iteration),
+        ):
+            with pytest.raises(error, match="iteration"):
+                call()
+        assert weights_store.list_runs() == [] and stats_store.list_runs() == []
+
+    @pytest.mark.parametrize(
+        "scores, higher_is_better, parameters, error",
+        [
+            ({"c": "0.5"}, {"c": True}, None, TypeError),
+            ({"c": True}, {"c": True}, None, TypeError),
+            ({"c": None}, {"c": True}, None, TypeError),
+            ({"c": 0.5}, {}, None, ValueError),
+            ({"c": 0.5}, {"c": 1}, None, TypeError),
+            ([("c", 0.5)], {"c": True}, None, TypeError),
+            ({"c": 0.5}, {"c": True}, {"t": math.nan}, ValueError),
+            ({"c": 0.5}, {"c": True}, {"t": object()}, TypeError),
+            ({"c": 0.5}, {"c": True}, {1: 0.5}, TypeError),
+            ({"c": 0.5}, {"c": True}, [("t", 0.5)], TypeError),
+            ({"ok": 0.5, "c": "bad"}, {"ok": True, "c": True}, None, TypeError),
+        ],
+    )
+    def test_bad_scores_and_parameters_are_refused_and_nothing_is_written(
+        self, stats_store: StatsStore, run: ToyRun, scores: Any, higher_is_better: Any, parameters: Any, error: type
+    ) -> None:
+        with pytest.raises(error):
+            stats_store.store_validation_scores(run, 1, "d", scores, higher_is_better, parameters)
+        assert stats_store.retrieve_validation_scores(run) == []
+
+    def test_store_weights_needs_a_run_object(self, weights_store: WeightsStore) -> None:
+        with pytest.raises(TypeError, match="model"):
+            weights_store.store_weights("just-a-name", 1)
+        with pytest.raises(TypeError, match="state dict"):
+            weights_store.put_weights("r", 1, Weights([1, 2], None))
+        assert weights_store.list_runs() == []
+
+    def test_names_that_look_like_operators_are_plain_values(
+        self, weights_store: WeightsStore, stats_store: StatsStore, run: ToyRun
+    ) -> None:
+        for name in ("a.b", "x$y", "{'$gt': ''}", "ünïcødé/..\\"):
+            weights_store.put_weights(name, 1, Weights(run.model.state_dict(), None))
+            stats_store.store_validation_scores(name, 1, "d.s", {"a.b": 0.5}, {"a.b": True}, {"$k.x": 1})
+            assert weights_store.latest_iteration(name) == 1
+            assert weights_store.retrieve_best(name, "d.s", "a.b") == 1
+            assert stats_store.retrieve_validation_scores(name)[0].parameters == {"$k.x": 1}
+        assert weights_store.latest_iteration("a") is None

@@ -1,0 +1,233 @@
+"""Failures injected at every phase of a write and of a remove, on every backend.
+
+After each fault: no partial checkpoint is visible, ``latest_iteration`` is unchanged (or
+correctly advanced when the commit reached the catalog), every other checkpoint still verifies,
+and garbage collection reclaims whatever the failed operation left behind.
+
+A process that dies outright cleans nothing up; on mongomock (one process only) that is
+simulated by disabling the clean-up, on the local backend by a real child process that calls
+``os._exit`` inside the phase (see ``test_killed_process.py``).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+import pytest
+from bson import ObjectId
+
+from dacapo_store import CheckpointExistsError, CheckpointNotFoundError, WeightsStore
+from dacapo_store.serialization import HashingWriter
+
+from .conftest import Backend, assert_all_verify, make_weights, tag_of
+
+RUN = "faulty"
+BEFORE = (1, 2)
+TARGET = 3
+
+has_gc = pytest.mark.skipif(
+    not hasattr(WeightsStore, "collect_garbage"), reason="WeightsStore.collect_garbage (issue 4) missing"
+)
+
+
+class InjectedFault(RuntimeError):
+    """The failure the tests inject."""
+
+
+def fail_after_bytes(limit: int) -> Callable[..., Any]:
+    """A replacement for ``HashingWriter.__init__`` whose sink (the backend's payload storage)
+    raises once ``limit`` bytes of the upload went through it."""
+    original = HashingWriter.__init__
+    written = 0
+
+    def init(self: HashingWriter, sink: Callable[[Any], object], *args: Any, **kwargs: Any) -> None:
+        def failing_sink(data: Any) -> object:
+            nonlocal written
+            if written + memoryview(data).nbytes > limit:
+                raise InjectedFault(f"payload storage failed after {written} bytes")
+            written += memoryview(data).nbytes
+            return sink(data)
+
+        original(self, failing_sink, *args, **kwargs)
+
+    return init
+
+
+def fail_on_call(original: Callable[..., Any], call: int = 1, after: bool = False) -> Callable[..., Any]:
+    """Wrap a bound method so that its ``call``-th call raises (after running, if ``after``)."""
+    calls = 0
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == call:
+            if after:
+                original(*args, **kwargs)
+            raise InjectedFault(f"{original.__name__} failed (call {calls}, after={after})")
+        return original(*args, **kwargs)
+
+    return wrapper
+
+
+def seed(backend: Backend) -> None:
+    for iteration in BEFORE:
+        backend.weights.put_weights(RUN, iteration, make_weights(iteration))
+
+
+def model_part_size(backend: Backend) -> int:
+    return backend.weights.checkpoint_info(RUN, BEFORE[0]).parts["model"].size
+
+
+def collect_garbage(backend: Backend) -> None:
+    """Run gc as an operator would, long after the failure, and check it reclaimed everything."""
+    store = backend.weights
+    before = (backend.payloads(), backend.pending())
+    store.collect_garbage(older_than=3600.0, dry_run=True, now=time.time() + 7200.0)
+    assert (backend.payloads(), backend.pending()) == before, "a dry run deleted something"
+    store.collect_garbage(older_than=3600.0, now=time.time() + 7200.0)
+    backend.assert_clean()
+
+
+def assert_unharmed(backend: Backend, target_stored: bool = False) -> None:
+    """The invariants every fault must keep."""
+    store = backend.weights
+    expected = [*BEFORE, TARGET] if target_stored else list(BEFORE)
+    assert [info.iteration for info in store.list_checkpoints(RUN)] == expected
+    assert store.latest_iteration(RUN) == max(expected)
+    if not target_stored:
+        with pytest.raises(CheckpointNotFoundError, match=rf"checkpoint {TARGET} of run '{RUN}'"):
+            store.retrieve_weights(RUN, TARGET)
+    assert assert_all_verify(store) == len(expected)
+
+
+WRITE_PHASES = {
+    "before the upload": lambda backend, mp: mp.setattr(HashingWriter, "__init__", fail_after_bytes(0)),
+    "between chunks of the model part": lambda backend, mp: mp.setattr(
+        HashingWriter, "__init__", fail_after_bytes(2500)
+    ),
+    "between the parts": lambda backend, mp: mp.setattr(
+        HashingWriter, "__init__", fail_after_bytes(model_part_size(backend) + 10)
+    ),
+    "after the chunks, before the catalog commit": lambda backend, mp: mp.setattr(
+        backend.weights, "_commit", fail_on_call(backend.weights._commit)
+    ),
+}
+
+
+@pytest.mark.parametrize("phase", list(WRITE_PHASES))
+def test_write_fault_aborts_cleanly(backend: Backend, monkeypatch: pytest.MonkeyPatch, phase: str) -> None:
+    seed(backend)
+    with monkeypatch.context() as mp:
+        WRITE_PHASES[phase](backend, mp)
+        with pytest.raises(InjectedFault):
+            backend.weights.put_weights(RUN, TARGET, make_weights(TARGET))
+    assert_unharmed(backend)
+    backend.assert_clean()  # the failed writer cleaned up after itself
+    backend.weights.put_weights(RUN, TARGET, make_weights(TARGET))  # and the key is free again
+    assert_unharmed(backend, target_stored=True)
+
+
+@has_gc
+@pytest.mark.parametrize("phase", list(WRITE_PHASES))
+def test_write_fault_without_cleanup_is_collected(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch, phase: str
+) -> None:
+    """The writer dies in the phase (nothing cleans up): invisible, and gc reclaims it all."""
+    seed(backend)
+    with monkeypatch.context() as mp:
+        WRITE_PHASES[phase](backend, mp)
+        mp.setattr(backend.weights, "_abandon", lambda reservation: None)
+        with pytest.raises(InjectedFault):
+            backend.weights.put_weights(RUN, TARGET, make_weights(TARGET))
+    assert_unharmed(backend)
+    with pytest.raises(CheckpointExistsError, match="being stored by another writer"):
+        backend.reopen().put_weights(RUN, TARGET, make_weights(99))
+    collect_garbage(backend)
+    assert_unharmed(backend)
+    backend.weights.put_weights(RUN, TARGET, make_weights(TARGET))
+    assert_unharmed(backend, target_stored=True)
+
+
+def test_commit_applied_but_reply_lost(backend: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The catalog commit succeeds but the caller sees an error (a lost reply): the checkpoint
+    is then stored and whole, never listed with its payloads deleted by the clean-up."""
+    seed(backend)
+    with monkeypatch.context() as mp:
+        mp.setattr(backend.weights, "_commit", fail_on_call(backend.weights._commit, after=True))
+        with pytest.raises(InjectedFault):
+            backend.weights.put_weights(RUN, TARGET, make_weights(TARGET))
+    assert_unharmed(backend, target_stored=True)
+    assert tag_of(backend.weights.retrieve_weights(RUN, TARGET)) == TARGET
+    backend.assert_clean()
+
+
+def test_heartbeat_failure_aborts_cleanly(backend: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("dacapo_store.serialization.HEARTBEAT_EVERY_BYTES", 100)
+    seed(backend)
+    with monkeypatch.context() as mp:
+        mp.setattr(backend.weights, "_heartbeat", fail_on_call(backend.weights._heartbeat))
+        with pytest.raises(InjectedFault):
+            backend.weights.put_weights(RUN, TARGET, make_weights(TARGET))
+    assert_unharmed(backend)
+    backend.assert_clean()
+
+
+REMOVE_PHASES = {
+    "before the catalog entry is dropped": ("_unlist", 1, False),
+    "before the first payload is deleted": ("_delete_payload", 1, False),
+    "between the payload deletes": ("_delete_payload", 2, False),
+}
+
+
+@pytest.mark.parametrize("phase", list(REMOVE_PHASES))
+def test_remove_fault_leaves_checkpoint_whole_or_gone(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch, phase: str
+) -> None:
+    seed(backend)
+    backend.weights.put_weights(RUN, TARGET, make_weights(TARGET))
+    method, call, after = REMOVE_PHASES[phase]
+    with monkeypatch.context() as mp:
+        mp.setattr(backend.weights, method, fail_on_call(getattr(backend.weights, method), call, after))
+        with pytest.raises(InjectedFault):
+            backend.weights.remove(RUN, TARGET)
+    intact = method == "_unlist"
+    assert_unharmed(backend, target_stored=intact)  # whole (and verifying) or gone, never half
+    if intact:
+        backend.assert_clean()
+        backend.weights.remove(RUN, TARGET)
+        assert_unharmed(backend)
+        backend.assert_clean()
+    else:
+        collect_garbage_if_available(backend)
+
+
+def collect_garbage_if_available(backend: Backend) -> None:
+    """The interrupted remove left payloads behind; gc (when present) reclaims them."""
+    assert backend.payloads() - backend.referenced(), "expected leftover payloads"
+    if hasattr(WeightsStore, "collect_garbage"):
+        collect_garbage(backend)
+        assert_unharmed(backend)
+
+
+@has_gc
+def test_gridfs_delete_interrupted_between_files_and_chunks(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """GridFS deletes the files document first, then the chunks: a failure in between leaves
+    orphan chunks (no files document), which the checkpoint never shows and gc reclaims."""
+    if backend.kind == "local":
+        pytest.skip("GridFS only")
+    seed(backend)
+    backend.weights.put_weights(RUN, TARGET, make_weights(TARGET))
+    chunks = backend.weights.bucket._chunks
+    with monkeypatch.context() as mp:
+        mp.setattr(chunks, "delete_many", fail_on_call(chunks.delete_many))
+        with pytest.raises(InjectedFault):
+            backend.weights.remove(RUN, TARGET)
+    assert_unharmed(backend)
+    orphans = backend.payloads() - backend.referenced()
+    assert orphans, "expected orphan chunks"
+    assert backend.root["weights.files"].count_documents({"_id": {"$in": [ObjectId(o) for o in orphans]}}) == 0
+    collect_garbage(backend)
+    assert_unharmed(backend)

@@ -1,0 +1,78 @@
+"""Local-backend rules beyond the shared contract: atomic files, processes racing."""
+
+from __future__ import annotations
+
+import multiprocessing
+
+import pytest
+
+from dacapo_store import CheckpointExistsError, LocalWeightsStore
+from dacapo_store.testing.contract import ToyRun
+
+PROCESSES = 4
+
+
+def _race_to_store(basedir: str, barrier, results) -> None:
+    store = LocalWeightsStore(basedir)
+    run = ToyRun("raced")
+    barrier.wait()
+    try:
+        store.store_weights(run, 3)
+        results.put("won")
+    except CheckpointExistsError:
+        results.put("lost")
+
+
+def test_processes_racing_on_one_checkpoint_have_exactly_one_winner(tmp_path) -> None:
+    context = multiprocessing.get_context("spawn")
+    barrier, results = context.Barrier(PROCESSES), context.Queue()
+    workers = [
+        context.Process(target=_race_to_store, args=(str(tmp_path), barrier, results))
+        for _ in range(PROCESSES)
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=120)
+        assert worker.exitcode == 0
+    outcomes = sorted(results.get(timeout=5) for _ in workers)
+    assert outcomes == ["lost"] * (PROCESSES - 1) + ["won"]
+    store = LocalWeightsStore(tmp_path)
+    assert [c.iteration for c in store.list_checkpoints("raced")] == [3]
+    store.verify("raced", 3)
+    assert sorted(p.name for p in store.payload_dir.iterdir()) == sorted(
+        p.location for p in store.list_checkpoints("raced")[0].parts.values()
+    )
+
+
+def test_payloads_are_renamed_into_place_and_failed_writes_leave_no_files(tmp_path, monkeypatch) -> None:
+    store = LocalWeightsStore(tmp_path)
+    run = ToyRun("r")
+    info = store.store_weights(run, 1)
+    assert sorted(p.name for p in store.payload_dir.iterdir()) == sorted(p.location for p in info.parts.values())
+
+    def fail_commit(*args, **kwargs):
+        raise KeyboardInterrupt("killed before the catalog commit")
+
+    monkeypatch.setattr(LocalWeightsStore, "_commit", fail_commit)
+    with pytest.raises(KeyboardInterrupt):
+        store.store_weights(run, 2)
+    assert sorted(p.name for p in store.payload_dir.iterdir()) == sorted(p.location for p in info.parts.values())
+    assert store.latest_iteration("r") == 1
+
+
+def test_stale_reservation_is_taken_over_but_a_fresh_one_is_not(tmp_path) -> None:
+    store = LocalWeightsStore(tmp_path, stale_after=60.0)
+    run = ToyRun("r")
+    abandoned = store._reserve("r", 5)  # a writer that died after reserving
+    with pytest.raises(CheckpointExistsError, match="being stored"):
+        store.store_weights(run, 5)
+    with store.catalog.transaction() as db:
+        db.execute("UPDATE checkpoints SET heartbeat = heartbeat - 3600 WHERE token = ?", (abandoned.token,))
+    store.store_weights(run, 5)
+    assert store.latest_iteration("r") == 5
+
+
+def test_stores_on_one_directory_share_the_catalog(tmp_path) -> None:
+    LocalWeightsStore(tmp_path).store_weights(ToyRun("r"), 2)
+    assert LocalWeightsStore(tmp_path).latest_iteration("r") == 2

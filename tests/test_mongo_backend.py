@@ -1,0 +1,102 @@
+"""MongoDB-backend rules beyond the shared contract: indexes, write concern, query counts,
+redaction, and the catalog's unique key deciding before any upload."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from dacapo_store import CheckpointExistsError, MongoStatsStore, MongoWeightsStore, StoreConnectionError
+from dacapo_store.mongo.connection import MongoDatabase
+from dacapo_store.testing.contract import ToyRun
+from dacapo_store.uri import redact_uri
+from dacapo_store.testing.mongomock_support import mongomock_client
+
+
+class CallCounter:
+    """Wraps a collection and counts calls of its query methods."""
+
+    def __init__(self, collection) -> None:
+        self._collection = collection
+        self.calls: list[tuple[str, tuple, dict]] = []
+
+    def __getattr__(self, name):
+        attribute = getattr(self._collection, name)
+        if name in {"find", "find_one", "aggregate", "count_documents", "distinct"}:
+            def counted(*args, **kwargs):
+                self.calls.append((name, args, kwargs))
+                return attribute(*args, **kwargs)
+            return counted
+        return attribute
+
+
+@pytest.fixture
+def client():
+    return mongomock_client()
+
+
+def test_indexes_exist_and_creation_is_idempotent(client) -> None:
+    for _ in range(2):
+        MongoWeightsStore(client)
+        MongoStatsStore(client)
+    db = client["dacapo"]
+    checkpoint_indexes = db["checkpoints"].index_information()
+    assert checkpoint_indexes["run_iteration"]["unique"]
+    assert checkpoint_indexes["run_iteration"]["key"] == [("run", 1), ("iteration", 1)]
+    score_indexes = db["validation_scores"].index_information()
+    assert score_indexes["score_key"]["unique"]
+    assert [k for k, _ in score_indexes["best_score"]["key"]][:4] == ["run", "dataset", "criterion", "ranked"]
+
+
+def test_writes_use_majority_journaled_write_concern(client) -> None:
+    weights, stats = MongoWeightsStore(client), MongoStatsStore(client)
+    for collection in (weights.checkpoints, weights.scores, stats.training_stats, stats.scores):
+        assert collection.write_concern.document == {"w": "majority", "j": True}
+
+
+def test_latest_and_best_are_one_query_each(client) -> None:
+    weights, stats = MongoWeightsStore(client), MongoStatsStore(client)
+    run = ToyRun("r")
+    for iteration in range(5):
+        weights.store_weights(run, iteration)
+        stats.store_validation_scores(run, iteration, "d", {"c": float(iteration % 3)}, {"c": True})
+    weights.checkpoints = CallCounter(weights.checkpoints)
+    weights.scores = CallCounter(weights.scores)
+    assert weights.latest_iteration("r") == 4
+    assert weights.retrieve_best("r", "d", "c") == 2
+    assert [name for name, _, _ in weights.checkpoints.calls] == ["find_one"]
+    [(name, args, kwargs)] = weights.scores.calls
+    assert name == "find_one" and kwargs["sort"][0] == ("rank", -1)
+
+
+def test_existing_checkpoint_fails_before_uploading_anything(client) -> None:
+    weights = MongoWeightsStore(client)
+    run = ToyRun("r")
+    weights.store_weights(run, 1)
+    files, chunks = client["dacapo"]["weights.files"], client["dacapo"]["weights.chunks"]
+    before = (files.count_documents({}), chunks.count_documents({}))
+    uploads = []
+    real_open = weights.bucket.open_upload_stream_with_id
+    weights.bucket.open_upload_stream_with_id = lambda *a, **k: uploads.append(a) or real_open(*a, **k)
+    with pytest.raises(CheckpointExistsError):
+        weights.store_weights(run, 1)
+    assert uploads == []
+    assert (files.count_documents({}), chunks.count_documents({})) == before
+
+
+def test_unreachable_server_fails_fast_without_showing_the_password() -> None:
+    uri = "mongodb://trainer:s3cret-pw@127.0.0.1:1/?serverSelectionTimeoutMS=300"
+    started = time.monotonic()
+    with pytest.raises(StoreConnectionError) as caught:
+        MongoWeightsStore(uri)
+    assert time.monotonic() - started < 10
+    message = str(caught.value)
+    assert "s3cret-pw" not in message and "trainer:***@127.0.0.1:1" in message
+
+
+def test_displayed_uri_redacts_the_password() -> None:
+    database = MongoDatabase("mongodb://trainer:s3cret-pw@127.0.0.1:1/?serverSelectionTimeoutMS=300", "lab")
+    assert database.display == "mongodb://trainer:***@127.0.0.1:1/?serverSelectionTimeoutMS=300"
+    assert redact_uri("mongodb+srv://a:b@c/d") == "mongodb+srv://a:***@c/d"
+    assert redact_uri("mongodb://host/db") == "mongodb://host/db"
