@@ -130,12 +130,16 @@ def resolve_store(store: str | os.PathLike | None = None) -> StoreLocation:
     """Resolve the store setting in the documented order (see module docstring).
 
     Raises:
-        ConfigurationError: a bad value, naming the setting and where it came from.
+        ConfigurationError: a bad value, naming the setting and where it came from (also
+            ``$DACAPO_OPTIONS_FILE`` naming a file that does not exist).
     """
     if store is not None:
         return location_from_value(os.fspath(store), "the store argument")
     if os.environ.get(STORE_ENV):
         return location_from_value(os.environ[STORE_ENV], f"${STORE_ENV}")
+    named = os.environ.get(OPTIONS_FILE_ENV)
+    if named and not Path(named).is_file():
+        raise ConfigurationError(f"${OPTIONS_FILE_ENV} names {named}, which is not a file")
     for candidate in options_file_candidates():
         if candidate.is_file():
             return location_from_options_file(candidate)

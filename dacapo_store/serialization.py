@@ -11,18 +11,21 @@ from __future__ import annotations
 
 import hashlib
 import io
+import mmap
 import os
 import pickle
 import zipfile
+from collections.abc import Iterable
 from typing import Any, Callable
 
 import torch
 
+from .background_hash import BackgroundSha256
 from .errors import CorruptCheckpointError
+from .memory_file import MemoryFile
 from .records import PartInfo
 
 HEARTBEAT_EVERY_BYTES = 64 * 1024 * 1024
-HASH_BLOCK_BYTES = 8 * 1024 * 1024
 
 
 class HashingWriter:
@@ -37,7 +40,7 @@ class HashingWriter:
     ) -> None:
         self._sink = sink
         self._heartbeat = heartbeat
-        self._hash = hashlib.sha256()
+        self._hash = BackgroundSha256()
         self._since_heartbeat = 0
         self.size = 0
         self.error: BaseException | None = None
@@ -90,27 +93,63 @@ def serialize_state(
     return PartInfo(location=location, size=writer.size, sha256=writer.hexdigest())
 
 
-def verify_bytes(data: Any, expected: PartInfo, describe: str) -> None:
-    """Check ``data`` against the recorded size and sha256.
+def _check_payload(size: int, digest: str, expected: PartInfo, describe: str, what: str) -> None:
+    """Compare a payload's ``size`` and sha256 ``digest`` with the catalog's ``expected``.
 
     Raises:
-        CorruptCheckpointError: naming ``describe`` (the run, iteration and part).
+        CorruptCheckpointError: naming ``describe`` and ``what`` was read.
     """
-    view = memoryview(data)
-    if view.nbytes != expected.size:
+    if size != expected.size:
         raise CorruptCheckpointError(
-            f"{describe}: stored payload has {view.nbytes} bytes, the catalog recorded {expected.size}"
+            f"{describe}: {what} has {size} bytes, the catalog recorded {expected.size}"
         )
-    digest = hashlib.sha256(view).hexdigest()
     if digest != expected.sha256:
         raise CorruptCheckpointError(
-            f"{describe}: sha256 mismatch (stored data {digest[:16]}..., "
-            f"catalog {expected.sha256[:16]}...): the payload is corrupt"
+            f"{describe}: sha256 mismatch ({what} {digest[:16]}..., catalog "
+            f"{expected.sha256[:16]}...): the payload is corrupt"
         )
+
+
+def verified_memory_file(blocks: Iterable[Any], expected: PartInfo, describe: str) -> MemoryFile:
+    """Copy ``blocks`` (bytes-like, in order) into a :class:`MemoryFile`, hashing as they come.
+
+    The payload is copied once, into memory of its recorded size; ``torch.load(path, mmap=True)``
+    then maps it instead of copying every tensor again.
+
+    Returns:
+        The filled file, whose size and sha256 match ``expected``.
+
+    Raises:
+        CorruptCheckpointError: more or fewer bytes than recorded, or the wrong digest (the
+            file is closed).
+    """
+    if expected.size <= 0:
+        raise CorruptCheckpointError(f"{describe}: the catalog records an empty payload")
+    file = MemoryFile(expected.size)
+    digest = BackgroundSha256()
+    size = 0
+    try:
+        for block in blocks:
+            if size + len(block) > expected.size:
+                raise CorruptCheckpointError(
+                    f"{describe}: stored payload is longer than the {expected.size} bytes the "
+                    "catalog recorded"
+                )
+            digest.update(block)
+            file.write_at(size, block)
+            size += len(block)
+        _check_payload(size, digest.hexdigest(), expected, describe, "stored payload")
+    except BaseException:
+        file.close()
+        raise
+    return file
 
 
 def verify_file(path: str | os.PathLike, expected: PartInfo, describe: str) -> None:
-    """Check the file at ``path`` against the recorded size and sha256, reading it in blocks.
+    """Check the file at ``path`` against the recorded size and sha256.
+
+    The file is hashed through a memory map (no copy into a read buffer); its pages stay in the
+    page cache for the ``torch.load(mmap=True)`` that follows.
 
     Raises:
         CorruptCheckpointError: the file is missing, has the wrong size or the wrong digest.
@@ -118,18 +157,13 @@ def verify_file(path: str | os.PathLike, expected: PartInfo, describe: str) -> N
     try:
         with open(path, "rb") as file:
             size = os.fstat(file.fileno()).st_size
-            if size != expected.size:
-                raise CorruptCheckpointError(
-                    f"{describe}: payload file has {size} bytes, the catalog recorded {expected.size}"
-                )
-            digest = hashlib.file_digest(file, "sha256").hexdigest()
+            if size != expected.size or size == 0:
+                _check_payload(size, "", expected, describe, "payload file")
+            with mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+                digest = hashlib.sha256(mapped).hexdigest()
     except FileNotFoundError as error:
         raise CorruptCheckpointError(f"{describe}: payload file {path} is missing") from error
-    if digest != expected.sha256:
-        raise CorruptCheckpointError(
-            f"{describe}: sha256 mismatch (file {digest[:16]}..., catalog "
-            f"{expected.sha256[:16]}...): the payload is corrupt"
-        )
+    _check_payload(size, digest, expected, describe, "payload file")
 
 
 def load_state(source: Any, map_location: Any, describe: str, mmap: bool = False) -> Any:

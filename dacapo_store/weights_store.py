@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .checks import check_iteration, check_name, run_name_of
-from .errors import CheckpointNotFoundError
+from .errors import CheckpointNotFoundError, CorruptCheckpointError
 from .records import PARTS, CheckpointInfo, PartInfo, Weights
 from .serialization import load_state
 
@@ -176,15 +176,19 @@ class WeightsStore(ABC):
         """
         info = self.checkpoint_info(run, iteration)
         wanted = [part for part in PARTS if part in info.parts and (optimizer or part == "model")]
-        states = {
-            part: load_state(
-                self._verified_payload(info, part),
-                map_location,
-                describe(info.run, info.iteration, part),
-                mmap=self._mmap_payloads,
-            )
-            for part in wanted
-        }
+        try:
+            states = {
+                part: load_state(
+                    self._verified_payload(info, part),
+                    map_location,
+                    describe(info.run, info.iteration, part),
+                    mmap=self._mmap_payloads,
+                )
+                for part in wanted
+            }
+        except (CorruptCheckpointError, FileNotFoundError) as error:
+            self._raise_if_removed(info, error)
+            raise
         return Weights(states.get("model"), states.get("optimizer"))
 
     def load_weights(self, run: RunLike, iteration: int) -> None:
@@ -267,9 +271,22 @@ class WeightsStore(ABC):
             CheckpointNotFoundError, CorruptCheckpointError.
         """
         info = self.checkpoint_info(run, iteration)
-        for part in info.parts:
-            self._verified_payload(info, part)
+        try:
+            for part in info.parts:
+                self._verified_payload(info, part)
+        except CorruptCheckpointError as error:
+            self._raise_if_removed(info, error)
+            raise
         return info
+
+    def _raise_if_removed(self, info: CheckpointInfo, error: BaseException) -> None:
+        """After a read of ``info``'s payloads failed: raise CheckpointNotFoundError if the
+        checkpoint was removed (or replaced) since it was looked up, so that a reader racing a
+        remove sees "not found", never "corrupt". Returns if the checkpoint is still the same."""
+        if self._find(info.run, info.iteration) != info:
+            raise CheckpointNotFoundError(
+                f"{describe(info.run, info.iteration)} was removed while it was being read"
+            ) from error
 
     @abstractmethod
     def list_checkpoints(self, run: RunLike) -> list[CheckpointInfo]:

@@ -18,9 +18,10 @@ import types
 import typing
 from abc import abstractmethod
 from collections.abc import Mapping
-from typing import Any, ClassVar, Literal, Union, get_args, get_origin
+from typing import Any, ClassVar, Literal, TypeVar, Union, get_args, get_origin
 
 NoneType = type(None)
+C = TypeVar("C", bound="Config")
 
 
 class ConfigError(ValueError):
@@ -46,7 +47,7 @@ class Config:
         return {field.name: to_plain(getattr(self, field.name)) for field in dataclasses.fields(self)}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "Config":
+    def from_dict(cls: type[C], data: Mapping[str, Any]) -> C:
         """Build the config from plain data.
 
         Raises:

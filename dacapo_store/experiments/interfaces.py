@@ -100,7 +100,12 @@ class Task(ABC):
 
 
 class Trainer(ABC):
-    """Builds the optimizer and runs training iterations (drawing batches deterministically)."""
+    """Builds the optimizer and runs training iterations (drawing batches deterministically).
+
+    ``seed`` also seeds the initial weights of a run's model (see :class:`~.run.Run`).
+    """
+
+    seed: int
 
     @abstractmethod
     def create_optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:

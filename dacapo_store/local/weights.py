@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 import uuid
 from collections.abc import Mapping
@@ -14,13 +15,25 @@ from ..checks import run_name_of
 from ..errors import CheckpointExistsError, NoScoreError, ReservationLostError
 from ..records import CheckpointInfo, PartInfo
 from ..serialization import serialize_state, verify_file
-from ..weights_store import DEFAULT_STALE_AFTER, Reservation, WeightsStore, describe
+from ..weights_store import (
+    DEFAULT_STALE_AFTER,
+    ORPHAN_PAYLOAD,
+    PARTIAL_FILE,
+    STALE_RESERVATION,
+    GarbageItem,
+    Reservation,
+    WeightsStore,
+    describe,
+)
 from .catalog import BEST_SCORE_SQL, Catalog, checkpoint_from_row, parts_to_json
 
 logger = logging.getLogger(__name__)
 
 PAYLOAD_DIRNAME = "payloads"
 PARTIAL_SUFFIX = ".partial"
+PAYLOAD_NAME = re.compile(r"^(?P<token>[0-9a-f]{32})\.[a-z]+\.pt(?:\.partial)?$")
+"""Names this store gives payload files (``<token>.<part>.pt``, ``.partial`` while written);
+garbage collection never touches any other file."""
 
 
 def fsync_directory(path: Path) -> None:
@@ -192,3 +205,51 @@ class LocalWeightsStore(WeightsStore):
         if not rows:
             raise NoScoreError.for_query(run, dataset, criterion)
         return rows[0]["iteration"]
+
+    def _find_garbage(self, cutoff: float) -> list[GarbageItem]:
+        files = self._payload_files()
+        rows = self.catalog.query("SELECT * FROM checkpoints")
+        referenced = {
+            part.location for row in rows if row["state"] == "complete"
+            for part in checkpoint_from_row(row).parts.values()
+        }
+        pending = [row for row in rows if row["state"] == "pending"]
+        live = {row["token"] for row in pending if row["heartbeat"] >= cutoff}
+        stale = {row["token"]: row for row in pending if row["heartbeat"] < cutoff}
+        owned: dict[str, list[str]] = {token: [] for token in stale}
+        items = []
+        for name, size in sorted(files.items()):
+            token = PAYLOAD_NAME.match(name)["token"]
+            if name in referenced or token in live:
+                continue
+            if token in owned:
+                owned[token].append(name)
+            else:
+                kind = PARTIAL_FILE if name.endswith(PARTIAL_SUFFIX) else ORPHAN_PAYLOAD
+                items.append(GarbageItem(kind, (name,), size))
+        for token, row in stale.items():
+            names = tuple(owned[token])
+            size = sum(files[name] for name in names)
+            items.append(
+                GarbageItem(STALE_RESERVATION, names, size, row["run"], row["iteration"], token)
+            )
+        return items
+
+    def _payload_files(self) -> dict[str, int]:
+        """Name -> size of every payload file (finished or ``.partial``) in the payload directory."""
+        files = {}
+        for entry in os.scandir(self.payload_dir):
+            if PAYLOAD_NAME.match(entry.name):
+                try:
+                    files[entry.name] = entry.stat().st_size
+                except FileNotFoundError:  # deleted since the listing
+                    pass
+        return files
+
+    def _drop_stale_reservation(self, item: GarbageItem, cutoff: float) -> bool:
+        with self.catalog.transaction() as db:
+            return db.execute(
+                "DELETE FROM checkpoints WHERE run = ? AND iteration = ? AND token = ?"
+                " AND state = 'pending' AND heartbeat < ?",
+                (item.run, item.iteration, item.token, cutoff),
+            ).rowcount == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 import uuid
 from collections.abc import Mapping
@@ -17,8 +18,18 @@ from pymongo.write_concern import WriteConcern
 from ..checks import run_name_of
 from ..errors import CheckpointExistsError, CorruptCheckpointError, ReservationLostError
 from ..records import CheckpointInfo, PartInfo
-from ..serialization import serialize_state, verify_bytes
-from ..weights_store import DEFAULT_STALE_AFTER, Reservation, WeightsStore, describe
+from ..memory_file import MemoryFile
+from ..serialization import serialize_state, verified_memory_file
+from ..weights_store import (
+    DEFAULT_STALE_AFTER,
+    ORPHAN_CHUNKS,
+    ORPHAN_PAYLOAD,
+    STALE_RESERVATION,
+    GarbageItem,
+    Reservation,
+    WeightsStore,
+    describe,
+)
 from .connection import DEFAULT_WRITE_CONCERN, MongoDatabase
 from .scores import SCORE_INDEXES, SCORES_COLLECTION, find_best_score
 
@@ -26,7 +37,10 @@ logger = logging.getLogger(__name__)
 
 CHECKPOINTS_COLLECTION = "checkpoints"
 BUCKET_NAME = "weights"
-CHUNK_SIZE_BYTES = 255 * 1024
+CHUNK_SIZE_BYTES = 4 * 1024 * 1024 - 4096
+"""GridFS chunk size of new uploads. Large chunks cut the per-chunk cost (one document, one
+index entry each); just under 4 MiB, four chunk documents fill one 16 MiB reply batch, so a
+download takes about ``ceil(size / 16 MiB) + 1`` queries on the chunks collection."""
 
 CHECKPOINT_INDEXES = (
     ([("run", ASCENDING), ("iteration", ASCENDING)], {"name": "run_iteration", "unique": True}),
@@ -35,6 +49,20 @@ CHECKPOINT_INDEXES = (
         {"name": "run_state_iteration"},
     ),
 )
+
+
+class _ViewReader:
+    """A ``read(n)`` file over a memoryview: ``GridIn.write`` copies each chunk straight out of
+    ``torch.save``'s buffer (it rejects memoryviews, and ``bytes(view)`` would copy it twice)."""
+
+    def __init__(self, view: memoryview) -> None:
+        self._view = view
+        self._position = 0
+
+    def read(self, size: int) -> bytes:
+        data = self._view[self._position : self._position + size].tobytes()
+        self._position += len(data)
+        return data
 
 
 def checkpoint_from_document(document: Mapping[str, Any]) -> CheckpointInfo:
@@ -148,7 +176,7 @@ class MongoWeightsStore(WeightsStore):
         try:
             info = serialize_state(
                 state,
-                lambda view: upload.write(bytes(view)),
+                lambda view: upload.write(_ViewReader(view)),
                 str(file_id),
                 heartbeat=lambda: self._heartbeat(reservation),
             )
@@ -202,17 +230,19 @@ class MongoWeightsStore(WeightsStore):
         document = self.checkpoints.find_one({"run": run, "iteration": iteration, "state": "complete"})
         return None if document is None else checkpoint_from_document(document)
 
-    def _verified_payload(self, info: CheckpointInfo, part: str) -> bytes:
+    _mmap_payloads = True
+
+    def _verified_payload(self, info: CheckpointInfo, part: str) -> MemoryFile:
+        """Download one part chunk by chunk (one cursor) into a verified :class:`MemoryFile`."""
         expected = info.parts[part]
         where = describe(info.run, info.iteration, part)
         try:
-            data = self.bucket.open_download_stream(ObjectId(expected.location)).read()
+            download = self.bucket.open_download_stream(ObjectId(expected.location))
+            return verified_memory_file(iter(download.readchunk, b""), expected, where)
         except gridfs.errors.NoFile:
             raise CorruptCheckpointError(f"{where}: its GridFS payload is missing") from None
         except gridfs.errors.CorruptGridFile as error:
             raise CorruptCheckpointError(f"{where}: its GridFS payload is damaged ({error})") from None
-        verify_bytes(data, expected, where)
-        return data
 
     def _unlist(self, run: str, iteration: int) -> CheckpointInfo | None:
         document = self.checkpoints.find_one_and_delete(
@@ -236,3 +266,74 @@ class MongoWeightsStore(WeightsStore):
 
     def _best_iteration(self, run: str, dataset: str, criterion: str) -> int:
         return find_best_score(self.scores, run, dataset, criterion)["iteration"]
+
+    def _find_garbage(self, cutoff: float) -> list[GarbageItem]:
+        files_collection = self.database.collection(f"{BUCKET_NAME}.files")
+        chunks = self.database.collection(f"{BUCKET_NAME}.chunks")
+        with self.database.reporting_errors("scanning for garbage"):
+            files = {
+                document["_id"]: document
+                for document in files_collection.find({}, projection={"length": True, "metadata.token": True})
+                if isinstance(document["_id"], ObjectId)
+            }
+            chunked = {fid for fid in chunks.distinct("files_id") if isinstance(fid, ObjectId)}
+            catalog = list(self.checkpoints.find({}, projection={"_id": False}))
+            items = self._orphan_chunks(chunks, sorted(chunked - files.keys()), cutoff)
+        referenced = {
+            part["location"] for entry in catalog if entry["state"] == "complete"
+            for part in entry["parts"].values()
+        }
+        pending = [entry for entry in catalog if entry["state"] == "pending"]
+        live = {entry["token"] for entry in pending if entry["heartbeat"] >= cutoff}
+        stale = {entry["token"]: entry for entry in pending if entry["heartbeat"] < cutoff}
+        owned: dict[str, list[dict[str, Any]]] = {token: [] for token in stale}
+        for file_id, document in sorted(files.items()):
+            token = (document.get("metadata") or {}).get("token")
+            if str(file_id) in referenced or token in live:
+                continue
+            if token in owned:
+                owned[token].append(document)
+            else:
+                items.append(GarbageItem(ORPHAN_PAYLOAD, (str(file_id),), document.get("length", 0)))
+        for token, entry in stale.items():
+            documents = owned[token]
+            items.append(
+                GarbageItem(
+                    STALE_RESERVATION,
+                    tuple(str(document["_id"]) for document in documents),
+                    sum(document.get("length", 0) for document in documents),
+                    entry["run"],
+                    entry["iteration"],
+                    token,
+                )
+            )
+        return items
+
+    @staticmethod
+    def _orphan_chunks(chunks: Any, file_ids: list[ObjectId], cutoff: float) -> list[GarbageItem]:
+        """Chunks of ``file_ids`` (which have no files document), one item per file id, for
+        those whose newest chunk was written before ``cutoff`` (an upload in progress keeps
+        writing chunks, each with a fresh ObjectId)."""
+        items = []
+        for file_id in file_ids:
+            size, newest = 0, 0.0
+            for chunk in chunks.find({"files_id": file_id}, projection={"data": True}):
+                size += len(chunk["data"])
+                written = chunk["_id"]  # not an ObjectId: its age is unknown, keep it
+                age = written.generation_time.timestamp() if isinstance(written, ObjectId) else math.inf
+                newest = max(newest, age)
+            if newest < cutoff:
+                items.append(GarbageItem(ORPHAN_CHUNKS, (str(file_id),), size))
+        return items
+
+    def _drop_stale_reservation(self, item: GarbageItem, cutoff: float) -> bool:
+        result = self.checkpoints.delete_one(
+            {
+                "run": item.run,
+                "iteration": item.iteration,
+                "token": item.token,
+                "state": "pending",
+                "heartbeat": {"$lt": cutoff},
+            }
+        )
+        return result.deleted_count == 1

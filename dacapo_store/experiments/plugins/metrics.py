@@ -36,7 +36,7 @@ def variation_of_information(tp: int, fp: int, fn: int, tn: int) -> float:
     joint = np.array([[tn, fn], [fp, tp]], dtype=np.float64)  # rows: predicted, columns: gt
     joint /= joint.sum()
     entropy_joint = _entropy(joint.ravel())
-    return 2 * entropy_joint - _entropy(joint.sum(axis=0)) - _entropy(joint.sum(axis=1))
+    return max(0.0, 2 * entropy_joint - _entropy(joint.sum(axis=0)) - _entropy(joint.sum(axis=1)))
 
 
 def _entropy(probabilities: np.ndarray) -> float:

@@ -1,0 +1,1 @@
+"""Benchmarks of dacapo-store against the serialization baselines (``python -m benchmarks``)."""

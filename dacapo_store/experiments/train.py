@@ -1,0 +1,65 @@
+"""The training loop: train, checkpoint, validate, resume."""
+
+from __future__ import annotations
+
+import torch
+from tqdm.auto import tqdm
+
+from ..stats_store import StatsStore
+from ..weights_store import WeightsStore
+from .resume import ResumePoint, resume_run
+from .run import Run
+from .validate import resolve_device, validate_run
+
+
+def train_run(
+    run: Run,
+    weights_store: WeightsStore,
+    stats_store: StatsStore,
+    device: torch.device | str | None = None,
+    progress: bool = True,
+) -> ResumePoint:
+    """Train ``run`` until ``run.train_until``, resuming from what the stores hold.
+
+    After every ``run.validation_interval`` iterations and at the end, with ``k`` the number of
+    completed iterations: the new training stats are stored, then the weights as checkpoint
+    ``k``, then checkpoint ``k`` is validated on every validation dataset and parameter set and
+    its scores are stored. On (re)start, stats and weights are reconciled (see :mod:`.resume`)
+    and every stored checkpoint that lacks a score (a run killed after storing weights) is
+    validated first, so no score is lost. ``device`` defaults to CUDA when available;
+    ``progress`` shows a progress bar.
+
+    Returns:
+        Where training started from (the resume case).
+
+    Raises:
+        whatever the stores, the trainer or the task raise; the stores stay consistent and a
+        later call resumes.
+    """
+    device = resolve_device(device)
+    point = resume_run(run, weights_store, stats_store)
+    run.model.to(device)
+    run.move_optimizer(device)
+    for checkpoint in weights_store.list_checkpoints(run):
+        if not run.validation_scores.is_complete(checkpoint.iteration):
+            validate_run(run, checkpoint.iteration, weights_store, stats_store, device)
+
+    iteration = point.iteration
+    with tqdm(
+        total=run.train_until, initial=min(iteration, run.train_until), desc=run.name, unit="it", disable=not progress
+    ) as bar:
+        while iteration < run.train_until:
+            stop = min((iteration // run.validation_interval + 1) * run.validation_interval, run.train_until)
+            new_stats = []
+            for stats in run.trainer.iterate(
+                range(iteration, stop), run.model, run.optimizer, run.task, run.datasplit.train, device
+            ):
+                run.training_stats.add_iteration_stats(stats)
+                new_stats.append(stats)
+                bar.set_postfix(loss=f"{stats.loss:.4f}", refresh=False)
+                bar.update()
+            stats_store.store_training_stats(run, new_stats)
+            weights_store.store_weights(run, stop)
+            validate_run(run, stop, weights_store, stats_store, device)
+            iteration = stop
+    return point
