@@ -73,13 +73,19 @@ def check_score(value: Any, criterion: str) -> float:
 
     Raises:
         TypeError: not a real number.
+        ValueError: an integer too large for a float.
     """
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(
             f"score of criterion {criterion!r} must be a real number, got "
             f"{type(value).__name__}: {value!r}"
         )
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:
+        raise ValueError(
+            f"score of criterion {criterion!r} is too large for a float: {str(value)[:40]}..."
+        ) from None
 
 
 def check_scores(

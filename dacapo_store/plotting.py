@@ -88,7 +88,7 @@ def _plot_loss(axis, iterations: Sequence[int], losses: Sequence[float]) -> None
         window = max(1, len(losses) // SMOOTHING_POINTS)
         if window > 1:
             smoothed = np.convolve(np.asarray(losses, dtype=float), np.ones(window) / window, mode="valid")
-            axis.plot(iterations[window - 1:], smoothed, color="tab:blue", label=f"mean of {window}")
+            axis.plot(iterations[window - 1:], smoothed, color="tab:blue", label=f"moving mean of {window} points")
         axis.legend(loc="best", fontsize="small")
     else:
         axis.text(0.5, 0.5, "no training statistics", ha="center", va="center", transform=axis.transAxes)

@@ -89,7 +89,9 @@ class CliError(click.ClickException):
 
 
 def _one_line(error: BaseException, store: str | None) -> str:
+    """The error's message on one line, without pymongo's topology dump or any password."""
     message = " ".join(str(error).split()) or type(error).__name__
+    message = message.split(", Topology Description:")[0]
     try:
         location = resolve_store(store)
     except DacapoStoreError:
@@ -142,11 +144,12 @@ def echo_json(value: Any) -> None:
 
 def human_bytes(size: int) -> str:
     """``1536`` -> ``"1.5 KiB"``."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(size) < 1024 or unit == "TiB":
-            return f"{size} B" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    raise AssertionError("unreachable")
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(value) < 1024:
+            return f"{size} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

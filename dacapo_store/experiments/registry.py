@@ -130,5 +130,5 @@ def _import_path(path: str) -> Any:
 def _checked(kind: str, type_name: str, cls: Any) -> type[PluginConfig]:
     base = PLUGIN_KINDS[kind]
     if not (isinstance(cls, type) and issubclass(cls, base)):
-        raise ConfigError(f"{kind} type {type_name!r} resolves to {cls!r}, which is not a {base.__name__}")
+        raise ConfigError(f"{kind} type {type_name!r} resolves to {cls!r}, which does not derive from {base.__name__}")
     return cls

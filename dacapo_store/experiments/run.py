@@ -39,12 +39,12 @@ class Run:
         self.validation_interval = run_config.validation_interval
 
         self.task = run_config.task_config.build()
-        self.architecture = run_config.architecture_config.build()
         self.trainer = run_config.trainer_config.build()
         self.datasplit = run_config.datasplit_config.build()
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.trainer.seed)
+            self.architecture = run_config.architecture_config.build()
             self.model = self.task.create_model(self.architecture)
         self.optimizer = self.trainer.create_optimizer(self.model)
 

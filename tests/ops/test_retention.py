@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from dacapo_store.maintenance.retention import RetentionPolicy, apply_retention, prune
 
-from .conftest import seed_run
+from .conftest import seed_run, toy_weights
 
 
 def kept(policy: RetentionPolicy, iterations, protected=None) -> list[int]:
@@ -91,7 +91,7 @@ def test_best_of_every_dataset_criterion_and_direction_is_kept(ops_store) -> Non
 
 def test_keep_best_also_keeps_the_best_of_each_parameter_set(ops_store) -> None:
     for iteration in (100, 200, 300):
-        ops_store.weights.put_weights("run_b", iteration, seed_weights())
+        ops_store.weights.put_weights("run_b", iteration, toy_weights())
         for threshold, peak in ((0.3, 100), (0.5, 200)):
             ops_store.stats.store_validation_scores(
                 "run_b", iteration, "val", {"dice": 1 - abs(iteration - peak) / 1000 - abs(threshold - 0.5) / 10},
@@ -104,14 +104,8 @@ def test_keep_best_also_keeps_the_best_of_each_parameter_set(ops_store) -> None:
     assert report.kept[100] == ['best val/dice with {"threshold":0.3}']
 
 
-def seed_weights():
-    from .conftest import toy_weights
-
-    return toy_weights()
-
-
 def test_a_run_without_scores_keeps_only_the_policy_and_latest(ops_store) -> None:
     for iteration in (1, 2, 3, 4):
-        ops_store.weights.put_weights("bare", iteration, seed_weights())
+        ops_store.weights.put_weights("bare", iteration, toy_weights())
     report = prune(ops_store.weights, ops_store.stats, "bare", keep_every=2)
     assert sorted(report.kept) == [2, 4]
