@@ -20,11 +20,13 @@ from abc import abstractmethod
 from collections.abc import Mapping
 from typing import Any, ClassVar, Literal, TypeVar, Union, get_args, get_origin
 
+from ..errors import DacapoStoreError
+
 NoneType = type(None)
 C = TypeVar("C", bound="Config")
 
 
-class ConfigError(ValueError):
+class ConfigError(DacapoStoreError, ValueError):
     """A config value is missing, unknown or of the wrong type; the message names the field."""
 
 
@@ -57,7 +59,7 @@ class Config:
         if not isinstance(data, Mapping):
             raise ConfigError(f"{cls.__name__} must be given a mapping, got {type(data).__name__}")
         names = {field.name for field in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
+        unknown = sorted(set(data) - names, key=str)
         if unknown:
             raise ConfigError(f"{cls.__name__} has no field(s) {unknown}; its fields are {sorted(names)}")
         missing = sorted(

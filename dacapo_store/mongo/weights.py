@@ -195,14 +195,14 @@ class MongoWeightsStore(WeightsStore):
                 "state": "pending",
             },
             {
-                "$set": {
-                    "state": "complete",
+                "$set": {  # "state" last: mongomock applies fields one by one, visible to threads
                     "heartbeat": time.time(),
                     "size": sum(p.size for p in parts.values()),
                     "parts": {
                         name: {"location": p.location, "size": p.size, "sha256": p.sha256}
                         for name, p in parts.items()
                     },
+                    "state": "complete",
                 }
             },
             return_document=True,

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import torch
 
 from dacapo_store import LocalWeightsStore
 from dacapo_store.experiments import (
@@ -21,6 +22,15 @@ from dacapo_store.experiments import (
     UNetConfig,
 )
 from dacapo_store.experiments.plugins.gradient_trainer import GradientTrainer
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """Tiny models train fastest on one thread, and two threads fight other work for 2 cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture
