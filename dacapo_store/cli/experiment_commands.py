@@ -39,10 +39,12 @@ class ExperimentStores:
 
     @classmethod
     def open(cls, store: str | None) -> "ExperimentStores":
+        """Open the three stores (raises ConfigurationError, StoreConnectionError)."""
         return cls(create_run_config_store(store), create_weights_store(store), create_stats_store(store))
 
 
 def device_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The ``--device`` option (checked by :func:`~dacapo_store.experiments.validate.resolve_device`)."""
     return click.option(
         "--device",
         default=None,
@@ -54,10 +56,14 @@ def device_option(command: Callable[..., Any]) -> Callable[..., Any]:
 @click.command("demo")
 @store_option
 @device_option
-@click.option("--iterations", type=click.IntRange(min=1), default=DEMO_ITERATIONS, show_default=True,
-              help="Training iterations.")
-@click.option("--name", default=None, help=f"Run name [default: {DEMO_RUN_NAME}, or {DEMO_RUN_NAME}-ITERATIONS "
-              "with a non-default --iterations].")
+@click.option(
+    "--iterations", type=click.IntRange(min=1), default=DEMO_ITERATIONS, show_default=True,
+    help="Training iterations.",
+)
+@click.option(
+    "--name", default=None,
+    help=f"Run name [default: {DEMO_RUN_NAME}, or {DEMO_RUN_NAME}-ITERATIONS with another --iterations].",
+)
 @reporting_errors
 def demo_command(store: str | None, device: str | None, iterations: int, name: str | None) -> None:
     """Train a small 2D U-Net on synthetic data, checkpointing and validating into the store,

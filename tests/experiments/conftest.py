@@ -66,7 +66,7 @@ class Interrupted(Exception):
 @pytest.fixture
 def interrupt_at(monkeypatch) -> Iterator[Any]:
     """``interrupt_at(k)``: training raises :class:`Interrupted` when it reaches iteration ``k``
-    (iterations before ``k`` complete); ``interrupt_at(None)`` lifts it."""
+    (iterations before ``k`` complete, ``k`` never runs); ``interrupt_at(None)`` lifts it."""
     original = GradientTrainer.iterate
     stop: dict[str, int | None] = {"at": None}
 
