@@ -14,8 +14,10 @@ import io
 import mmap
 import os
 import pickle
+import threading
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any, Callable
 
 import torch
@@ -76,6 +78,38 @@ class HashingWriter:
         return self._hash.hexdigest()
 
 
+_crc32_lock = threading.Lock()
+_crc32_savers = 0
+_crc32_setting = True
+
+
+@contextmanager
+def _zip_crc32_disabled() -> Iterator[None]:
+    """Skip torch's per-record zip crc32 while our own saves run (where torch allows it).
+
+    Every byte is already covered by the part's sha256, verified before each load; the crc32
+    would only cost a second pass over the data. The setting is process-wide, so overlapping
+    saves share one switch and the previous setting comes back when the last one ends.
+    """
+    global _crc32_savers, _crc32_setting
+    serialization = torch.serialization
+    if not hasattr(serialization, "set_crc32_options"):
+        yield
+        return
+    with _crc32_lock:
+        if _crc32_savers == 0:
+            _crc32_setting = serialization.get_crc32_options()
+            serialization.set_crc32_options(False)
+        _crc32_savers += 1
+    try:
+        yield
+    finally:
+        with _crc32_lock:
+            _crc32_savers -= 1
+            if _crc32_savers == 0:
+                serialization.set_crc32_options(_crc32_setting)
+
+
 def serialize_state(
     state: Any,
     sink: Callable[[Any], object],
@@ -85,7 +119,8 @@ def serialize_state(
     """Stream ``torch.save(state)`` into ``sink`` and return the part's size and digest."""
     writer = HashingWriter(sink, heartbeat)
     try:
-        torch.save(state, writer)
+        with _zip_crc32_disabled():
+            torch.save(state, writer)
     except BaseException:
         if writer.error is not None:
             raise writer.error from None
