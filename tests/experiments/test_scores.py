@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import uuid
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -106,10 +107,9 @@ score_values = st.one_of(st.floats(allow_nan=True, allow_infinity=False, width=3
 @given(
     values=st.lists(score_values, min_size=1, max_size=24),
     criterion=st.sampled_from(sorted(CRITERIA)),
-    name=st.uuids(),
 )
-def test_get_best_agrees_with_the_stores(weights_store, stats_store, values, criterion, name):
-    run = f"agree-{name}"
+def test_get_best_agrees_with_the_stores(weights_store, stats_store, values, criterion):
+    run = f"agree-{uuid.uuid4()}"  # the store outlives each example: a fresh run per example
     memory = ValidationScores(PARAMETERS, ["a"], CRITERIA)
     keys = itertools.product(range(0, 100, 10), PARAMETERS)  # iterations x parameter sets
     for value, (iteration, parameters) in zip(values, keys):
