@@ -14,10 +14,9 @@ import io
 import mmap
 import os
 import pickle
-import threading
+import time
 import zipfile
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from typing import Any, Callable
 
 import torch
@@ -27,23 +26,28 @@ from .errors import CorruptCheckpointError
 from .memory_file import MemoryFile
 from .records import PartInfo
 
-HEARTBEAT_EVERY_BYTES = 64 * 1024 * 1024
+DEFAULT_HEARTBEAT_SECONDS = 60.0
 
 
 class HashingWriter:
     """A write-only file object that hashes and counts what it passes to ``sink``.
 
-    ``heartbeat`` (optional) is called every :data:`HEARTBEAT_EVERY_BYTES` written, so a long
-    upload can show it is alive.
+    ``heartbeat`` (optional) is called from a write once ``heartbeat_every`` seconds have
+    passed since the last call (or since the writer was made), so a long upload shows it is
+    alive; an exception it raises aborts the write.
     """
 
     def __init__(
-        self, sink: Callable[[Any], object], heartbeat: Callable[[], None] | None = None
+        self,
+        sink: Callable[[Any], object],
+        heartbeat: Callable[[], None] | None = None,
+        heartbeat_every: float = DEFAULT_HEARTBEAT_SECONDS,
     ) -> None:
         self._sink = sink
         self._heartbeat = heartbeat
         self._hash = BackgroundSha256()
-        self._since_heartbeat = 0
+        self._heartbeat_every = heartbeat_every
+        self._next_heartbeat = time.monotonic() + heartbeat_every
         self.size = 0
         self.error: BaseException | None = None
 
@@ -66,48 +70,16 @@ class HashingWriter:
         self._sink(view)
         self._hash.update(view)
         self.size += len(view)
-        self._since_heartbeat += len(view)
-        if self._heartbeat is not None and self._since_heartbeat >= HEARTBEAT_EVERY_BYTES:
-            self._since_heartbeat = 0
+        if self._heartbeat is not None and time.monotonic() >= self._next_heartbeat:
             self._heartbeat()
+            self._next_heartbeat = time.monotonic() + self._heartbeat_every
 
     def flush(self) -> None:
         """Nothing to do: the sink owns buffering (``torch.save`` requires the method)."""
 
     def hexdigest(self) -> str:
+        """The sha256 of everything written (call once, after the last write)."""
         return self._hash.hexdigest()
-
-
-_crc32_lock = threading.Lock()
-_crc32_savers = 0
-_crc32_setting = True
-
-
-@contextmanager
-def _zip_crc32_disabled() -> Iterator[None]:
-    """Skip torch's per-record zip crc32 while our own saves run (where torch allows it).
-
-    Every byte is already covered by the part's sha256, verified before each load; the crc32
-    would only cost a second pass over the data. The setting is process-wide, so overlapping
-    saves share one switch and the previous setting comes back when the last one ends.
-    """
-    global _crc32_savers, _crc32_setting
-    serialization = torch.serialization
-    if not hasattr(serialization, "set_crc32_options"):
-        yield
-        return
-    with _crc32_lock:
-        if _crc32_savers == 0:
-            _crc32_setting = serialization.get_crc32_options()
-            serialization.set_crc32_options(False)
-        _crc32_savers += 1
-    try:
-        yield
-    finally:
-        with _crc32_lock:
-            _crc32_savers -= 1
-            if _crc32_savers == 0:
-                serialization.set_crc32_options(_crc32_setting)
 
 
 def serialize_state(
@@ -115,12 +87,16 @@ def serialize_state(
     sink: Callable[[Any], object],
     location: str,
     heartbeat: Callable[[], None] | None = None,
+    heartbeat_every: float = DEFAULT_HEARTBEAT_SECONDS,
 ) -> PartInfo:
-    """Stream ``torch.save(state)`` into ``sink`` and return the part's size and digest."""
-    writer = HashingWriter(sink, heartbeat)
+    """Stream ``torch.save(state)`` into ``sink`` and return the part's size and digest.
+
+    Raises:
+        the first exception of ``sink`` or ``heartbeat`` (not torch's follow-up error).
+    """
+    writer = HashingWriter(sink, heartbeat, heartbeat_every)
     try:
-        with _zip_crc32_disabled():
-            torch.save(state, writer)
+        torch.save(state, writer)
     except BaseException:
         if writer.error is not None:
             raise writer.error from None
@@ -192,13 +168,20 @@ def verify_file(path: str | os.PathLike, expected: PartInfo, describe: str) -> N
     try:
         with open(path, "rb") as file:
             size = os.fstat(file.fileno()).st_size
-            if size != expected.size or size == 0:
+            if size != expected.size:
                 _check_payload(size, "", expected, describe, "payload file")
-            with mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-                digest = hashlib.sha256(mapped).hexdigest()
+            if size == 0:  # an empty file cannot be memory-mapped
+                digest = hashlib.sha256().hexdigest()
+            else:
+                with mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+                    digest = hashlib.sha256(mapped).hexdigest()
     except FileNotFoundError as error:
         raise CorruptCheckpointError(f"{describe}: payload file {path} is missing") from error
     _check_payload(size, digest, expected, describe, "payload file")
+
+
+_NOT_AN_ARCHIVE = "PytorchStreamReader"
+"""torch's reader names itself in every error about a damaged or foreign archive."""
 
 
 def load_state(source: Any, map_location: Any, describe: str, mmap: bool = False) -> Any:
@@ -206,13 +189,17 @@ def load_state(source: Any, map_location: Any, describe: str, mmap: bool = False
 
     Raises:
         CorruptCheckpointError: the payload is not a plain state dict (e.g. a pickle that would
-            run code): it is refused and nothing of it is executed.
+            run code) or not a torch archive: it is refused and nothing of it is executed.
+        RuntimeError and others: as ``torch.load`` for a valid payload it cannot place (an
+            unavailable ``map_location`` device, out of memory): the checkpoint is not blamed.
     """
     if not isinstance(source, (str, os.PathLike)):
         source = io.BytesIO(source)
     try:
         return torch.load(source, map_location=map_location, weights_only=True, mmap=mmap)
     except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError) as error:
+        if isinstance(error, RuntimeError) and _NOT_AN_ARCHIVE not in str(error):
+            raise
         raise CorruptCheckpointError(
             f"{describe}: refused to load the payload, it is not a plain torch state dict "
             f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})"

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .checks import check_iteration, check_name, run_name_of
-from .errors import CheckpointNotFoundError, CorruptCheckpointError
+from .errors import CheckpointNotFoundError, ReservationLostError, CorruptCheckpointError
 from .records import PARTS, CheckpointInfo, PartInfo, Weights
 from .serialization import load_state
 
@@ -94,6 +94,14 @@ class GarbageReport:
         return sum(item.size for item in self.items)
 
 
+def reservation_lost(reservation: Reservation, when: str) -> ReservationLostError:
+    """The error of a writer whose reservation another writer took over (judged stale)."""
+    return ReservationLostError(
+        f"the upload of {describe(reservation.run, reservation.iteration)} was taken over by "
+        f"another writer (it was judged stale) {when}"
+    )
+
+
 def describe(run: str, iteration: int, part: str | None = None) -> str:
     """Human-readable name of a checkpoint (or one of its parts) for error messages."""
     where = f"checkpoint {iteration} of run {run!r}"
@@ -136,8 +144,13 @@ class WeightsStore(ABC):
 
         ``weights.optimizer`` may be ``None`` (a model-only checkpoint).
 
+        If the catalog commit lands but reports an error (a lost reply), the stored checkpoint
+        is returned: it is complete and verified like any other.
+
         Raises:
             TypeError / ValueError / CheckpointExistsError: as :meth:`store_weights`.
+            ReservationLostError: the upload stalled beyond ``stale_after`` and another writer
+                took ``(run, iteration)`` over; nothing of this upload stays.
         """
         name = run_name_of(run)
         iteration = check_iteration(iteration)
@@ -156,8 +169,14 @@ class WeightsStore(ABC):
                 if states[part] is not None
             }
             info = self._commit(reservation, parts)
-        except BaseException:
-            self._abandon_safely(reservation)
+        except Exception:
+            landed = self._clean_up_failed_write(reservation)
+            if landed is None:
+                raise
+            logger.warning("the commit of %s landed although it reported an error", describe(name, iteration))
+            info = landed
+        except BaseException:  # KeyboardInterrupt, SystemExit: clean up, never swallow
+            self._clean_up_failed_write(reservation)
             raise
         logger.info("stored %s (%d bytes)", describe(name, iteration), info.size)
         return info
@@ -298,6 +317,10 @@ class WeightsStore(ABC):
 
     # ---- garbage collection -----------------------------------------------------------------
 
+    stale_after: float = DEFAULT_STALE_AFTER
+    """Seconds without a heartbeat after which a pending upload may be taken over (backends
+    set it from their constructor); also the smallest ``older_than`` garbage collection takes."""
+
     def collect_garbage(
         self, older_than: float = 3600.0, dry_run: bool = False, now: float | None = None
     ) -> GarbageReport:
@@ -311,16 +334,26 @@ class WeightsStore(ABC):
         live uploads are never touched; a reservation that shows a heartbeat after the scan
         is kept.
 
+        ``older_than`` must be at least the store's ``stale_after``: a live upload's heartbeat
+        may be up to ``stale_after / 4`` seconds old, so a shorter horizon could take a slow
+        writer for a dead one.
+
         Returns:
             A :class:`GarbageReport` (with ``dry_run``: what would go; nothing is deleted).
 
         Raises:
-            TypeError / ValueError: ``older_than`` is not a finite number >= 0.
+            TypeError: ``older_than`` is not a number.
+            ValueError: ``older_than`` is not finite or is smaller than ``stale_after``.
         """
         if isinstance(older_than, bool) or not isinstance(older_than, (int, float)):
             raise TypeError(f"older_than must be a number of seconds, got {type(older_than).__name__}")
-        if not math.isfinite(older_than) or older_than < 0:
-            raise ValueError(f"older_than must be a finite number of seconds >= 0, got {older_than}")
+        if not math.isfinite(older_than):
+            raise ValueError(f"older_than must be a finite number of seconds, got {older_than}")
+        if older_than < self.stale_after:
+            raise ValueError(
+                f"older_than must be at least the store's stale_after ({self.stale_after:g} s), "
+                f"got {older_than:g} s: a younger upload may still be alive"
+            )
         cutoff = (time.time() if now is None else now) - older_than
         found = self._find_garbage(cutoff)
         if dry_run:
@@ -354,6 +387,11 @@ class WeightsStore(ABC):
         heartbeat is still older than ``cutoff``; return whether it was deleted."""
 
     # ---- backend primitives -----------------------------------------------------------------
+
+    @property
+    def heartbeat_every(self) -> float:
+        """Seconds between an upload's heartbeats: well inside ``stale_after``."""
+        return self.stale_after / 4
 
     _mmap_payloads = False
     """Whether :meth:`_verified_payload` returns file paths that ``torch.load`` may memory-map."""
@@ -401,21 +439,21 @@ class WeightsStore(ABC):
     def _best_iteration(self, run: str, dataset: str, criterion: str) -> int:
         """One query over the stored validation scores (see :meth:`retrieve_best`)."""
 
-    def _abandon_safely(self, reservation: Reservation) -> None:
+    def _clean_up_failed_write(self, reservation: Reservation) -> CheckpointInfo | None:
+        """After a write failed: return the checkpoint if its commit reached the catalog anyway
+        (its reply was lost); otherwise delete what the upload wrote, drop the reservation and
+        return ``None``. Clean-up errors are logged, not raised: the original error matters
+        more, and ``collect_garbage`` reclaims what is left."""
         try:
-            if self._committed(reservation):
-                return  # the commit reached the catalog (its reply was lost): keep the checkpoint
+            info = self._find(reservation.run, reservation.iteration)
+            if info is not None and all(
+                part.location in reservation.payloads for part in info.parts.values()
+            ):  # payload locations are unique to one upload: this is our checkpoint
+                return info
             self._abandon(reservation)
-        except Exception:  # the original error matters more; gc reclaims what is left
+        except Exception:
             logger.exception(
                 "could not clean up the aborted upload of %s; run `dacapo-store gc` later",
                 describe(reservation.run, reservation.iteration),
             )
-
-    def _committed(self, reservation: Reservation) -> bool:
-        """Whether the catalog holds the reservation's checkpoint as complete (payload
-        locations are unique to one upload, so matching them proves it is this one)."""
-        info = self._find(reservation.run, reservation.iteration)
-        return info is not None and all(
-            part.location in reservation.payloads for part in info.parts.values()
-        )
+        return None

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from dacapo_store import CheckpointExistsError, MongoStatsStore, MongoWeightsStore, StoreConnectionError
+from dacapo_store import CheckpointExistsError, CorruptCheckpointError, MongoStatsStore, MongoWeightsStore, StoreConnectionError
 from dacapo_store.mongo.connection import MongoDatabase
 from dacapo_store.testing.contract import ToyRun
 from dacapo_store.uri import redact_uri
@@ -100,3 +100,11 @@ def test_displayed_uri_redacts_the_password() -> None:
     assert database.display == "mongodb://trainer:***@127.0.0.1:1/?serverSelectionTimeoutMS=300"
     assert redact_uri("mongodb+srv://a:b@c/d") == "mongodb+srv://a:***@c/d"
     assert redact_uri("mongodb://host/db") == "mongodb://host/db"
+
+
+def test_a_catalog_entry_with_an_invalid_payload_id_is_reported_as_corrupt(client) -> None:
+    weights = MongoWeightsStore(client)
+    weights.store_weights(ToyRun("r"), 1)
+    weights.checkpoints.update_one({"run": "r"}, {"$set": {"parts.model.location": "not-an-id"}})
+    with pytest.raises(CorruptCheckpointError, match="invalid payload id"):
+        weights.retrieve_weights("r", 1)

@@ -14,7 +14,9 @@ import json
 import math
 import os
 import re
+import sys
 import tempfile
+import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, is_dataclass
 from datetime import datetime
@@ -26,6 +28,7 @@ from pymongo.errors import PyMongoError
 
 from ..config import create_stats_store, create_weights_store, resolve_store
 from ..errors import CheckpointNotFoundError, DacapoStoreError
+from ..local.weights import fsync_directory
 from ..maintenance.retention import prune
 from ..maintenance.summary import known_runs, summarize_run
 from ..maintenance.verification import verify_checkpoints
@@ -34,8 +37,6 @@ from ..serialization import load_state
 from ..stats_store import StatsStore
 from ..uri import redact_text
 from ..weights_store import WeightsStore
-
-TRANSFER_BLOCK_BYTES = 8 * 1024 * 1024
 
 
 # ---- opening stores, errors, output -------------------------------------------------------
@@ -51,12 +52,14 @@ class Stores:
 
     @property
     def weights(self) -> WeightsStore:
+        """The weights store (opened on first access; raises as :func:`create_weights_store`)."""
         if self._weights is None:
             self._weights = create_weights_store(self.store)
         return self._weights
 
     @property
     def stats(self) -> StatsStore:
+        """The stats store (opened on first access; raises as :func:`create_stats_store`)."""
         if self._stats is None:
             self._stats = create_stats_store(self.store)
         return self._stats
@@ -113,6 +116,7 @@ def reporting_errors(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def store_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Add ``--store PATH|URI`` (passed to the command as ``store``, default ``None``)."""
     return click.option(
         "--store",
         metavar="PATH|URI",
@@ -122,6 +126,7 @@ def store_option(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def json_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Add the ``--json`` flag (passed to the command as ``as_json``)."""
     return click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")(command)
 
 
@@ -139,6 +144,7 @@ def to_jsonable(value: Any) -> Any:
 
 
 def echo_json(value: Any) -> None:
+    """Print ``value`` as indented JSON (via :func:`to_jsonable`: NaN and infinities as ``null``)."""
     click.echo(json.dumps(to_jsonable(value), indent=2, allow_nan=False))
 
 
@@ -168,10 +174,12 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 
 def format_time(timestamp: float) -> str:
+    """POSIX time as local ``YYYY-MM-DD HH:MM:SS``."""
     return datetime.fromtimestamp(timestamp).isoformat(sep=" ", timespec="seconds")
 
 
 def format_score(value: float) -> str:
+    """A score with 6 significant digits (``nan`` for NaN)."""
     return f"{value:.6g}"
 
 
@@ -181,7 +189,7 @@ def progress(total: int | None, desc: str, unit: str = "B") -> Any:
 
     return tqdm(
         total=total, desc=desc, unit=unit, unit_scale=unit == "B", unit_divisor=1024,
-        disable=None, leave=False, file=click.get_text_stream("stderr"),
+        disable=None, leave=False, file=sys.stderr,
     )
 
 
@@ -195,6 +203,7 @@ class Duration(click.ParamType):
     name = "duration"
 
     def convert(self, value: Any, param: Any, ctx: Any) -> float:
+        """Return ``value`` in seconds (numbers pass through); a malformed value is a usage error."""
         if isinstance(value, (int, float)):
             return float(value)
         match = DURATION.match(str(value))
@@ -363,34 +372,59 @@ def export_command(
     if output.exists() and not force:
         raise FileExistsError(f"{output} exists (use --force to overwrite it)")
     weights_store = open_stores(store).weights
-    info = weights_store.checkpoint_info(run, iteration)
+    parts = ["model"] if no_optimizer else ["model", "optimizer"]
+    stored = weights_store.checkpoint_info(run, iteration).parts
+    expected = sum(stored[part].size for part in parts if part in stored)  # the bar's estimate
     weights = weights_store.retrieve_weights(run, iteration, optimizer=not no_optimizer)
     state = {"model": weights.model, "optimizer": weights.optimizer}
     handle, temporary = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp")
     try:
-        with os.fdopen(handle, "wb") as file, progress(info.size, f"exporting {output.name}") as bar:
+        with os.fdopen(handle, "wb") as file, progress(expected, f"exporting {output.name}") as bar:
             torch.save(state, _ProgressWriter(file, bar))
+            file.flush()
+            os.fsync(file.fileno())
+            os.fchmod(file.fileno(), 0o666 & ~_umask())
         os.replace(temporary, output)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+    fsync_directory(output.parent)
     click.echo(
         f"exported checkpoint {iteration} of run {run!r} to {output} ({human_bytes(output.stat().st_size)})"
     )
 
 
+def _umask() -> int:
+    """The process's umask (read by setting it and restoring it at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+CHECKPOINT_FILE_KEYS = frozenset({"model", "optimizer"})
+
+
 def weights_from_file_state(state: Any, path: Path) -> Weights:
     """Interpret a loaded file: ``{"model": ..., "optimizer": ...}`` (optimizer optional or
-    ``None``) or a bare model state dict.
+    ``None``) or a bare model state dict (a dict without a dict under ``"model"``).
 
     Raises:
         TypeError: the file holds no state dict.
+        ValueError: a checkpoint dict (a dict under ``"model"``) with keys other than
+            ``model`` and ``optimizer`` (e.g. ``epoch``): storing only part of it would
+            silently lose the rest.
     """
     if not isinstance(state, dict):
         raise TypeError(f"{path} holds a {type(state).__name__}, not a state dict")
-    if isinstance(state.get("model"), dict) and set(state) <= {"model", "optimizer"}:
-        return Weights(state["model"], state.get("optimizer"))
-    return Weights(state, None)
+    if not isinstance(state.get("model"), dict):
+        return Weights(state, None)
+    unknown = sorted(str(key) for key in set(state) - CHECKPOINT_FILE_KEYS)
+    if unknown:
+        raise ValueError(
+            f"{path} holds a checkpoint with keys {unknown} besides 'model' and 'optimizer'; "
+            "only model and optimizer state can be imported (save a file with just those)"
+        )
+    return Weights(state["model"], state.get("optimizer"))
 
 
 @click.command("import")
@@ -402,12 +436,9 @@ def weights_from_file_state(state: Any, path: Path) -> Weights:
 def import_command(file: Path, run: str, iteration: int, store: str | None) -> None:
     """Store FILE (a checkpoint as `export` writes it, or a bare model state dict) as
     checkpoint ITERATION of RUN. The file must load with torch.load(weights_only=True)."""
-    data = bytearray()
-    with open(file, "rb") as source, progress(file.stat().st_size, f"reading {file.name}") as bar:
-        while block := source.read(TRANSFER_BLOCK_BYTES):
-            data += block
-            bar.update(len(block))
-    weights = weights_from_file_state(load_state(bytes(data), "cpu", f"file {file}"), file)
+    # memory-mapped where torch allows it (zip archives), so the tensors are not copied into memory
+    state = load_state(file, "cpu", f"file {file}", mmap=zipfile.is_zipfile(file))
+    weights = weights_from_file_state(state, file)
     info = open_stores(store).weights.put_weights(run, iteration, weights)
     parts = "model and optimizer" if weights.optimizer is not None else "model only"
     click.echo(f"imported {file} as checkpoint {iteration} of run {run!r} ({parts}, {human_bytes(info.size)})")

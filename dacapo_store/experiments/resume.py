@@ -45,18 +45,26 @@ def resume_run(run: Run, weights_store: WeightsStore, stats_store: StatsStore) -
     Raises:
         CorruptCheckpointError: the resume checkpoint cannot be read.
     """
-    trained_until = TrainingStats(stats_store.retrieve_training_stats(run)).trained_until()
+    training_stats = TrainingStats(stats_store.retrieve_training_stats(run))
+    validation_scores = Run.get_validation_scores(run.config)
+    validation_scores.add_records(stats_store.retrieve_validation_scores(run))
     latest = weights_store.latest_iteration(run)
-    point = _decide(run.name, trained_until, latest)
+    point = _decide(run.name, training_stats.trained_until(), latest)
 
-    stats_store.delete_training_stats(run, after=point.iteration - 1 if point.iteration > 0 else None)
-    stats_store.delete_validation_scores(run, after=point.iteration if latest is not None else None)
-    if latest is not None:
+    if training_stats.trained_until() > point.iteration:
+        stats_store.delete_training_stats(run, after=point.iteration - 1 if point.iteration > 0 else None)
+        training_stats.delete_after(point.iteration)
+    if latest is None:  # no checkpoint: no score can belong to one
+        stats_store.delete_validation_scores(run)
+        validation_scores = Run.get_validation_scores(run.config)
+    else:
+        if validation_scores.validated_until() > point.iteration:
+            stats_store.delete_validation_scores(run, after=point.iteration)
+            validation_scores.delete_after(point.iteration)
         weights_store.load_weights(run, point.iteration)
 
-    run.training_stats = TrainingStats(stats_store.retrieve_training_stats(run))
-    run.validation_scores = Run.get_validation_scores(run.config)
-    run.validation_scores.add_records(stats_store.retrieve_validation_scores(run))
+    run.training_stats = training_stats
+    run.validation_scores = validation_scores
     return point
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
+from ..maintenance.retention import RetentionPolicy, apply_retention
 from ..stats_store import StatsStore
 from ..weights_store import WeightsStore
 from .resume import ResumePoint, resume_run
@@ -18,6 +19,7 @@ def train_run(
     stats_store: StatsStore,
     device: torch.device | str | None = None,
     progress: bool = True,
+    retention: RetentionPolicy | None = None,
 ) -> ResumePoint:
     """Train ``run`` until ``run.train_until``, resuming from what the stores hold.
 
@@ -27,7 +29,15 @@ def train_run(
     its scores are stored. On (re)start, stats and weights are reconciled (see :mod:`.resume`)
     and every stored checkpoint that lacks a score (a run killed after storing weights) is
     validated first, so no score is lost. ``device`` defaults to CUDA when available;
-    ``progress`` shows a progress bar.
+    ``progress`` shows a progress bar. With a ``retention`` policy, on (re)start and every time
+    a checkpoint's scores are stored, the checkpoints it does not keep are removed
+    (:func:`~dacapo_store.maintenance.retention.apply_retention`; the latest checkpoint and the
+    best of every (dataset, criterion) are always kept).
+
+    One trainer per run: never train a run that another process is training. Resuming
+    reconciles the stores with the latest checkpoint, so a second trainer deletes the first
+    one's newer training stats and scores, and both then write the same checkpoints. Nothing
+    detects this; keep run names unique per training job.
 
     Returns:
         Where training started from (the resume case).
@@ -40,9 +50,15 @@ def train_run(
     point = resume_run(run, weights_store, stats_store)
     run.model.to(device)
     run.move_optimizer(device)
+
+    def retain() -> None:
+        if retention is not None:
+            apply_retention(weights_store, stats_store, run, retention, dry_run=False)
+
     for checkpoint in weights_store.list_checkpoints(run):
         if not run.validation_scores.is_complete(checkpoint.iteration):
             validate_run(run, checkpoint.iteration, weights_store, stats_store, device)
+    retain()
 
     iteration = point.iteration
     with tqdm(
@@ -61,5 +77,6 @@ def train_run(
             stats_store.store_training_stats(run, new_stats)
             weights_store.store_weights(run, stop)
             validate_run(run, stop, weights_store, stats_store, device)
+            retain()
             iteration = stop
     return point

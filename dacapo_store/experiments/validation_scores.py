@@ -2,8 +2,9 @@
 
 Scores are indexed by checkpoint iteration x dataset x post-processing parameters x
 criterion. Each criterion carries its own ``higher_is_better``. Best is the arg-best over
-iterations and parameter sets; NaN never wins; ties go to the earliest iteration, then to the
-parameter set whose canonical JSON sorts first — the same order as the stores' ``retrieve_best``.
+iterations and parameter sets, decided by :func:`dacapo_store.maintenance.ranking.best_scores`
+(the stores' rule: NaN never wins; ties go to the earliest iteration, then to the parameter set
+whose canonical JSON sorts first).
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from typing import Any
 
 from ..checks import parameters_key
 from ..errors import NoScoreError
-from ..records import ValidationScore, score_rank
+from ..maintenance.ranking import best_scores
+from ..records import ValidationScore
 
 
 @dataclass(frozen=True)
@@ -98,14 +100,20 @@ class ValidationScores:
         Raises:
             NoScoreError: no non-NaN score (a ``ValueError`` and ``LookupError``).
         """
-        candidates = [
-            (-rank, iteration, key, value)
+        scores = (
+            ValidationScore(
+                run="",
+                iteration=iteration,
+                dataset=dataset,
+                criterion=criterion,
+                value=value,
+                higher_is_better=self._higher_is_better[criterion],
+                parameters=json.loads(key),
+            )
             for (iteration, data, key, crit), value in self._values.items()
-            if data == dataset
-            and crit == criterion
-            and (rank := score_rank(value, self._higher_is_better[criterion])) is not None
-        ]
-        if not candidates:
+            if data == dataset and crit == criterion
+        )
+        best = best_scores(scores, lambda score: None).get(None)
+        if best is None:
             raise NoScoreError(f"no non-NaN validation score for dataset {dataset!r}, criterion {criterion!r}")
-        _, iteration, key, value = min(candidates)
-        return BestScore(iteration=iteration, parameters=json.loads(key), value=value)
+        return BestScore(iteration=best.iteration, parameters=dict(best.parameters), value=best.value)

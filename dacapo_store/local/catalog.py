@@ -94,10 +94,11 @@ class Catalog:
         db.execute("BEGIN IMMEDIATE")
         try:
             yield db
+            db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:  # SQLite may have rolled back already (a failed COMMIT)
+                db.execute("ROLLBACK")
             raise
-        db.execute("COMMIT")
 
     def query(self, sql: str, parameters: tuple = ()) -> list[sqlite3.Row]:
         """Run one read query and return all its rows."""

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any
 
-from ..checks import run_name_of
 from ..errors import NoScoreError
 from ..records import TrainingIterationStats, ValidationScore
 from ..stats_store import ScoreRow, StatsStore, score_from_row

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..checks import run_name_of
-from ..errors import CheckpointExistsError, NoScoreError, ReservationLostError
+from ..errors import CheckpointExistsError, NoScoreError
 from ..records import CheckpointInfo, PartInfo
 from ..serialization import serialize_state, verify_file
 from ..weights_store import (
@@ -24,6 +24,7 @@ from ..weights_store import (
     Reservation,
     WeightsStore,
     describe,
+    reservation_lost,
 )
 from .catalog import BEST_SCORE_SQL, Catalog, checkpoint_from_row, parts_to_json
 
@@ -111,11 +112,14 @@ class LocalWeightsStore(WeightsStore):
         return Reservation(run, iteration, token)
 
     def _heartbeat(self, reservation: Reservation) -> None:
+        """Refresh the reservation's heartbeat; ReservationLostError if it was taken over."""
         with self.catalog.transaction() as db:
-            db.execute(
+            updated = db.execute(
                 "UPDATE checkpoints SET heartbeat = ? WHERE run = ? AND iteration = ? AND token = ?",
                 (time.time(), reservation.run, reservation.iteration, reservation.token),
-            )
+            ).rowcount
+        if updated != 1:
+            raise reservation_lost(reservation, "while it was uploading")
 
     def _write_part(self, reservation: Reservation, part: str, state: Any) -> PartInfo:
         location = f"{reservation.token}.{part}.pt"
@@ -125,7 +129,11 @@ class LocalWeightsStore(WeightsStore):
         try:
             with open(partial, "wb") as file:
                 info = serialize_state(
-                    state, file.write, location, heartbeat=lambda: self._heartbeat(reservation)
+                    state,
+                    file.write,
+                    location,
+                    heartbeat=lambda: self._heartbeat(reservation),
+                    heartbeat_every=self.heartbeat_every,
                 )
                 file.flush()
                 os.fsync(file.fileno())
@@ -145,10 +153,7 @@ class LocalWeightsStore(WeightsStore):
                 (parts_to_json(dict(parts)), now, reservation.run, reservation.iteration, reservation.token),
             ).rowcount
             if updated != 1:
-                raise ReservationLostError(
-                    f"the upload of {describe(reservation.run, reservation.iteration)} was taken "
-                    "over by another writer (it was judged stale) before it committed"
-                )
+                raise reservation_lost(reservation, "before it committed")
             row = db.execute(
                 "SELECT * FROM checkpoints WHERE run = ? AND iteration = ?",
                 (reservation.run, reservation.iteration),

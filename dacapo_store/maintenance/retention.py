@@ -3,8 +3,9 @@
 Two checkpoints are always kept whatever the policy: the latest, and the best of every
 (dataset, criterion) the run has validation scores for (as :meth:`StatsStore.best_validation_score`
 answers). A :class:`RetentionPolicy` keeps more: the last ``keep_last``, every iteration that is
-a multiple of ``keep_every``, and with ``keep_best`` the best checkpoint of each
-post-processing parameter set of every (dataset, criterion).
+a multiple of ``keep_every``, and with ``keep_best`` (off by default, as the CLI's
+``--keep-best``) the best checkpoint of each post-processing parameter set of every
+(dataset, criterion).
 """
 
 from __future__ import annotations
@@ -14,11 +15,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from ..checks import parameters_key, run_name_of
-from ..errors import CheckpointNotFoundError, NoScoreError
+from ..errors import CheckpointNotFoundError
 from ..records import CheckpointInfo
 from ..stats_store import StatsStore
 from ..weights_store import WeightsStore
-from .ranking import best_scores
+from .ranking import best_per_pair, best_scores
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +43,8 @@ class RetentionPolicy:
     Attributes:
         keep_last: keep the ``keep_last`` highest iterations (``None``: no such rule).
         keep_every: keep iterations that are multiples of ``keep_every`` (``None``: no such rule).
-        keep_best: also keep the best checkpoint of every post-processing parameter set.
+        keep_best: also keep the best checkpoint of every post-processing parameter set
+            (default ``False``; the best per (dataset, criterion) is kept regardless).
 
     Raises:
         TypeError / ValueError: a count that is not an int >= 1 or ``None``, or a non-bool
@@ -51,7 +53,7 @@ class RetentionPolicy:
 
     keep_last: int | None = None
     keep_every: int | None = None
-    keep_best: bool = True
+    keep_best: bool = False
 
     def __post_init__(self) -> None:
         _check_count(self.keep_last, "keep_last")
@@ -104,11 +106,7 @@ def protected_iterations(stats_store: StatsStore, run: str, per_parameters: bool
     scores = stats_store.retrieve_validation_scores(run)
     reasons: dict[int, list[str]] = {}
     overall = {}
-    for dataset, criterion in sorted({(score.dataset, score.criterion) for score in scores}):
-        try:
-            best = stats_store.best_validation_score(run, dataset, criterion)
-        except NoScoreError:  # only NaN scores: no best to protect
-            continue
+    for (dataset, criterion), best in best_per_pair(stats_store, run, scores).items():
         overall[dataset, criterion] = best.iteration
         reasons.setdefault(best.iteration, []).append(f"best {dataset}/{criterion}")
     if per_parameters:
@@ -162,7 +160,7 @@ def prune(
     run: object,
     keep_last: int | None = None,
     keep_every: int | None = None,
-    keep_best: bool = True,
+    keep_best: bool = False,
     dry_run: bool = False,
 ) -> PruneReport:
     """Remove the checkpoints of ``run`` that ``RetentionPolicy(keep_last, keep_every,

@@ -6,9 +6,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..checks import run_name_of
-from ..errors import NoScoreError
 from ..stats_store import StatsStore
 from ..weights_store import WeightsStore
+from .ranking import best_per_pair
 
 
 @dataclass(frozen=True)
@@ -45,25 +45,19 @@ def known_runs(weights_store: WeightsStore, stats_store: StatsStore) -> list[str
 def best_checkpoints(stats_store: StatsStore, run: str, stored: set[int]) -> list[BestCheckpoint]:
     """The best score of ``run`` on each (dataset, criterion) it was validated on (skipping
     pairs whose scores are all NaN); ``stored`` holds the iterations with a checkpoint."""
-    pairs = sorted({(s.dataset, s.criterion) for s in stats_store.retrieve_validation_scores(run)})
-    best = []
-    for dataset, criterion in pairs:
-        try:
-            score = stats_store.best_validation_score(run, dataset, criterion)
-        except NoScoreError:
-            continue
-        best.append(
-            BestCheckpoint(
-                dataset,
-                criterion,
-                score.iteration,
-                score.value,
-                score.higher_is_better,
-                dict(score.parameters),
-                score.iteration in stored,
-            )
+    scores = stats_store.retrieve_validation_scores(run)
+    return [
+        BestCheckpoint(
+            dataset,
+            criterion,
+            score.iteration,
+            score.value,
+            score.higher_is_better,
+            dict(score.parameters),
+            score.iteration in stored,
         )
-    return best
+        for (dataset, criterion), score in best_per_pair(stats_store, run, scores).items()
+    ]
 
 
 def summarize_run(weights_store: WeightsStore, stats_store: StatsStore, run: object) -> RunSummary:

@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import pymongo
+from pymongo.uri_parser import parse_uri
 from pymongo.errors import ConnectionFailure, OperationFailure, PyMongoError
 from pymongo.write_concern import WriteConcern
 
@@ -47,8 +48,9 @@ class MongoDatabase:
                 "retryWrites": True,
                 "retryReads": True,
             }
-            options = {k: v for k, v in defaults.items() if k.lower() not in db_host.lower()}
             try:
+                in_uri = {name.lower() for name in parse_uri(db_host, connect_timeout=None)["options"]}
+                options = {k: v for k, v in defaults.items() if k.lower() not in in_uri}
                 self.client = pymongo.MongoClient(db_host, **options)
             except (PyMongoError, ValueError) as error:
                 raise StoreConnectionError(

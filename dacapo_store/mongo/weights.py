@@ -11,12 +11,13 @@ from typing import Any
 
 import gridfs
 from bson import ObjectId
+from bson.errors import InvalidId
 from pymongo import ASCENDING, DESCENDING
 from pymongo.errors import DuplicateKeyError
 from pymongo.write_concern import WriteConcern
 
 from ..checks import run_name_of
-from ..errors import CheckpointExistsError, CorruptCheckpointError, ReservationLostError
+from ..errors import CheckpointExistsError, CorruptCheckpointError
 from ..records import CheckpointInfo, PartInfo
 from ..memory_file import MemoryFile
 from ..serialization import serialize_state, verified_memory_file
@@ -29,6 +30,7 @@ from ..weights_store import (
     Reservation,
     WeightsStore,
     describe,
+    reservation_lost,
 )
 from .connection import DEFAULT_WRITE_CONCERN, MongoDatabase
 from .scores import SCORE_INDEXES, SCORES_COLLECTION, find_best_score
@@ -94,6 +96,8 @@ class MongoWeightsStore(WeightsStore):
         StoreConnectionError: the server is unreachable (within a few seconds; no password shown).
     """
 
+    _mmap_payloads = True
+
     def __init__(
         self,
         db_host: Any,
@@ -155,10 +159,13 @@ class MongoWeightsStore(WeightsStore):
         raise CheckpointExistsError(f"{describe(run, iteration)} is being stored by another writer")
 
     def _heartbeat(self, reservation: Reservation) -> None:
-        self.checkpoints.update_one(
+        """Refresh the reservation's heartbeat; ReservationLostError if it was taken over."""
+        result = self.checkpoints.update_one(
             {"run": reservation.run, "iteration": reservation.iteration, "token": reservation.token},
             {"$set": {"heartbeat": time.time()}},
         )
+        if result.matched_count != 1:
+            raise reservation_lost(reservation, "while it was uploading")
 
     def _write_part(self, reservation: Reservation, part: str, state: Any) -> PartInfo:
         file_id = ObjectId()
@@ -179,6 +186,7 @@ class MongoWeightsStore(WeightsStore):
                 lambda view: upload.write(_ViewReader(view)),
                 str(file_id),
                 heartbeat=lambda: self._heartbeat(reservation),
+                heartbeat_every=self.heartbeat_every,
             )
             upload.close()
         except BaseException:
@@ -208,10 +216,7 @@ class MongoWeightsStore(WeightsStore):
             return_document=True,
         )
         if document is None:
-            raise ReservationLostError(
-                f"the upload of {describe(reservation.run, reservation.iteration)} was taken over "
-                "by another writer (it was judged stale) before it committed"
-            )
+            raise reservation_lost(reservation, "before it committed")
         return checkpoint_from_document(document)
 
     def _abandon(self, reservation: Reservation) -> None:
@@ -230,15 +235,17 @@ class MongoWeightsStore(WeightsStore):
         document = self.checkpoints.find_one({"run": run, "iteration": iteration, "state": "complete"})
         return None if document is None else checkpoint_from_document(document)
 
-    _mmap_payloads = True
-
     def _verified_payload(self, info: CheckpointInfo, part: str) -> MemoryFile:
         """Download one part chunk by chunk (one cursor) into a verified :class:`MemoryFile`."""
         expected = info.parts[part]
         where = describe(info.run, info.iteration, part)
         try:
-            download = self.bucket.open_download_stream(ObjectId(expected.location))
-            return verified_memory_file(iter(download.readchunk, b""), expected, where)
+            with self.bucket.open_download_stream(ObjectId(expected.location)) as download:
+                return verified_memory_file(iter(download.readchunk, b""), expected, where)
+        except InvalidId:
+            raise CorruptCheckpointError(
+                f"{where}: the catalog records an invalid payload id {expected.location!r}"
+            ) from None
         except gridfs.errors.NoFile:
             raise CorruptCheckpointError(f"{where}: its GridFS payload is missing") from None
         except gridfs.errors.CorruptGridFile as error:
@@ -325,6 +332,23 @@ class MongoWeightsStore(WeightsStore):
             if newest < cutoff:
                 items.append(GarbageItem(ORPHAN_CHUNKS, (str(file_id),), size))
         return items
+
+    def _remove_garbage(self, item: GarbageItem, cutoff: float) -> bool:
+        """Orphan chunks go through :meth:`_remove_orphan_chunks`; the rest as every backend."""
+        if item.kind == ORPHAN_CHUNKS:
+            return self._remove_orphan_chunks(ObjectId(item.payloads[0]))
+        return super()._remove_garbage(item, cutoff)
+
+    def _remove_orphan_chunks(self, file_id: ObjectId) -> bool:
+        """Delete the chunks of ``file_id`` unless its files document exists by now (the scan
+        reads files, then chunks: an upload that closed in between looked orphaned). Deletes
+        chunks only, never a files document; returns whether any chunk was deleted."""
+        files = self.database.collection(f"{BUCKET_NAME}.files")
+        chunks = self.database.collection(f"{BUCKET_NAME}.chunks")
+        with self.database.reporting_errors("removing orphan chunks"):
+            if files.find_one({"_id": file_id}, projection={"_id": True}) is not None:
+                return False
+            return chunks.delete_many({"files_id": file_id}).deleted_count > 0
 
     def _drop_stale_reservation(self, item: GarbageItem, cutoff: float) -> bool:
         result = self.checkpoints.delete_one(

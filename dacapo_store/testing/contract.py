@@ -161,6 +161,16 @@ class StoreContract:
         weights = weights_store.retrieve_weights(run.name, 1, map_location="meta")
         assert all(t.device.type == "meta" for t in weights.model.values())
 
+    @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+    def test_an_unavailable_device_is_not_blamed_on_the_checkpoint(
+        self, weights_store: WeightsStore, run: ToyRun
+    ) -> None:
+        weights_store.store_weights(run, 1)
+        with pytest.raises(RuntimeError) as caught:
+            weights_store.retrieve_weights(run.name, 1, map_location="cuda")
+        assert not isinstance(caught.value, CorruptCheckpointError)
+        weights_store.verify(run.name, 1)
+
     def test_model_only_retrieval(self, weights_store: WeightsStore, run: ToyRun) -> None:
         weights_store.store_weights(run, 2)
         weights = weights_store.retrieve_weights(run.name, 2, optimizer=False)

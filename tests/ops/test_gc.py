@@ -182,13 +182,45 @@ def test_files_that_are_not_local_payloads_are_never_touched(tmp_path) -> None:
     store = LocalWeightsStore(tmp_path)
     foreign = store.payload_dir / "README.txt"
     foreign.write_text("not ours")
-    assert store.collect_garbage(older_than=0).items == ()
+    assert store.collect_garbage(older_than=store.stale_after, now=time.time() + 10 * HOUR).items == ()
     assert foreign.exists()
 
 
-@pytest.mark.parametrize("older_than", [-1.0, float("nan"), float("inf")])
+@pytest.mark.parametrize("older_than", [-1.0, 0.0, float("nan"), float("inf")])
 def test_bad_older_than_is_refused(ops_store, older_than) -> None:
     with pytest.raises(ValueError, match="older_than"):
         ops_store.weights.collect_garbage(older_than=older_than)
     with pytest.raises(TypeError, match="older_than"):
         ops_store.weights.collect_garbage(older_than="1h")
+
+
+def test_older_than_below_stale_after_is_refused(ops_store) -> None:
+    """A live upload's heartbeat may be up to stale_after / 4 old: gc never looks closer."""
+    store = ops_store.weights
+    with pytest.raises(ValueError, match="stale_after"):
+        store.collect_garbage(older_than=store.stale_after - 1, dry_run=True)
+    assert store.collect_garbage(older_than=store.stale_after, dry_run=True).items == ()
+    result = ops_store.cli("gc", "--older-than", f"{store.stale_after - 1:g}s")
+    assert result.exit_code == 1 and "stale_after" in result.output
+
+
+def test_chunks_whose_upload_closes_after_the_scan_are_kept(ops_store, monkeypatch) -> None:
+    """The scan reads files, then chunks: an upload closing in between looks orphaned. Removal
+    re-checks and deletes neither its files document nor its chunks."""
+    if ops_store.backend != "mongomock":
+        pytest.skip("GridFS chunks exist only in MongoDB")
+    store, now = ops_store.weights, time.time()
+    files_id = orphan_chunks(store, now - 2 * HOUR)
+    scan = store._find_garbage
+
+    def scan_then_upload_closes(cutoff):
+        found = scan(cutoff)
+        store.database.collection("weights.files").insert_one(
+            {"_id": ObjectId(files_id), "length": 1000, "chunkSize": 500, "filename": "r/1/model"}
+        )
+        return found
+
+    monkeypatch.setattr(store, "_find_garbage", scan_then_upload_closes)
+    report = store.collect_garbage(now=now)
+    assert ORPHAN_CHUNKS not in kinds(report)
+    assert store.bucket.open_download_stream(ObjectId(files_id)).read() == b"y" * 1000

@@ -14,6 +14,8 @@ from __future__ import annotations
 import pytest
 
 from dacapo_store import CheckpointExistsError, WeightsStore
+from dacapo_store.errors import ReservationLostError
+from dacapo_store.weights_store import Reservation
 from dacapo_store.serialization import HashingWriter
 
 from .conftest import Backend, make_weights, tag_of
@@ -81,20 +83,39 @@ def test_write_fault_without_cleanup_is_collected(
 
 def test_commit_applied_but_reply_lost(backend: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
     """The catalog commit succeeds but the caller sees an error (a lost reply): the checkpoint
-    is then stored and whole, never listed with its payloads deleted by the clean-up."""
+    is stored and whole, never listed with its payloads deleted by the clean-up, and the
+    writer gets it back instead of an error (a retry would only meet CheckpointExistsError)."""
     seed(backend)
     with monkeypatch.context() as mp:
         mp.setattr(backend.weights, "_commit", fail_on_call(backend.weights._commit, after=True))
-        with pytest.raises(InjectedFault):
-            backend.weights.put_weights(RUN, TARGET, make_weights(TARGET))
+        info = backend.weights.put_weights(RUN, TARGET, make_weights(TARGET))
+    assert (info.run, info.iteration) == (RUN, TARGET)
     assert_unharmed(backend, target_stored=True)
     assert tag_of(backend.weights.retrieve_weights(RUN, TARGET)) == TARGET
     backend.assert_clean()
 
 
-def test_heartbeat_failure_aborts_cleanly(backend: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("dacapo_store.serialization.HEARTBEAT_EVERY_BYTES", 100)
+def test_writer_whose_reservation_was_taken_over_stops_at_its_next_heartbeat(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
     seed(backend)
+    monkeypatch.setattr(backend.weights, "stale_after", 0.0)  # a heartbeat on every write
+    real_heartbeat = backend.weights._heartbeat
+
+    def taken_over(reservation):
+        backend.weights._abandon(Reservation(reservation.run, reservation.iteration, reservation.token))
+        real_heartbeat(reservation)
+
+    monkeypatch.setattr(backend.weights, "_heartbeat", taken_over)
+    with pytest.raises(ReservationLostError, match="taken over"):
+        backend.weights.put_weights(RUN, TARGET, make_weights(TARGET))
+    monkeypatch.undo()
+    assert_unharmed(backend)
+
+
+def test_heartbeat_failure_aborts_cleanly(backend: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
+    seed(backend)
+    monkeypatch.setattr(backend.weights, "stale_after", 0.0)  # a heartbeat on every write
     with monkeypatch.context() as mp:
         mp.setattr(backend.weights, "_heartbeat", fail_on_call(backend.weights._heartbeat))
         with pytest.raises(InjectedFault):
