@@ -1,13 +1,17 @@
 """Experiment subcommands of ``dacapo-store``: ``demo`` (the main job) and ``train CONFIG.yaml``.
 
-Both store the run config by name, train the run (resuming whatever the store already holds),
-then print the best checkpoint per validation dataset and criterion, each loaded back with
-``load_best`` and re-scored. Interrupted (Ctrl-C), they exit with status 130; running the same
-command again continues the run. Failures print one line ``error: ...`` and exit with status 1.
+Both store the run config by name, train the run (resuming whatever the store already holds;
+``--keep-last N`` prunes old checkpoints as it goes), then print the best checkpoint per
+validation dataset and criterion, each read back from the store and re-scored, and check that
+``load_best`` loads the same weights. Interrupted (Ctrl-C) at any point, they print one line and
+exit with status 130; running the same command again continues the run. Failures print one
+line ``error: ...`` and exit with status 1.
 """
 
 from __future__ import annotations
 
+import functools
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,14 +21,15 @@ import click
 from ..config import create_stats_store, create_weights_store, resolve_store
 from ..experiments.config_store import RunConfigStore, create_run_config_store
 from ..experiments.demo import DEMO_ITERATIONS, DEMO_RUN_NAME, demo_run_config
-from ..experiments.report import best_rows, format_rows
+from ..experiments.report import best_report, format_report
 from ..experiments.run import Run
 from ..experiments.run_config import RunConfig
 from ..experiments.train import train_run
 from ..experiments.validate import Evaluation, evaluate, resolve_device
+from ..maintenance.retention import RetentionPolicy
 from ..stats_store import StatsStore
 from ..weights_store import WeightsStore
-from .ops_commands import reporting_errors, store_option
+from .ops_commands import CliError, reporting_errors, store_option
 
 INTERRUPTED_EXIT_CODE = 130
 
@@ -53,9 +58,37 @@ def device_option(command: Callable[..., Any]) -> Callable[..., Any]:
     )(command)
 
 
+def keep_last_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The ``--keep-last N`` option: the retention policy applied while training."""
+    return click.option(
+        "--keep-last",
+        type=click.IntRange(min=1),
+        default=None,
+        metavar="N",
+        help="While training, remove checkpoints except the last N, the latest and the best "
+        "per validation dataset and criterion (default: keep all).",
+    )(command)
+
+
+def exiting_on_interrupt(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn Ctrl-C (KeyboardInterrupt) anywhere in ``command`` into one line on stderr and
+    exit status 130."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except KeyboardInterrupt:
+            click.echo("Interrupted: run the same command again to continue from the last checkpoint.", err=True)
+            raise SystemExit(INTERRUPTED_EXIT_CODE) from None
+
+    return wrapper
+
+
 @click.command("demo")
 @store_option
 @device_option
+@keep_last_option
 @click.option(
     "--iterations", type=click.IntRange(min=1), default=DEMO_ITERATIONS, show_default=True,
     help="Training iterations.",
@@ -64,8 +97,11 @@ def device_option(command: Callable[..., Any]) -> Callable[..., Any]:
     "--name", default=None,
     help=f"Run name [default: {DEMO_RUN_NAME}, or {DEMO_RUN_NAME}-ITERATIONS with another --iterations].",
 )
+@exiting_on_interrupt
 @reporting_errors
-def demo_command(store: str | None, device: str | None, iterations: int, name: str | None) -> None:
+def demo_command(
+    store: str | None, device: str | None, keep_last: int | None, iterations: int, name: str | None
+) -> None:
     """Train a small 2D U-Net on synthetic data, checkpointing and validating into the store,
     then show its best checkpoints, loaded back from the store.
 
@@ -83,22 +119,24 @@ def demo_command(store: str | None, device: str | None, iterations: int, name: s
     )
     _say_how_the_run_stands(config, stores)
     untrained = evaluate(run, run.model, device)
-    _train_and_report(run, stores, device, untrained)
+    _train_and_report(run, stores, device, keep_last, untrained)
 
 
 @click.command("train")
 @click.argument("config_file", metavar="CONFIG.yaml", type=click.Path(exists=True, dir_okay=False))
 @store_option
 @device_option
+@keep_last_option
+@exiting_on_interrupt
 @reporting_errors
-def train_command(config_file: str, store: str | None, device: str | None) -> None:
+def train_command(config_file: str, store: str | None, device: str | None, keep_last: int | None) -> None:
     """Train the run described by CONFIG.yaml (a RunConfig as YAML), resuming it if the store
     already holds part of it, then show its best checkpoints."""
     config = RunConfig.from_yaml_file(config_file)
     stores = ExperimentStores.open(store)
     run = _prepare(config, stores, store, device)
     _say_how_the_run_stands(config, stores)
-    _train_and_report(run, stores, device, None)
+    _train_and_report(run, stores, device, keep_last, None)
 
 
 def _prepare(config: RunConfig, stores: ExperimentStores, store: str | None, device: str | None) -> Run:
@@ -119,26 +157,31 @@ def _say_how_the_run_stands(config: RunConfig, stores: ExperimentStores) -> None
 
 
 def _train_and_report(
-    run: Run, stores: ExperimentStores, device: str | None, untrained: Sequence[Evaluation] | None
+    run: Run,
+    stores: ExperimentStores,
+    device: str | None,
+    keep_last: int | None,
+    untrained: Sequence[Evaluation] | None,
 ) -> None:
-    try:
-        progress = click.get_text_stream("stderr").isatty()
-        train_run(run, stores.weights, stores.stats, device=device, progress=progress)
-    except KeyboardInterrupt:
-        click.echo("\nInterrupted: run the same command again to continue from the last checkpoint.", err=True)
-        raise SystemExit(INTERRUPTED_EXIT_CODE) from None
-    rows = best_rows(run, stores.weights, stores.stats, untrained, device)
-    if not rows:
+    """Train ``run`` (pruning to ``keep_last`` if given), then print its best checkpoints.
+
+    Raises:
+        CliError: a best checkpoint re-scored differently, or ``load_best`` loaded other weights.
+    """
+    retention = None if keep_last is None else RetentionPolicy(keep_last=keep_last, keep_every=None, keep_best=False)
+    train_run(run, stores.weights, stores.stats, device=device, progress=sys.stderr.isatty(), retention=retention)
+    report = best_report(run, stores.weights, stores.stats, untrained, device)
+    if not report.rows and not report.unscored:
         click.echo(f"Run {run.name!r} has no validation scores (no validation datasets).")
         return
     click.echo("\nBest checkpoint per validation dataset and criterion (from the stored scores):")
-    click.echo(format_rows(rows))
+    click.echo(format_report(report))
     click.echo(
-        "\n'load_best re-scored': the weights load_best returned, loaded into a fresh model and "
-        "validated again."
+        "\n're-scored': the best checkpoint's weights, read back from the store into a fresh model "
+        "and validated again."
     )
-    if not all(row.reload_matches for row in rows):
-        raise click.ClickException("load_best returned weights that do not reproduce their stored score")
+    if not report.ok:
+        raise CliError("the store returned weights that do not reproduce their stored best score")
 
 
 def _parameter_count(run: Run) -> int:

@@ -127,7 +127,7 @@ def test_train_runs_a_yaml_config_and_resumes(store, tmp_path):
     path.write_text(yaml.safe_dump(data))
     result = cli("train", str(path), "--store", store)
     assert result.exit_code == 0, result.output
-    assert "load_best re-scored" in result.output
+    assert "re-scored" in result.output and "load_best(" in result.output
     assert [c.iteration for c in create_weights_store(store).list_checkpoints("from-yaml")] == [2, 3]
     stored = RunConfig.from_dict(create_run_config_store(store).retrieve_run_config("from-yaml"))
     assert stored == RunConfig.from_yaml_file(path)
@@ -151,3 +151,79 @@ def test_train_reports_a_bad_config_in_one_line(store, tmp_path):
     assert result.exit_code == 1
     assert result.output.startswith("error: ") and "bad.yaml" in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def nan_iou(monkeypatch):
+    """Make every ``iou`` score NaN, so (dataset, iou) has no best checkpoint."""
+    from dacapo_store.experiments.plugins.binary_segmentation import BinarySegmentationTask
+
+    original = BinarySegmentationTask.evaluate
+
+    def evaluate(self, *args, **kwargs):
+        return {**original(self, *args, **kwargs), "iou": float("nan")}
+
+    monkeypatch.setattr(BinarySegmentationTask, "evaluate", evaluate)
+
+
+def test_demo_reports_a_criterion_with_only_nan_scores(store, monkeypatch):
+    nan_iou(monkeypatch)
+    result = cli("demo", "--store", store, "--iterations", "2", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    for dataset in ("validate_0", "validate_1"):
+        assert f"{dataset} / iou: no best checkpoint (no non-NaN score)" in result.output
+        assert f"{dataset}  f1_score" in result.output
+    assert "load_best('validate_0', 'f1_score') loaded checkpoint" in result.output
+    assert "the same weights as retrieve_weights." in result.output
+
+
+def test_demo_keep_last_prunes_while_training(store):
+    result = cli("demo", "--store", store, "--iterations", "4", "--keep-last", "1", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    weights_store, stats_store = create_weights_store(store), create_stats_store(store)
+    best = {
+        stats_store.best_validation_score("demo-4", dataset, criterion).iteration
+        for dataset in ("validate_0", "validate_1")
+        for criterion in ("f1_score", "iou", "voi")
+    }
+    kept = [c.iteration for c in weights_store.list_checkpoints("demo-4")]
+    assert kept == sorted(best | {4}) and len(kept) < 4  # this demo's best are not all different
+    assert {s.iteration for s in stats_store.retrieve_validation_scores("demo-4")} == {1, 2, 3, 4}
+
+
+@pytest.mark.parametrize("where", ["ExperimentStores.open", "evaluate", "best_report"])
+def test_ctrl_c_anywhere_exits_130_with_one_line(store, monkeypatch, where):
+    from dacapo_store.cli import experiment_commands
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    if where == "ExperimentStores.open":
+        monkeypatch.setattr(experiment_commands.ExperimentStores, "open", interrupted)
+    else:
+        monkeypatch.setattr(experiment_commands, where, interrupted)
+    result = CliRunner().invoke(main, ["demo", "--store", store, "--iterations", "2", "--device", "cpu"])
+    assert result.exit_code == 130
+    assert result.output.splitlines()[-1] == (
+        "Interrupted: run the same command again to continue from the last checkpoint."
+    )
+    assert "Aborted" not in result.output and "Traceback" not in result.output
+
+
+def test_weights_that_do_not_reproduce_their_score_fail_with_error_line(store, monkeypatch):
+    import dataclasses
+
+    from dacapo_store.cli import experiment_commands
+
+    original = experiment_commands.best_report
+
+    def wrong_weights(*args, **kwargs):
+        report = original(*args, **kwargs)
+        return dataclasses.replace(report, load_best=dataclasses.replace(report.load_best, same_weights=False))
+
+    monkeypatch.setattr(experiment_commands, "best_report", wrong_weights)
+    result = cli("demo", "--store", store, "--iterations", "2", "--device", "cpu")
+    assert result.exit_code == 1
+    assert "MISMATCH" in result.output
+    assert result.output.splitlines()[-1] == (
+        "error: the store returned weights that do not reproduce their stored best score"
+    )

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from dacapo_store.experiments import Run, resume_run, train_run, validate_run
+from dacapo_store.maintenance.retention import RetentionPolicy
 
 from .conftest import Interrupted, tiny_config
 
@@ -188,3 +189,34 @@ def test_run_killed_between_weights_and_scores_loses_no_score(
     assert_complete("tiny", weights_store, stats_store)
     assert run.validation_scores.iterations == [2, 4, 6]
     assert all(run.validation_scores.is_complete(i) for i in (2, 4, 6))
+
+
+def best_iterations(run_name, stats_store, criteria):
+    return {
+        stats_store.best_validation_score(run_name, dataset, criterion).iteration
+        for dataset in ("validate_0", "validate_1")
+        for criterion in criteria
+    }
+
+
+def test_retention_while_training_keeps_latest_and_best_and_resume_continues(
+    weights_store, stats_store, interrupt_at
+):
+    policy = RetentionPolicy(keep_last=1, keep_every=None, keep_best=False)
+    config = tiny_config(num_iterations=8)
+    interrupt_at(7)  # killed during iteration 7: checkpoint 6 is the latest
+    with pytest.raises(Interrupted):
+        train_run(Run(config), weights_store, stats_store, progress=False, retention=policy)
+    criteria = Run.get_validation_scores(config).criteria
+    kept = [c.iteration for c in weights_store.list_checkpoints("tiny")]
+    assert kept == sorted(best_iterations("tiny", stats_store, criteria) | {6})
+
+    interrupt_at(None)
+    run = Run(config)
+    point = train_run(run, weights_store, stats_store, progress=False, retention=policy)
+    assert (point.iteration, point.case) == (6, "equal")
+    kept = [c.iteration for c in weights_store.list_checkpoints("tiny")]
+    assert kept == sorted(best_iterations("tiny", stats_store, criteria) | {8})
+    assert {s.iteration for s in stats_store.retrieve_validation_scores("tiny")} == {2, 4, 6, 8}
+    assert [s.iteration for s in stats_store.retrieve_training_stats("tiny")] == list(range(8))
+    assert_same_state(run.model.state_dict(), weights_store.retrieve_weights("tiny", 8).model)

@@ -106,6 +106,17 @@ def test_export_writes_a_plain_state_dict_file(seeded, tmp_path) -> None:
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
+def test_export_file_mode_follows_the_umask(seeded, tmp_path) -> None:
+    import os
+
+    previous = os.umask(0o027)
+    try:
+        ok(seeded.cli("export", "run_a", "500", "-o", str(tmp_path / "ckpt.pt")))
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "ckpt.pt").stat().st_mode & 0o777 == 0o640
+
+
 def test_import_round_trips_exported_and_bare_state_dicts(seeded, tmp_path) -> None:
     exported = tmp_path / "ckpt.pt"
     ok(seeded.cli("export", "run_a", "300", "-o", str(exported)))
@@ -131,6 +142,9 @@ def test_import_refuses_files_that_are_not_plain_state_dicts(seeded, tmp_path) -
     scalar = tmp_path / "scalar.pt"
     torch.save(torch.zeros(3), scalar)
     assert "not a state dict" in error_line(seeded.cli("import", str(scalar), "run_x", "1"))
+    training = tmp_path / "training.pt"
+    torch.save({"model": toy_weights().model, "optimizer": toy_weights().optimizer, "epoch": 3}, training)
+    assert "['epoch']" in error_line(seeded.cli("import", str(training), "run_x", "1"))
     assert seeded.weights.list_checkpoints("run_x") == []
 
 

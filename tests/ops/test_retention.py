@@ -28,6 +28,15 @@ def test_policy_keeps_last_every_and_latest() -> None:
     assert reasons[1000] == ["latest", "last 1", "every 500"]
 
 
+def test_keep_best_is_off_by_default_as_in_the_cli() -> None:
+    """``prune`` / ``RetentionPolicy`` default to what ``dacapo-store prune`` does without
+    ``--keep-best``."""
+    import inspect
+
+    assert RetentionPolicy().keep_best is False
+    assert inspect.signature(prune).parameters["keep_best"].default is False
+
+
 @given(
     iterations=st.sets(st.integers(0, 10_000), max_size=30),
     keep_last=st.none() | st.integers(1, 10),

@@ -28,6 +28,8 @@ class CheckpointStartConfig(StartConfig):
     criterion: str | None = None
 
     def check(self) -> None:
+        """Besides ranges, a cross-field rule: exactly one of ``iteration`` or the pair
+        ``dataset`` + ``criterion`` must be given. The named run is not looked up here."""
         if not self.run:
             raise ConfigError("run must name the run to start from")
         half_best = (self.dataset is None) != (self.criterion is None)
@@ -38,6 +40,8 @@ class CheckpointStartConfig(StartConfig):
             raise ConfigError(f"iteration must be >= 0, got {self.iteration}")
 
     def build(self) -> "CheckpointStart":
+        """The start; it reads no store: the checkpoint is found and loaded only by
+        :meth:`CheckpointStart.initialize_weights` (raising what the weights store raises)."""
         return CheckpointStart(self)
 
 

@@ -48,6 +48,7 @@ class NpyDataSplitConfig(DataSplitConfig):
             raise ConfigError("train must list at least one dataset")
 
     def build(self) -> DataSplit:
+        """The datasplit; no file is opened here (see :meth:`NpyDatasetConfig.build`)."""
         return DataSplit(
             train=[dataset.build() for dataset in self.train],
             validate=[dataset.build() for dataset in self.validate],

@@ -41,6 +41,9 @@ class SyntheticDataSplitConfig(DataSplitConfig):
             raise ConfigError(f"noise must be >= 0, got {self.noise}")
 
     def build(self) -> DataSplit:
+        """The datasplit; each volume is generated (from ``seed`` and its index, so always the
+        same) on first access, not here."""
+
         def dataset(name: str, index: int) -> ArrayDataset:
             return ArrayDataset(name, lambda: self.volume(index))
 
