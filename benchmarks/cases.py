@@ -123,8 +123,8 @@ def mongo_throughput(size: int, repeat: int) -> tuple[Row, Row, Row]:
     load_time = best_time(lambda: _copy_into(destination, fresh["store"].retrieve_weights("run", 1, optimizer=False).model), repeat)
     naive_load_time = best_time(naive_load, repeat)
     with mongomock_find_spy() as calls:
-        info = fresh["store"].retrieve_weights("run", 1, optimizer=False)
-    chunk_queries = calls[f"weights.chunks"]
+        fresh["store"].retrieve_weights("run", 1, optimizer=False)
+    chunk_queries = calls["weights.chunks"]
     allowed = math.ceil(size / MAX_CHUNK_QUERY_BATCH) + 3
     label = f"mongomock {size // MB} MB"
     return (

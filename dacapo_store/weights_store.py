@@ -20,7 +20,7 @@ import logging
 import math
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -92,6 +92,68 @@ class GarbageReport:
     def bytes_freed(self) -> int:
         """Bytes of payload removed (or that would be removed)."""
         return sum(item.size for item in self.items)
+
+
+@dataclass(frozen=True)
+class StoredPayload:
+    """A payload found in a backend's storage during garbage collection: its ``location``,
+    the ``token`` of the upload that wrote it (``None`` if unknown), its ``size`` in bytes, and
+    whether it was left ``unfinished`` (a local ``.partial`` file)."""
+
+    location: str
+    token: str | None
+    size: int
+    unfinished: bool = False
+
+
+@dataclass(frozen=True)
+class PendingUpload:
+    """A pending reservation in the catalog: whose upload it is and when it last beat."""
+
+    token: str
+    run: str
+    iteration: int
+    heartbeat: float
+
+
+def classify_garbage(
+    payloads: Iterable[StoredPayload],
+    referenced: set[str],
+    pending: Iterable[PendingUpload],
+    cutoff: float,
+) -> list[GarbageItem]:
+    """Sort the payloads of a scan into garbage, the same way for every backend.
+
+    A payload is kept when a complete checkpoint references it or its upload is live (a
+    heartbeat at or after ``cutoff``). A stale upload becomes one STALE_RESERVATION item with
+    all its payloads; any other payload is an ORPHAN_PAYLOAD (or PARTIAL_FILE if unfinished).
+    """
+    pending = list(pending)
+    live = {upload.token for upload in pending if upload.heartbeat >= cutoff}
+    stale = {upload.token: upload for upload in pending if upload.heartbeat < cutoff}
+    owned: dict[str, list[StoredPayload]] = {token: [] for token in stale}
+    items = []
+    for payload in sorted(payloads, key=lambda payload: payload.location):
+        if payload.location in referenced or payload.token in live:
+            continue
+        if payload.token in owned:
+            owned[payload.token].append(payload)
+        else:
+            kind = PARTIAL_FILE if payload.unfinished else ORPHAN_PAYLOAD
+            items.append(GarbageItem(kind, (payload.location,), payload.size))
+    for token, upload in stale.items():
+        mine = owned[token]
+        items.append(
+            GarbageItem(
+                STALE_RESERVATION,
+                tuple(payload.location for payload in mine),
+                sum(payload.size for payload in mine),
+                upload.run,
+                upload.iteration,
+                token,
+            )
+        )
+    return items
 
 
 def reservation_lost(reservation: Reservation, when: str) -> ReservationLostError:

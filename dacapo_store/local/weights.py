@@ -17,12 +17,12 @@ from ..records import CheckpointInfo, PartInfo
 from ..serialization import serialize_state, verify_file
 from ..weights_store import (
     DEFAULT_STALE_AFTER,
-    ORPHAN_PAYLOAD,
-    PARTIAL_FILE,
-    STALE_RESERVATION,
     GarbageItem,
     Reservation,
     WeightsStore,
+    PendingUpload,
+    StoredPayload,
+    classify_garbage,
     describe,
     reservation_lost,
 )
@@ -218,27 +218,15 @@ class LocalWeightsStore(WeightsStore):
             part.location for row in rows if row["state"] == "complete"
             for part in checkpoint_from_row(row).parts.values()
         }
-        pending = [row for row in rows if row["state"] == "pending"]
-        live = {row["token"] for row in pending if row["heartbeat"] >= cutoff}
-        stale = {row["token"]: row for row in pending if row["heartbeat"] < cutoff}
-        owned: dict[str, list[str]] = {token: [] for token in stale}
-        items = []
-        for name, size in sorted(files.items()):
-            token = PAYLOAD_NAME.match(name)["token"]
-            if name in referenced or token in live:
-                continue
-            if token in owned:
-                owned[token].append(name)
-            else:
-                kind = PARTIAL_FILE if name.endswith(PARTIAL_SUFFIX) else ORPHAN_PAYLOAD
-                items.append(GarbageItem(kind, (name,), size))
-        for token, row in stale.items():
-            names = tuple(owned[token])
-            size = sum(files[name] for name in names)
-            items.append(
-                GarbageItem(STALE_RESERVATION, names, size, row["run"], row["iteration"], token)
-            )
-        return items
+        pending = [
+            PendingUpload(row["token"], row["run"], row["iteration"], row["heartbeat"])
+            for row in rows if row["state"] == "pending"
+        ]
+        payloads = [
+            StoredPayload(name, PAYLOAD_NAME.match(name)["token"], size, name.endswith(PARTIAL_SUFFIX))
+            for name, size in files.items()
+        ]
+        return classify_garbage(payloads, referenced, pending, cutoff)
 
     def _payload_files(self) -> dict[str, int]:
         """Name -> size of every payload file (finished or ``.partial``) in the payload directory."""

@@ -24,11 +24,12 @@ from ..serialization import serialize_state, verified_memory_file
 from ..weights_store import (
     DEFAULT_STALE_AFTER,
     ORPHAN_CHUNKS,
-    ORPHAN_PAYLOAD,
-    STALE_RESERVATION,
     GarbageItem,
     Reservation,
     WeightsStore,
+    PendingUpload,
+    StoredPayload,
+    classify_garbage,
     describe,
     reservation_lost,
 )
@@ -290,31 +291,17 @@ class MongoWeightsStore(WeightsStore):
             part["location"] for entry in catalog if entry["state"] == "complete"
             for part in entry["parts"].values()
         }
-        pending = [entry for entry in catalog if entry["state"] == "pending"]
-        live = {entry["token"] for entry in pending if entry["heartbeat"] >= cutoff}
-        stale = {entry["token"]: entry for entry in pending if entry["heartbeat"] < cutoff}
-        owned: dict[str, list[dict[str, Any]]] = {token: [] for token in stale}
-        for file_id, document in sorted(files.items()):
-            token = (document.get("metadata") or {}).get("token")
-            if str(file_id) in referenced or token in live:
-                continue
-            if token in owned:
-                owned[token].append(document)
-            else:
-                items.append(GarbageItem(ORPHAN_PAYLOAD, (str(file_id),), document.get("length", 0)))
-        for token, entry in stale.items():
-            documents = owned[token]
-            items.append(
-                GarbageItem(
-                    STALE_RESERVATION,
-                    tuple(str(document["_id"]) for document in documents),
-                    sum(document.get("length", 0) for document in documents),
-                    entry["run"],
-                    entry["iteration"],
-                    token,
-                )
+        pending = [
+            PendingUpload(entry["token"], entry["run"], entry["iteration"], entry["heartbeat"])
+            for entry in catalog if entry["state"] == "pending"
+        ]
+        payloads = [
+            StoredPayload(
+                str(file_id), (document.get("metadata") or {}).get("token"), document.get("length", 0)
             )
-        return items
+            for file_id, document in files.items()
+        ]
+        return items + classify_garbage(payloads, referenced, pending, cutoff)
 
     @staticmethod
     def _orphan_chunks(chunks: Any, file_ids: list[ObjectId], cutoff: float) -> list[GarbageItem]:
