@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import yaml
 
@@ -26,6 +26,8 @@ from .mongo import MongoStatsStore, MongoWeightsStore
 from .stats_store import StatsStore
 from .uri import is_mongodb_uri, redact_uri
 from .weights_store import WeightsStore
+
+T = TypeVar("T")
 
 STORE_ENV = "DACAPO_STORE_URI"
 OPTIONS_FILE_ENV = "DACAPO_OPTIONS_FILE"
@@ -146,16 +148,28 @@ def resolve_store(store: str | os.PathLike | None = None) -> StoreLocation:
     return StoreLocation("local", str(default_local_dir()), DEFAULT_DB_NAME, "the default")
 
 
-def create_weights_store(store: str | os.PathLike | None = None, **options: Any) -> WeightsStore:
-    """Open the weights store that ``store`` (or the environment) designates.
+def open_store(
+    store: str | os.PathLike | None, local: Callable[..., T], mongo: Callable[..., T], **options: Any
+) -> T:
+    """Resolve ``store`` and build ``local(basedir, **options)`` or
+    ``mongo(uri, db_name, **options)`` for it: how every kind of store is opened.
 
     Raises:
         ConfigurationError, StoreConnectionError.
     """
     location = resolve_store(store)
     if location.kind == "mongo":
-        return MongoWeightsStore(location.target, location.db_name, **options)
-    return LocalWeightsStore(location.target, **options)
+        return mongo(location.target, location.db_name, **options)
+    return local(location.target, **options)
+
+
+def create_weights_store(store: str | os.PathLike | None = None, **options: Any) -> WeightsStore:
+    """Open the weights store that ``store`` (or the environment) designates.
+
+    Raises:
+        ConfigurationError, StoreConnectionError.
+    """
+    return open_store(store, LocalWeightsStore, MongoWeightsStore, **options)
 
 
 def create_stats_store(store: str | os.PathLike | None = None) -> StatsStore:
@@ -164,7 +178,4 @@ def create_stats_store(store: str | os.PathLike | None = None) -> StatsStore:
     Raises:
         ConfigurationError, StoreConnectionError.
     """
-    location = resolve_store(store)
-    if location.kind == "mongo":
-        return MongoStatsStore(location.target, location.db_name)
-    return LocalStatsStore(location.target)
+    return open_store(store, LocalStatsStore, MongoStatsStore)

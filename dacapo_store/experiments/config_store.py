@@ -19,7 +19,7 @@ from pymongo.errors import DuplicateKeyError
 from pymongo.write_concern import WriteConcern
 
 from ..checks import check_name
-from ..config import resolve_store
+from ..config import open_store
 from ..errors import DacapoStoreError
 from ..local.catalog import Catalog
 from ..mongo.connection import DEFAULT_WRITE_CONCERN, MongoDatabase
@@ -184,7 +184,4 @@ def create_run_config_store(store: str | os.PathLike | None = None) -> RunConfig
     Raises:
         ConfigurationError, StoreConnectionError.
     """
-    location = resolve_store(store)
-    if location.kind == "mongo":
-        return MongoRunConfigStore(location.target, location.db_name)
-    return LocalRunConfigStore(location.target)
+    return open_store(store, LocalRunConfigStore, MongoRunConfigStore)
