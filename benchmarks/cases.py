@@ -9,6 +9,7 @@ as a bucket grows).
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import math
 import os
@@ -30,6 +31,7 @@ from .workloads import (
     MB,
     adam_state,
     best_time,
+    best_times,
     model_state,
     mongomock_find_spy,
     queries_in,
@@ -68,28 +70,49 @@ def _speed_row(figure: str, case: str, size: int, ours: float, baseline: float, 
 
 
 def local_throughput(size: int, repeat: int) -> tuple[Row, Row]:
-    """Figures 1 and 2, local backend: store vs ``torch.save`` + fsync, load vs ``torch.load``."""
+    """Figures 1 and 2, local backend: store vs ``torch.save`` + fsync, load vs ``torch.load``.
+
+    Both sides write a new file each run (as a trainer writes each checkpoint), and what the
+    previous run wrote is removed, untimed, before the next.
+    """
     state = model_state(size)
     destination = {key: torch.empty_like(tensor) for key, tensor in state.items()}
     with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "baseline.pt")
+        store = LocalWeightsStore(os.path.join(tmp, "store"))
+        counter = itertools.count(1)
+        written: dict[str, Any] = {}
+
+        def clean_up() -> None:
+            for info in store.list_checkpoints("run"):
+                store.remove("run", info.iteration)
+            if "path" in written:
+                os.unlink(written.pop("path"))
 
         def save() -> None:
-            with open(path, "wb") as file:
+            written["path"] = os.path.join(tmp, f"baseline-{next(counter)}.pt")
+            with open(written["path"], "wb") as file:
                 torch.save(state, file)
                 file.flush()
                 os.fsync(file.fileno())
 
-        store = LocalWeightsStore(os.path.join(tmp, "store"))
-        iterations = iter(range(1, 10**6))
-        store_time = best_time(lambda: store.put_weights("run", next(iterations), Weights(state, None)), repeat)
-        save_time = best_time(save, repeat)
-        load_time = best_time(lambda: _copy_into(destination, store.retrieve_weights("run", 1, optimizer=False).model), repeat)
-        baseline_load = best_time(lambda: _copy_into(destination, torch.load(path, weights_only=True)), repeat)
+        stores = best_times(
+            {"ours": lambda: store.put_weights("run", next(counter), Weights(state, None)), "baseline": save},
+            repeat,
+            clean_up,
+        )
+        iteration = store.put_weights("run", next(counter), Weights(state, None)).iteration
+        save()
+        loads = best_times(
+            {
+                "ours": lambda: _copy_into(destination, store.retrieve_weights("run", iteration, optimizer=False).model),
+                "baseline": lambda: _copy_into(destination, torch.load(written["path"], weights_only=True)),
+            },
+            repeat,
+        )
     label = f"local {size // MB} MB"
     return (
-        _speed_row("1 store", label, size, store_time, save_time, 0.9),
-        _speed_row("2 load", label + " (+copy into model)", size, load_time, baseline_load, 0.9),
+        _speed_row("1 store", label, size, stores["ours"], stores["baseline"], 0.9),
+        _speed_row("2 load", label + " (+copy into model)", size, loads["ours"], loads["baseline"], 0.9),
     )
 
 
@@ -100,6 +123,7 @@ def mongo_throughput(size: int, repeat: int) -> tuple[Row, Row, Row]:
     fresh: dict[str, Any] = {}
 
     def new_database() -> None:
+        fresh.clear()  # drop the previous database before the next is filled
         fresh["client"] = mongomock_client()
         fresh["store"] = MongoWeightsStore(fresh["client"])
         fresh["bucket"] = gridfs.GridFSBucket(fresh["client"].get_database("naive"), "weights")
@@ -116,39 +140,52 @@ def mongo_throughput(size: int, repeat: int) -> tuple[Row, Row, Row]:
         buffer.seek(0)
         _copy_into(destination, torch.load(buffer, weights_only=True))
 
-    store_time = best_time(lambda: fresh["store"].put_weights("run", 1, Weights(state, None)), repeat, new_database)
-    naive_store_time = best_time(naive_store, repeat, new_database)
+    stores = best_times(
+        {"ours": lambda: fresh["store"].put_weights("run", 1, Weights(state, None)), "baseline": naive_store},
+        repeat,
+        new_database,
+    )
+    new_database()
     naive_store()
     fresh["store"].put_weights("run", 1, Weights(state, None))
-    load_time = best_time(lambda: _copy_into(destination, fresh["store"].retrieve_weights("run", 1, optimizer=False).model), repeat)
-    naive_load_time = best_time(naive_load, repeat)
+    loads = best_times(
+        {
+            "ours": lambda: _copy_into(destination, fresh["store"].retrieve_weights("run", 1, optimizer=False).model),
+            "baseline": naive_load,
+        },
+        repeat,
+    )
     with mongomock_find_spy() as calls:
         fresh["store"].retrieve_weights("run", 1, optimizer=False)
     chunk_queries = calls["weights.chunks"]
     allowed = math.ceil(size / MAX_CHUNK_QUERY_BATCH) + 3
     label = f"mongomock {size // MB} MB"
     return (
-        _speed_row("1 store", label, size, store_time, naive_store_time, 1.0),
-        _speed_row("2 load", label + " (+copy into model)", size, load_time, naive_load_time, 1.0),
+        _speed_row("1 store", label, size, stores["ours"], stores["baseline"], 1.0),
+        _speed_row("2 load", label + " (+copy into model)", size, loads["ours"], loads["baseline"], 1.0),
         Row("2 chunk queries", label, str(chunk_queries), f"limit {allowed}", "-", f"<= {allowed}", chunk_queries <= allowed),
     )
 
 
 def memory(size: int) -> Iterator[Row]:
-    """Figure 3: peak memory growth in a fresh process per case (see :mod:`benchmarks.memory`)."""
+    """Figure 3: memory of a store (transient: peak minus what stays) and peak of a load, each
+    in a fresh process (see :mod:`benchmarks.memory`)."""
 
-    def peak(case: str) -> int:
+    def measured(case: str) -> dict[str, int]:
         output = subprocess.run(
             [sys.executable, "-m", "benchmarks.memory", case, str(size)],
             check=True, capture_output=True, text=True,
         ).stdout
-        return json.loads(output)["peak"]
+        return json.loads(output)
 
     label = f"{size // MB} MB"
-    transient = peak("local-store")
-    yield Row("3 store memory", f"local {label}", f"{transient / MB:.1f} MB", "-", "-", "<= 100 MB", transient <= 100 * MB)
+    for case in ("local-store", "mongo-store"):
+        result = measured(case)
+        transient = result["peak"] - result["retained"]
+        yield Row("3 store memory", f"{case.split('-')[0]} {label} (transient)", f"{transient / MB:.1f} MB", "-", "-",
+                  "<= 100 MB", transient <= 100 * MB)
     for case, baseline in (("local-load", "baseline-load"), ("mongo-load", "mongo-naive-load")):
-        ours, theirs = peak(case), peak(baseline)
+        ours, theirs = measured(case)["peak"], measured(baseline)["peak"]
         yield Row(
             "3 load peak", f"{case.split('-')[0]} {label}", f"{ours / size:.2f}x size", f"{theirs / size:.2f}x size ({baseline})",
             f"{ours / size:.2f}x", "<= 1.25x", ours <= 1.25 * size,
@@ -170,19 +207,19 @@ def model_only(size: int) -> Iterator[Row]:
 
 
 def _payload_bytes_read(store: Any, action: Any) -> int:
-    """Sum of the sizes of the payloads ``action`` fetched through ``store._verified_payload``."""
+    """Sum of the sizes of the payloads ``action`` loaded through ``store._load_part``."""
     fetched: list[int] = []
-    original = store._verified_payload
+    original = store._load_part
 
-    def spy(info: Any, part: str) -> Any:
+    def spy(info: Any, part: str, map_location: Any) -> Any:
         fetched.append(info.parts[part].size)
-        return original(info, part)
+        return original(info, part, map_location)
 
-    store._verified_payload = spy
+    store._load_part = spy
     try:
         action()
     finally:
-        del store._verified_payload
+        del store._load_part
     return sum(fetched)
 
 

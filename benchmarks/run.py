@@ -41,9 +41,11 @@ def print_table(rows: list[cases.Row]) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--sizes", type=float, nargs="+", default=[10, 100], help="state dict sizes in MB (default 10 100)")
-    parser.add_argument("--repeat", type=int, default=3, help="runs per timing, the fastest counts (default 3)")
+    parser.add_argument("--repeat", type=int, default=5, help="runs per timing, the fastest counts (default 5)")
     parser.add_argument("--scores", type=int, nargs=2, default=[100, 100_000], help="score counts compared by figure 5")
     parser.add_argument("--model-only-size", type=float, default=20, help="model size in MB for figure 4 (default 20)")
+    parser.add_argument("--memory-size", type=float, default=1000,
+                        help="state dict size in MB for figure 3 (default 1000; needs about 4x that of free RAM)")
     args = parser.parse_args(argv)
     sizes = [int(size * MB) for size in args.sizes]
     rows: list[cases.Row] = []
@@ -51,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
         rows += cases.local_throughput(size, args.repeat)
         rows += cases.mongo_throughput(size, args.repeat)
     rows += _scaling_rows(rows, sizes)
-    rows += cases.memory(max(sizes))
+    rows += cases.memory(int(args.memory_size * MB))
     rows += cases.model_only(int(args.model_only_size * MB))
     rows += cases.lookups(*args.scores, repeat=args.repeat)
     rows += cases.cuda(max(sizes), args.repeat)

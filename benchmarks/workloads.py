@@ -34,13 +34,27 @@ def adam_state(model: dict[str, torch.Tensor]) -> dict[str, Any]:
 
 def best_time(action: Callable[[], object], repeat: int, setup: Callable[[], object] | None = None) -> float:
     """The fastest of ``repeat`` runs of ``action`` in seconds (``setup`` runs untimed before each)."""
-    best = float("inf")
-    for _ in range(repeat):
-        if setup is not None:
-            setup()
-        start = time.perf_counter()
-        action()
-        best = min(best, time.perf_counter() - start)
+    return best_times({"action": action}, repeat, setup)["action"]
+
+
+def best_times(
+    actions: dict[str, Callable[[], object]], repeat: int, setup: Callable[[], object] | None = None
+) -> dict[str, float]:
+    """The fastest of ``repeat`` runs of each action, in seconds, by name.
+
+    The actions take turns (round after round, each round in a rotated order), so that a
+    contender and its baseline meet the same machine: a slow spell of the disk or of a
+    neighbour hits both, not whichever ran second. ``setup`` runs untimed before each run.
+    """
+    best = {name: float("inf") for name in actions}
+    names = list(actions)
+    for round_ in range(repeat):
+        for name in names[round_ % len(names):] + names[: round_ % len(names)]:
+            if setup is not None:
+                setup()
+            start = time.perf_counter()
+            actions[name]()
+            best[name] = min(best[name], time.perf_counter() - start)
     return best
 
 

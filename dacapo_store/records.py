@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+
 PARTS = ("model", "optimizer")
 """The separately addressable parts of a checkpoint, in storage order."""
 
@@ -29,11 +30,26 @@ class Weights:
 
 @dataclass(frozen=True)
 class PartInfo:
-    """One stored part of a checkpoint: its payload location, byte size and sha256 hex digest."""
+    """One stored part of a checkpoint: its payload location, byte size and digest.
+
+    ``digest`` is ``"<algorithm>:<hex>"`` (see :mod:`dacapo_store.digests`): ``xxh3-128`` for
+    new payloads, ``sha256`` for those stored before.
+    """
 
     location: str
     size: int
-    sha256: str
+    digest: str
+
+    def to_document(self) -> dict[str, Any]:
+        """The part as the catalogs store it (a JSON object / BSON subdocument)."""
+        return {"location": self.location, "size": self.size, "digest": self.digest}
+
+    @classmethod
+    def from_document(cls, document: Mapping[str, Any]) -> "PartInfo":
+        """Read a part back from :meth:`to_document`'s form, or from the older form that
+        recorded a bare ``sha256`` hex digest."""
+        digest = document["digest"] if "digest" in document else f"sha256:{document['sha256']}"
+        return cls(location=document["location"], size=document["size"], digest=digest)
 
 
 @dataclass(frozen=True)

@@ -1,29 +1,29 @@
-"""Serializing state dicts into a byte stream, and verifying and loading them back.
+"""Serializing state dicts into a backend's payload storage, and loading them back verified.
 
 A part is written with ``torch.save`` through a :class:`HashingWriter`, which counts the bytes
-and computes their sha256 while it hands them on to the backend's sink: the serialized
-checkpoint is streamed and never held in memory as a whole. It is read back only after its
-size and digest match what the catalog recorded, and with ``torch.load(weights_only=True)``:
-the payload must be plain state dicts, never arbitrary pickled objects.
+and hashes them (XXH3-128, see :mod:`dacapo_store.digests`) while it hands them on to the
+backend's sink: the serialized checkpoint is streamed, never held in memory as a whole.
+
+A part is read back with ``torch.load(weights_only=True)`` and returned only once its size
+and digest match what the catalog recorded: a local payload file is verified before it is
+loaded, a GridFS payload is hashed chunk by chunk while ``torch.load`` reads it
+(:func:`load_verified`). ``weights_only`` refuses anything but plain state dicts, so no pickled code
+runs, verified or not; a digest mismatch is reported as corruption whatever torch made of the
+bytes.
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
-import mmap
 import os
 import pickle
 import time
 import zipfile
-from collections.abc import Iterable
 from typing import Any, Callable
 
 import torch
 
-from .background_hash import BackgroundSha256
+from .digests import DEFAULT_ALGORITHM, algorithm_of, format_digest, new_hash
 from .errors import CorruptCheckpointError
-from .memory_file import MemoryFile
 from .records import PartInfo
 
 DEFAULT_HEARTBEAT_SECONDS = 60.0
@@ -39,13 +39,13 @@ class HashingWriter:
 
     def __init__(
         self,
-        sink: Callable[[Any], object],
+        sink: Callable[[memoryview], object],
         heartbeat: Callable[[], None] | None = None,
         heartbeat_every: float = DEFAULT_HEARTBEAT_SECONDS,
     ) -> None:
         self._sink = sink
+        self._hash = new_hash(DEFAULT_ALGORITHM)
         self._heartbeat = heartbeat
-        self._hash = BackgroundSha256()
         self._heartbeat_every = heartbeat_every
         self._next_heartbeat = time.monotonic() + heartbeat_every
         self.size = 0
@@ -66,7 +66,8 @@ class HashingWriter:
         return len(view)
 
     def _forward(self, view: memoryview) -> None:
-        """Hand ``view`` to the sink, then hash and count it."""
+        """Hand ``view`` to the sink, then hash and count it (no copy: the hash reads the
+        view while ``torch.save`` still holds it)."""
         self._sink(view)
         self._hash.update(view)
         self.size += len(view)
@@ -77,19 +78,22 @@ class HashingWriter:
     def flush(self) -> None:
         """Nothing to do: the sink owns buffering (``torch.save`` requires the method)."""
 
-    def hexdigest(self) -> str:
-        """The sha256 of everything written (call once, after the last write)."""
-        return self._hash.hexdigest()
+    def digest(self) -> str:
+        """The digest of everything written, ``"<algorithm>:<hex>"``."""
+        return format_digest(DEFAULT_ALGORITHM, self._hash)
 
 
 def serialize_state(
     state: Any,
-    sink: Callable[[Any], object],
+    sink: Callable[[memoryview], object],
     location: str,
     heartbeat: Callable[[], None] | None = None,
     heartbeat_every: float = DEFAULT_HEARTBEAT_SECONDS,
 ) -> PartInfo:
     """Stream ``torch.save(state)`` into ``sink`` and return the part's size and digest.
+
+    ``sink`` is called with each piece of the payload in order; a piece is only valid during
+    the call.
 
     Raises:
         the first exception of ``sink`` or ``heartbeat`` (not torch's follow-up error).
@@ -101,83 +105,79 @@ def serialize_state(
         if writer.error is not None:
             raise writer.error from None
         raise
-    return PartInfo(location=location, size=writer.size, sha256=writer.hexdigest())
+    return PartInfo(location=location, size=writer.size, digest=writer.digest())
 
 
-def _check_payload(size: int, digest: str, expected: PartInfo, describe: str, what: str) -> None:
-    """Compare a payload's ``size`` and sha256 ``digest`` with the catalog's ``expected``.
+def verifying_algorithm(expected: PartInfo, describe: str) -> str:
+    """The digest algorithm that the catalog's entry ``expected`` names.
 
     Raises:
-        CorruptCheckpointError: naming ``describe`` and ``what`` was read.
+        CorruptCheckpointError: the catalog's digest is not a valid digest.
     """
+    try:
+        return algorithm_of(expected.digest)
+    except ValueError as error:
+        raise CorruptCheckpointError(f"{describe}: the catalog records an invalid digest ({error})") from None
+
+
+def check_size(size: int, expected: PartInfo, describe: str) -> None:
+    """Raise CorruptCheckpointError (naming ``describe``) unless ``size`` is the recorded size."""
     if size != expected.size:
         raise CorruptCheckpointError(
-            f"{describe}: {what} has {size} bytes, the catalog recorded {expected.size}"
+            f"{describe}: stored payload has {size} bytes, the catalog recorded {expected.size}"
         )
-    if digest != expected.sha256:
+
+
+def check_payload(size: int, digest: str, expected: PartInfo, describe: str) -> None:
+    """Compare a payload's ``size`` and ``digest`` with the catalog's ``expected``.
+
+    Raises:
+        CorruptCheckpointError: naming ``describe``, for a wrong size or digest.
+    """
+    check_size(size, expected, describe)
+    if digest != expected.digest:
         raise CorruptCheckpointError(
-            f"{describe}: sha256 mismatch ({what} {digest[:16]}..., catalog "
-            f"{expected.sha256[:16]}...): the payload is corrupt"
+            f"{describe}: digest mismatch (stored payload {digest}, catalog {expected.digest}): "
+            "the payload is corrupt"
         )
 
 
-def verified_memory_file(blocks: Iterable[Any], expected: PartInfo, describe: str) -> MemoryFile:
-    """Copy ``blocks`` (bytes-like, in order) into a :class:`MemoryFile`, hashing as they come.
+def load_verified(
+    source: Any, finish: Callable[[], tuple[int, str]], expected: PartInfo, map_location: Any, describe: str
+) -> Any:
+    """``torch.load`` a part from ``source`` while its bytes are hashed, then check them.
 
-    The payload is copied once, into memory of its recorded size; ``torch.load(path, mmap=True)``
-    then maps it instead of copying every tensor again.
+    ``finish()`` runs after the load, whether it succeeded or not: it hashes whatever of the
+    payload was not hashed yet and returns the payload's size and digest. A wrong size or
+    digest is reported as corruption even where the load failed too (torch's error is
+    chained): a corrupt payload is blamed as corrupt, whatever torch made of it. An error of
+    ``finish()`` itself (the payload could not be read: a lost connection) propagates as it is.
+
+    The bytes reach ``torch.load(weights_only=True)`` before their digest is known, which is
+    safe by design of ``weights_only`` (it refuses anything but tensors and plain containers,
+    verified or not); nothing is returned unless the digest matches.
 
     Returns:
-        The filled file, whose size and sha256 match ``expected``.
+        The state dict, once the payload's size and digest match ``expected``.
 
     Raises:
-        CorruptCheckpointError: more or fewer bytes than recorded, or the wrong digest (the
-            file is closed).
+        CorruptCheckpointError: wrong size or digest, or a payload that is not a plain state
+            dict (see :func:`load_state`).
+        RuntimeError and others: as ``torch.load`` for a verified payload it cannot place;
+            as ``finish()``.
     """
-    if expected.size <= 0:
-        raise CorruptCheckpointError(f"{describe}: the catalog records an empty payload")
-    file = MemoryFile(expected.size)
-    digest = BackgroundSha256()
-    size = 0
+    load_error: Exception | None = None
     try:
-        for block in blocks:
-            if size + len(block) > expected.size:
-                raise CorruptCheckpointError(
-                    f"{describe}: stored payload is longer than the {expected.size} bytes the "
-                    "catalog recorded"
-                )
-            digest.update(block)
-            file.write_at(size, block)
-            size += len(block)
-        _check_payload(size, digest.hexdigest(), expected, describe, "stored payload")
-    except BaseException:
-        file.close()
-        raise
-    return file
-
-
-def verify_file(path: str | os.PathLike, expected: PartInfo, describe: str) -> None:
-    """Check the file at ``path`` against the recorded size and sha256.
-
-    The file is hashed through a memory map (no copy into a read buffer); its pages stay in the
-    page cache for the ``torch.load(mmap=True)`` that follows.
-
-    Raises:
-        CorruptCheckpointError: the file is missing, has the wrong size or the wrong digest.
-    """
+        state = load_state(source, map_location, describe)
+    except Exception as error:  # the digest decides first whether the payload is to blame
+        load_error = error
     try:
-        with open(path, "rb") as file:
-            size = os.fstat(file.fileno()).st_size
-            if size != expected.size:
-                _check_payload(size, "", expected, describe, "payload file")
-            if size == 0:  # an empty file cannot be memory-mapped
-                digest = hashlib.sha256().hexdigest()
-            else:
-                with mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-                    digest = hashlib.sha256(mapped).hexdigest()
-    except FileNotFoundError as error:
-        raise CorruptCheckpointError(f"{describe}: payload file {path} is missing") from error
-    _check_payload(size, digest, expected, describe, "payload file")
+        check_payload(*finish(), expected, describe)
+    except CorruptCheckpointError as corrupt:
+        raise corrupt from load_error
+    if load_error is not None:
+        raise load_error
+    return state
 
 
 _NOT_AN_ARCHIVE = "PytorchStreamReader"
@@ -185,7 +185,7 @@ _NOT_AN_ARCHIVE = "PytorchStreamReader"
 
 
 def load_state(source: Any, map_location: Any, describe: str, mmap: bool = False) -> Any:
-    """``torch.load`` a verified payload (a file path or a bytes-like object), weights only.
+    """``torch.load`` a payload (a path, or a readable seekable file), weights only.
 
     Raises:
         CorruptCheckpointError: the payload is not a plain state dict (e.g. a pickle that would
@@ -193,8 +193,6 @@ def load_state(source: Any, map_location: Any, describe: str, mmap: bool = False
         RuntimeError and others: as ``torch.load`` for a valid payload it cannot place (an
             unavailable ``map_location`` device, out of memory): the checkpoint is not blamed.
     """
-    if not isinstance(source, (str, os.PathLike)):
-        source = io.BytesIO(source)
     try:
         return torch.load(source, map_location=map_location, weights_only=True, mmap=mmap)
     except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError) as error:
@@ -204,3 +202,12 @@ def load_state(source: Any, map_location: Any, describe: str, mmap: bool = False
             f"{describe}: refused to load the payload, it is not a plain torch state dict "
             f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})"
         ) from error
+
+
+def fd_path(fd: int, fallback: str | os.PathLike) -> str:
+    """A path that opens the file behind descriptor ``fd`` (``/proc/self/fd/N`` where the
+    system has it, so that a reader opens the very file that was checked), else ``fallback``."""
+    for directory in ("/proc/self/fd", "/dev/fd"):
+        if os.path.isdir(directory):
+            return f"{directory}/{fd}"
+    return os.fspath(fallback)

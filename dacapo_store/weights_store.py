@@ -5,7 +5,7 @@ A checkpoint is written in three steps, so that it is all or nothing and one wri
 1. **reserve** ``(run, iteration)`` in the catalog (a unique key): a second writer fails here,
    before it uploads anything;
 2. **stream** each part (model, optimizer) into the backend's payload storage, hashing as it goes;
-3. **commit**: record sizes and sha256 digests and mark the checkpoint complete.
+3. **commit**: record sizes and digests (XXH3-128) and mark the checkpoint complete.
 
 Only complete checkpoints are visible. An exception anywhere aborts the upload, deletes what was
 written and drops the reservation. A writer killed outright leaves a reservation whose heartbeat
@@ -27,7 +27,6 @@ from typing import Any
 from .checks import check_iteration, check_name, run_name_of
 from .errors import CheckpointNotFoundError, ReservationLostError, CorruptCheckpointError
 from .records import PARTS, CheckpointInfo, PartInfo, Weights
-from .serialization import load_state
 
 logger = logging.getLogger(__name__)
 
@@ -258,15 +257,7 @@ class WeightsStore(ABC):
         info = self.checkpoint_info(run, iteration)
         wanted = [part for part in PARTS if part in info.parts and (optimizer or part == "model")]
         try:
-            states = {
-                part: load_state(
-                    self._verified_payload(info, part),
-                    map_location,
-                    describe(info.run, info.iteration, part),
-                    mmap=self._mmap_payloads,
-                )
-                for part in wanted
-            }
+            states = {part: self._load_part(info, part, map_location) for part in wanted}
         except (CorruptCheckpointError, FileNotFoundError) as error:
             self._raise_if_removed(info, error)
             raise
@@ -346,7 +337,7 @@ class WeightsStore(ABC):
         return info
 
     def verify(self, run: RunLike, iteration: int) -> CheckpointInfo:
-        """Re-check the size and sha256 of every part of a checkpoint; return its entry.
+        """Re-check the size and digest of every part of a checkpoint; return its entry.
 
         Raises:
             CheckpointNotFoundError, CorruptCheckpointError.
@@ -354,7 +345,7 @@ class WeightsStore(ABC):
         info = self.checkpoint_info(run, iteration)
         try:
             for part in info.parts:
-                self._verified_payload(info, part)
+                self._verify_part(info, part)
         except CorruptCheckpointError as error:
             self._raise_if_removed(info, error)
             raise
@@ -455,9 +446,6 @@ class WeightsStore(ABC):
         """Seconds between an upload's heartbeats: well inside ``stale_after``."""
         return self.stale_after / 4
 
-    _mmap_payloads = False
-    """Whether :meth:`_verified_payload` returns file paths that ``torch.load`` may memory-map."""
-
     @abstractmethod
     def _reserve(self, run: str, iteration: int) -> Reservation:
         """Claim ``(run, iteration)``; raise CheckpointExistsError if stored or being stored."""
@@ -480,8 +468,15 @@ class WeightsStore(ABC):
         """Return the complete checkpoint's entry, or ``None``."""
 
     @abstractmethod
-    def _verified_payload(self, info: CheckpointInfo, part: str) -> Any:
-        """Return one part's verified payload (bytes-like, or a path if ``_mmap_payloads``).
+    def _load_part(self, info: CheckpointInfo, part: str, map_location: Any) -> Any:
+        """Load one part's state dict onto ``map_location``, verified against its size and digest
+        (see :func:`~dacapo_store.serialization.load_verified`).
+
+        Raises CorruptCheckpointError naming run, iteration and part."""
+
+    @abstractmethod
+    def _verify_part(self, info: CheckpointInfo, part: str) -> None:
+        """Re-check one part's stored size and digest without loading it.
 
         Raises CorruptCheckpointError naming run, iteration and part."""
 

@@ -259,11 +259,17 @@ def checkpoints_command(run: str, store: str | None, as_json: bool) -> None:
     rows = [
         [
             info.iteration, format_time(info.created), human_bytes(info.size),
-            "+".join(info.parts), info.parts["model"].sha256[:12] if "model" in info.parts else "-",
+            "+".join(info.parts), short_digest(info.parts["model"].digest) if "model" in info.parts else "-",
         ]
         for info in checkpoints
     ]
-    click.echo(format_table(["ITERATION", "CREATED", "SIZE", "PARTS", "MODEL SHA256"], rows))
+    click.echo(format_table(["ITERATION", "CREATED", "SIZE", "PARTS", "MODEL DIGEST"], rows))
+
+
+def short_digest(digest: str) -> str:
+    """``"<algorithm>:<hex>"`` cut to the algorithm and 12 hex digits, for tables."""
+    algorithm, _, hex_digits = digest.partition(":")
+    return f"{algorithm}:{hex_digits[:12]}"
 
 
 @click.command("scores")
@@ -510,7 +516,7 @@ def gc_command(older_than: float, dry_run: bool, store: str | None, as_json: boo
 @json_option
 @reporting_errors
 def verify_command(run: str | None, store: str | None, as_json: bool) -> None:
-    """Re-check the size and sha256 of every checkpoint (of RUN, or of all runs). Exits with
+    """Re-check the size and digest of every checkpoint (of RUN, or of all runs). Exits with
     status 1 and names each bad checkpoint if any fails."""
     stores = open_stores(store)
     runs = [stores.require_run(run)] if run is not None else stores.weights.list_runs()

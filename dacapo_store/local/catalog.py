@@ -107,12 +107,10 @@ class Catalog:
 
 def checkpoint_from_row(row: sqlite3.Row) -> CheckpointInfo:
     """Build the :class:`CheckpointInfo` of a complete ``checkpoints`` row."""
-    parts = {name: PartInfo(**part) for name, part in json.loads(row["parts"]).items()}
+    parts = {name: PartInfo.from_document(part) for name, part in json.loads(row["parts"]).items()}
     return CheckpointInfo(run=row["run"], iteration=row["iteration"], created=row["created"], parts=parts)
 
 
 def parts_to_json(parts: dict[str, PartInfo]) -> str:
     """Serialize a checkpoint's parts for the ``parts`` column."""
-    return json.dumps(
-        {name: {"location": p.location, "size": p.size, "sha256": p.sha256} for name, p in parts.items()}
-    )
+    return json.dumps({name: part.to_document() for name, part in parts.items()})

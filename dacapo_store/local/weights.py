@@ -14,7 +14,7 @@ from typing import Any
 from ..checks import run_name_of
 from ..errors import CheckpointExistsError, NoScoreError
 from ..records import CheckpointInfo, PartInfo
-from ..serialization import serialize_state, verify_file
+from ..serialization import serialize_state
 from ..weights_store import (
     DEFAULT_STALE_AFTER,
     GarbageItem,
@@ -26,6 +26,8 @@ from ..weights_store import (
     describe,
     reservation_lost,
 )
+from .payload_file import load_payload_file, verify_payload_file
+from .writeback import WritebackFile
 from .catalog import BEST_SCORE_SQL, Catalog, checkpoint_from_row, parts_to_json
 
 logger = logging.getLogger(__name__)
@@ -49,16 +51,15 @@ def fsync_directory(path: Path) -> None:
 class LocalWeightsStore(WeightsStore):
     """Checkpoints as files under ``basedir/payloads``, catalogued in ``basedir/catalog.sqlite3``.
 
-    Each part is written to a ``.partial`` file, fsync'd and renamed; the catalog entry is
-    committed after. Several processes may share ``basedir``. A :class:`LocalStatsStore` on the
+    Each part is written to a ``.partial`` file (its disk write started as it goes, see
+    :mod:`~dacapo_store.local.writeback`), fsync'd and renamed; the catalog entry is committed
+    after. Several processes may share ``basedir``. A :class:`LocalStatsStore` on the
     same ``basedir`` shares the validation scores that :meth:`retrieve_best` reads.
 
     Args:
         basedir: the store directory (created if missing).
         stale_after: seconds without progress after which a pending upload may be taken over.
     """
-
-    _mmap_payloads = True
 
     def __init__(self, basedir: str | os.PathLike, stale_after: float = DEFAULT_STALE_AFTER) -> None:
         self.catalog = Catalog(basedir)
@@ -130,7 +131,7 @@ class LocalWeightsStore(WeightsStore):
             with open(partial, "wb") as file:
                 info = serialize_state(
                     state,
-                    file.write,
+                    WritebackFile(file).write,
                     location,
                     heartbeat=lambda: self._heartbeat(reservation),
                     heartbeat_every=self.heartbeat_every,
@@ -178,10 +179,15 @@ class LocalWeightsStore(WeightsStore):
         )
         return checkpoint_from_row(rows[0]) if rows else None
 
-    def _verified_payload(self, info: CheckpointInfo, part: str) -> str:
-        path = self.payload_path(info.parts[part].location)
-        verify_file(path, info.parts[part], describe(info.run, info.iteration, part))
-        return str(path)
+    def _load_part(self, info: CheckpointInfo, part: str, map_location: Any) -> Any:
+        expected = info.parts[part]
+        return load_payload_file(
+            self.payload_path(expected.location), expected, map_location, describe(info.run, info.iteration, part)
+        )
+
+    def _verify_part(self, info: CheckpointInfo, part: str) -> None:
+        expected = info.parts[part]
+        verify_payload_file(self.payload_path(expected.location), expected, describe(info.run, info.iteration, part))
 
     def _unlist(self, run: str, iteration: int) -> CheckpointInfo | None:
         with self.catalog.transaction() as db:

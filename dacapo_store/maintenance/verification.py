@@ -1,4 +1,4 @@
-"""Re-checking stored checkpoints against their recorded sizes and sha256 digests."""
+"""Re-checking stored checkpoints against their recorded sizes and digests."""
 
 from __future__ import annotations
 

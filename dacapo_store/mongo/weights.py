@@ -6,8 +6,9 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any, Callable
 
 import gridfs
 from bson import ObjectId
@@ -19,8 +20,8 @@ from pymongo.write_concern import WriteConcern
 from ..checks import run_name_of
 from ..errors import CheckpointExistsError, CorruptCheckpointError
 from ..records import CheckpointInfo, PartInfo
-from ..memory_file import MemoryFile
-from ..serialization import serialize_state, verified_memory_file
+from ..digests import format_digest, new_hash
+from ..serialization import check_payload, check_size, load_verified, serialize_state, verifying_algorithm
 from ..weights_store import (
     DEFAULT_STALE_AFTER,
     ORPHAN_CHUNKS,
@@ -33,6 +34,7 @@ from ..weights_store import (
     describe,
     reservation_lost,
 )
+from .chunk_reader import ChunkReader, DroppedChunkError
 from .connection import DEFAULT_WRITE_CONCERN, MongoDatabase
 from .scores import SCORE_INDEXES, SCORES_COLLECTION, find_best_score
 
@@ -43,7 +45,8 @@ BUCKET_NAME = "weights"
 CHUNK_SIZE_BYTES = 4 * 1024 * 1024 - 4096
 """GridFS chunk size of new uploads. Large chunks cut the per-chunk cost (one document, one
 index entry each); just under 4 MiB, four chunk documents fill one 16 MiB reply batch, so a
-download takes about ``ceil(size / 16 MiB) + 1`` queries on the chunks collection."""
+load takes about ``ceil(size / 16 MiB) + 2`` queries on the chunks collection (the cursor's
+batches, and one for the chunk at the end that ``torch.load`` reads first)."""
 
 CHECKPOINT_INDEXES = (
     ([("run", ASCENDING), ("iteration", ASCENDING)], {"name": "run_iteration", "unique": True}),
@@ -74,7 +77,7 @@ def checkpoint_from_document(document: Mapping[str, Any]) -> CheckpointInfo:
         run=document["run"],
         iteration=document["iteration"],
         created=document["created"],
-        parts={name: PartInfo(**part) for name, part in document["parts"].items()},
+        parts={name: PartInfo.from_document(part) for name, part in document["parts"].items()},
     )
 
 
@@ -83,7 +86,7 @@ class MongoWeightsStore(WeightsStore):
 
     The catalog's unique ``(run, iteration)`` index decides which writer wins before anything
     is uploaded; a checkpoint becomes visible only when its catalog document is marked complete
-    with each part's size and sha256. A :class:`MongoStatsStore` on the same database shares the
+    with each part's size and digest. A :class:`MongoStatsStore` on the same database shares the
     validation scores that :meth:`retrieve_best` reads.
 
     Args:
@@ -96,8 +99,6 @@ class MongoWeightsStore(WeightsStore):
     Raises:
         StoreConnectionError: the server is unreachable (within a few seconds; no password shown).
     """
-
-    _mmap_payloads = True
 
     def __init__(
         self,
@@ -113,6 +114,8 @@ class MongoWeightsStore(WeightsStore):
         self.bucket = gridfs.GridFSBucket(
             self.database.db, BUCKET_NAME, chunk_size_bytes=chunk_size_bytes, write_concern=write_concern
         )
+        self.bucket_files = self.database.collection(f"{BUCKET_NAME}.files")
+        self.bucket_chunks = self.database.collection(f"{BUCKET_NAME}.chunks")
         self.stale_after = stale_after
         self.database.ensure_indexes(self.checkpoints, CHECKPOINT_INDEXES)
         self.database.ensure_indexes(self.scores, SCORE_INDEXES)
@@ -207,10 +210,7 @@ class MongoWeightsStore(WeightsStore):
                 "$set": {  # "state" last: mongomock applies fields one by one, visible to threads
                     "heartbeat": time.time(),
                     "size": sum(p.size for p in parts.values()),
-                    "parts": {
-                        name: {"location": p.location, "size": p.size, "sha256": p.sha256}
-                        for name, p in parts.items()
-                    },
+                    "parts": {name: part.to_document() for name, part in parts.items()},
                     "state": "complete",
                 }
             },
@@ -236,21 +236,55 @@ class MongoWeightsStore(WeightsStore):
         document = self.checkpoints.find_one({"run": run, "iteration": iteration, "state": "complete"})
         return None if document is None else checkpoint_from_document(document)
 
-    def _verified_payload(self, info: CheckpointInfo, part: str) -> MemoryFile:
-        """Download one part chunk by chunk (one cursor) into a verified :class:`MemoryFile`."""
+    def _load_part(self, info: CheckpointInfo, part: str, map_location: Any) -> Any:
+        """``torch.load`` one part straight from its chunks (one cursor), hashing them as they
+        come; if the load ever reads back to a chunk the reader dropped, load again keeping
+        every chunk."""
         expected = info.parts[part]
         where = describe(info.run, info.iteration, part)
+        with self._open_payload(expected, where) as (reader, finish):
+            try:
+                return load_verified(reader, finish, expected, map_location, where)
+            except DroppedChunkError:
+                logger.warning("%s: torch.load read out of order; loading again, keeping every chunk", where)
+        with self._open_payload(expected, where, keep_all=True) as (reader, finish):
+            return load_verified(reader, finish, expected, map_location, where)
+
+    def _verify_part(self, info: CheckpointInfo, part: str) -> None:
+        expected = info.parts[part]
+        where = describe(info.run, info.iteration, part)
+        with self._open_payload(expected, where) as (reader, finish):
+            check_payload(*finish(), expected, where)
+
+    @contextmanager
+    def _open_payload(
+        self, expected: PartInfo, where: str, keep_all: bool = False
+    ) -> Iterator[tuple[ChunkReader, Callable[[], tuple[int, str]]]]:
+        """Open the GridFS file of ``expected`` (one query for its files document); yield a
+        :class:`ChunkReader` over it (see there for ``keep_all``) whose chunks are hashed as the
+        cursor delivers them, and ``finish()``, which reads the rest and returns ``(size, digest)``.
+
+        Raises:
+            CorruptCheckpointError: an invalid digest or payload id, no files document, or a
+                length other than the recorded size.
+        """
+        algorithm = verifying_algorithm(expected, where)
         try:
-            with self.bucket.open_download_stream(ObjectId(expected.location)) as download:
-                return verified_memory_file(iter(download.readchunk, b""), expected, where)
+            file_id = ObjectId(expected.location)
         except InvalidId:
             raise CorruptCheckpointError(
                 f"{where}: the catalog records an invalid payload id {expected.location!r}"
             ) from None
-        except gridfs.errors.NoFile:
-            raise CorruptCheckpointError(f"{where}: its GridFS payload is missing") from None
-        except gridfs.errors.CorruptGridFile as error:
-            raise CorruptCheckpointError(f"{where}: its GridFS payload is damaged ({error})") from None
+        document = self.bucket_files.find_one({"_id": file_id}, projection={"length": True, "chunkSize": True})
+        if document is None:
+            raise CorruptCheckpointError(f"{where}: its GridFS payload is missing")
+        check_size(document.get("length"), expected, where)
+        hash_object = new_hash(algorithm)
+        chunk_size = document.get("chunkSize", 0)
+        with ChunkReader(
+            self.bucket_chunks, file_id, document["length"], chunk_size, hash_object.update, where, keep_all
+        ) as reader:
+            yield reader, lambda: (reader.read_rest(), format_digest(algorithm, hash_object))
 
     def _unlist(self, run: str, iteration: int) -> CheckpointInfo | None:
         document = self.checkpoints.find_one_and_delete(
@@ -276,8 +310,7 @@ class MongoWeightsStore(WeightsStore):
         return find_best_score(self.scores, run, dataset, criterion)["iteration"]
 
     def _find_garbage(self, cutoff: float) -> list[GarbageItem]:
-        files_collection = self.database.collection(f"{BUCKET_NAME}.files")
-        chunks = self.database.collection(f"{BUCKET_NAME}.chunks")
+        files_collection, chunks = self.bucket_files, self.bucket_chunks
         with self.database.reporting_errors("scanning for garbage"):
             files = {
                 document["_id"]: document
@@ -330,8 +363,7 @@ class MongoWeightsStore(WeightsStore):
         """Delete the chunks of ``file_id`` unless its files document exists by now (the scan
         reads files, then chunks: an upload that closed in between looked orphaned). Deletes
         chunks only, never a files document; returns whether any chunk was deleted."""
-        files = self.database.collection(f"{BUCKET_NAME}.files")
-        chunks = self.database.collection(f"{BUCKET_NAME}.chunks")
+        files, chunks = self.bucket_files, self.bucket_chunks
         with self.database.reporting_errors("removing orphan chunks"):
             if files.find_one({"_id": file_id}, projection={"_id": True}) is not None:
                 return False

@@ -32,6 +32,7 @@ from dacapo_store import (
     Weights,
     WeightsStore,
 )
+from dacapo_store.digests import DEFAULT_ALGORITHM, algorithm_of
 from dacapo_store.serialization import HashingWriter
 
 
@@ -127,7 +128,7 @@ class StoreContract:
         assert (info.run, info.iteration) == (run.name, 3)
         assert set(info.parts) == {"model", "optimizer"}
         assert info.size == sum(p.size for p in info.parts.values()) > 0
-        assert all(len(p.sha256) == 64 for p in info.parts.values())
+        assert all(algorithm_of(p.digest) == DEFAULT_ALGORITHM for p in info.parts.values())
         weights = weights_store.retrieve_weights(run.name, 3)
         assert isinstance(weights, Weights)
         assert_state_equal(weights.model, run.model.state_dict())

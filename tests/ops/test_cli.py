@@ -205,7 +205,7 @@ def test_verify_names_each_bad_checkpoint(seeded) -> None:
     corrupt(seeded, "run_b", 200)
     result = seeded.cli("verify")
     assert "2 of 5 checkpoint(s) failed verification" in error_line(result)
-    assert "BAD  run 'run_a' iteration 300: " in result.output and "sha256 mismatch" in result.output
+    assert "BAD  run 'run_a' iteration 300: " in result.output and "digest mismatch" in result.output
     assert "BAD  run 'run_b' iteration 200" in result.output
     report = json.loads(seeded.cli("verify", "run_a", "--json").output.split("\nerror:")[0])
     assert [(f["run"], f["iteration"]) for f in report["failures"]] == [("run_a", 300)]

@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parents[2]
 def test_benchmarks_print_every_figure_at_a_tiny_size() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "benchmarks", "--sizes", "1", "2", "--repeat", "1", "--scores", "10", "100",
-         "--model-only-size", "2"],
+         "--model-only-size", "2", "--memory-size", "2"],
         cwd=REPO, capture_output=True, text=True, timeout=300, check=True,
     )
     figures = {line.split("|")[1].strip().split()[0] for line in result.stdout.splitlines()

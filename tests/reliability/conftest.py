@@ -129,7 +129,7 @@ def tag_of(weights: Weights) -> float:
 
 
 def assert_all_verify(store: WeightsStore) -> int:
-    """Load every complete checkpoint of every run (a load verifies sizes and sha256 digests)
+    """Load every complete checkpoint of every run (a load verifies sizes and digests)
     and check its tensors; return how many."""
     count = 0
     for run in store.list_runs():

@@ -52,18 +52,21 @@ def gridfs_damage(backend: Backend, location: str, damage: str) -> None:
 
 
 def tamper_catalog_digest(backend: Backend) -> None:
+    """Record a well-formed but wrong digest for the model part of checkpoint DAMAGED."""
+    digest = backend.weights.checkpoint_info(RUN, DAMAGED).parts["model"].digest
+    wrong = digest[:-1] + ("1" if digest[-1] == "0" else "0")
     if backend.kind == "local":
         row = backend.weights.catalog.query(
             "SELECT parts FROM checkpoints WHERE run = ? AND iteration = ?", (RUN, DAMAGED)
         )[0]
-        parts = row["parts"].replace('"sha256": "', '"sha256": "0', 1)
         with backend.weights.catalog.transaction() as db:
-            db.execute("UPDATE checkpoints SET parts = ? WHERE run = ? AND iteration = ?", (parts, RUN, DAMAGED))
+            db.execute(
+                "UPDATE checkpoints SET parts = ? WHERE run = ? AND iteration = ?",
+                (row["parts"].replace(digest, wrong), RUN, DAMAGED),
+            )
     else:
-        document = backend.root["checkpoints"].find_one({"run": RUN, "iteration": DAMAGED})
-        digest = document["parts"]["model"]["sha256"]
         backend.root["checkpoints"].update_one(
-            {"_id": document["_id"]}, {"$set": {"parts.model.sha256": digest[::-1]}}
+            {"run": RUN, "iteration": DAMAGED}, {"$set": {"parts.model.digest": wrong}}
         )
 
 

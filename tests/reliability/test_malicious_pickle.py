@@ -4,7 +4,6 @@ error, and the code in the pickle provably never runs."""
 
 from __future__ import annotations
 
-import hashlib
 import io
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import torch
 from bson import ObjectId
 
 from dacapo_store import CorruptCheckpointError
+from dacapo_store.digests import DEFAULT_ALGORITHM, format_digest, new_hash
 
 from .conftest import Backend, make_weights
 
@@ -47,11 +47,13 @@ def plant(backend: Backend, part: str, data: bytes) -> None:
     """Replace stored checkpoint 1's ``part`` payload by ``data`` and record its digest."""
     store = backend.weights
     location = store.checkpoint_info(RUN, 1).parts[part].location
-    digest, size = hashlib.sha256(data).hexdigest(), len(data)
+    hash_object = new_hash()
+    hash_object.update(data)
+    digest, size = format_digest(DEFAULT_ALGORITHM, hash_object), len(data)
     if backend.kind == "local":
         store.payload_path(location).write_bytes(data)
         row = store.catalog.query("SELECT parts FROM checkpoints WHERE run = ? AND iteration = 1", (RUN,))[0]
-        parts = row["parts"].replace(store.checkpoint_info(RUN, 1).parts[part].sha256, digest)
+        parts = row["parts"].replace(store.checkpoint_info(RUN, 1).parts[part].digest, digest)
         parts = parts.replace(f'"size": {store.checkpoint_info(RUN, 1).parts[part].size}', f'"size": {size}')
         with store.catalog.transaction() as db:
             db.execute("UPDATE checkpoints SET parts = ? WHERE run = ? AND iteration = 1", (parts, RUN))
@@ -60,9 +62,9 @@ def plant(backend: Backend, part: str, data: bytes) -> None:
         store.bucket.upload_from_stream_with_id(ObjectId(location), "planted", io.BytesIO(data))
         backend.root["checkpoints"].update_one(
             {"run": RUN, "iteration": 1},
-            {"$set": {f"parts.{part}.sha256": digest, f"parts.{part}.size": size}},
+            {"$set": {f"parts.{part}.digest": digest, f"parts.{part}.size": size}},
         )
-    assert store.checkpoint_info(RUN, 1).parts[part].sha256 == digest
+    assert store.checkpoint_info(RUN, 1).parts[part].digest == digest
 
 
 @pytest.mark.parametrize("part", ["model", "optimizer"])
