@@ -7,9 +7,9 @@ backend's sink: the serialized checkpoint is streamed, never held in memory as a
 A part is read back with ``torch.load(weights_only=True)`` and returned only once its size
 and digest match what the catalog recorded: a local payload file is verified before it is
 loaded, a GridFS payload is hashed chunk by chunk while ``torch.load`` reads it
-(:func:`load_verified`). ``weights_only`` refuses anything but plain state dicts, so no pickled code
-runs, verified or not; a digest mismatch is reported as corruption whatever torch made of the
-bytes.
+(:func:`load_verified`). ``weights_only`` refuses anything but plain state dicts, so no
+pickled code runs, verified or not; a digest mismatch is reported as corruption whatever
+torch made of the bytes.
 """
 
 from __future__ import annotations

@@ -247,3 +247,43 @@ def test_torch_load_never_reads_back_to_a_dropped_chunk(monkeypatch, caplog, chu
     # per part: the cursor, and the end of the archive (two chunks where it straddles a boundary)
     assert calls["weights.chunks"] <= 3 * (2 if optimizer else 1)
     assert all(torch.equal(loaded.model[key], model[key]) for key in model)
+
+
+class CursorLosingItsConnection:
+    """Delivers the first chunk of ``cursor``, then fails as a lost connection does."""
+
+    def __init__(self, cursor):
+        self._cursor = cursor
+        self._delivered = False
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self._delivered:
+            raise ConnectionResetError("connection lost")
+        self._delivered = True
+        return next(self._cursor)
+
+    def close(self):
+        self._cursor.close()
+
+
+def test_a_connection_lost_during_a_load_is_not_reported_as_corruption(monkeypatch):
+    import torch
+
+    from dacapo_store import MongoWeightsStore, Weights
+
+    store = MongoWeightsStore(mongomock_client(), chunk_size_bytes=1000)
+    store.put_weights("run", 1, Weights({"w": torch.arange(2000.0)}, None))
+    real_open = ChunkReader._open_cursor
+
+    def open_failing_cursor(self):
+        real_open(self)
+        self._cursor = CursorLosingItsConnection(self._cursor)
+
+    monkeypatch.setattr(ChunkReader, "_open_cursor", open_failing_cursor)
+    with pytest.raises(ConnectionResetError, match="connection lost"):
+        store.retrieve_weights("run", 1)
+    with pytest.raises(ConnectionResetError, match="connection lost"):
+        store.verify("run", 1)

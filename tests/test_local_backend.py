@@ -76,3 +76,19 @@ def test_stale_reservation_is_taken_over_but_a_fresh_one_is_not(tmp_path) -> Non
 def test_stores_on_one_directory_share_the_catalog(tmp_path) -> None:
     LocalWeightsStore(tmp_path).store_weights(ToyRun("r"), 2)
     assert LocalWeightsStore(tmp_path).latest_iteration("r") == 2
+
+
+def test_loaded_tensors_are_verified_memory_maps_that_outlive_a_remove(tmp_path) -> None:
+    import torch
+
+    from dacapo_store import Weights
+
+    store = LocalWeightsStore(tmp_path)
+    model = {"w": torch.arange(10_000.0)}
+    store.put_weights("r", 1, Weights(model, None))
+    loaded = store.retrieve_weights("r", 1).model
+    store.remove("r", 1)
+    assert not any(store.payload_dir.iterdir())
+    assert torch.equal(loaded["w"], model["w"])
+    loaded["w"] += 1  # copy-on-write: the tensor is the caller's to change
+    assert torch.equal(loaded["w"], model["w"] + 1)

@@ -2,10 +2,11 @@
 
 ``fsync`` at the end of a write waits for every dirty page of the file to reach the disk. A
 :class:`WritebackFile` asks the kernel to start writing each range out as soon as it is
-written (Linux ``sync_file_range(SYNC_FILE_RANGE_WRITE)``, which neither waits for the write nor drops the
-pages from the page cache), so the disk works while ``torch.save`` serializes the rest and the
-final ``fsync`` has little left to wait for. Durability is unchanged: the ``fsync`` still
-decides. Where the call does not exist or a file system refuses it, writes go on without it.
+written (Linux ``sync_file_range(SYNC_FILE_RANGE_WRITE)``, which neither waits for the write
+nor drops the pages from the page cache), so the disk works while ``torch.save`` serializes
+the rest and the final ``fsync`` has little left to wait for. Durability is unchanged: the
+``fsync`` still decides. Where the call does not exist or a file system refuses it, writes go
+on without it.
 """
 
 from __future__ import annotations
