@@ -204,10 +204,10 @@ def load_state(source: Any, map_location: Any, describe: str, mmap: bool = False
         ) from error
 
 
+_FD_DIRECTORY = next((d for d in ("/proc/self/fd", "/dev/fd") if os.path.isdir(d)), None)
+
+
 def fd_path(fd: int, fallback: str | os.PathLike) -> str:
     """A path that opens the file behind descriptor ``fd`` (``/proc/self/fd/N`` where the
     system has it, so that a reader opens the very file that was checked), else ``fallback``."""
-    for directory in ("/proc/self/fd", "/dev/fd"):
-        if os.path.isdir(directory):
-            return f"{directory}/{fd}"
-    return os.fspath(fallback)
+    return f"{_FD_DIRECTORY}/{fd}" if _FD_DIRECTORY is not None else os.fspath(fallback)

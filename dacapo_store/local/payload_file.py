@@ -22,12 +22,14 @@ from ..serialization import check_payload, check_size, fd_path, load_state, veri
 
 
 @contextmanager
-def _open_checked(path: Path, expected: PartInfo, describe: str) -> Iterator[tuple[BinaryIO, int]]:
-    """Open the payload file at ``path``; yield it and its size, which must be the recorded one.
+def _open_verified(path: Path, expected: PartInfo, describe: str) -> Iterator[BinaryIO]:
+    """Open the payload file at ``path`` and yield it once its size and digest (hashed through
+    a memory map) match ``expected``.
 
     Raises:
-        CorruptCheckpointError: the file is missing or has the wrong size.
+        CorruptCheckpointError: the file is missing, has the wrong size or the wrong digest.
     """
+    algorithm = verifying_algorithm(expected, describe)
     try:
         file = open(path, "rb")
     except FileNotFoundError as error:
@@ -35,7 +37,8 @@ def _open_checked(path: Path, expected: PartInfo, describe: str) -> Iterator[tup
     with file:
         size = os.fstat(file.fileno()).st_size
         check_size(size, expected, describe)
-        yield file, size
+        check_payload(size, file_digest(file.fileno(), size, algorithm), expected, describe)
+        yield file
 
 
 def verify_payload_file(path: Path, expected: PartInfo, describe: str) -> None:
@@ -44,9 +47,8 @@ def verify_payload_file(path: Path, expected: PartInfo, describe: str) -> None:
     Raises:
         CorruptCheckpointError: the file is missing, has the wrong size or the wrong digest.
     """
-    algorithm = verifying_algorithm(expected, describe)
-    with _open_checked(path, expected, describe) as (file, size):
-        check_payload(size, file_digest(file.fileno(), size, algorithm), expected, describe)
+    with _open_verified(path, expected, describe):
+        pass
 
 
 def load_payload_file(path: Path, expected: PartInfo, map_location: Any, describe: str) -> Any:
@@ -62,7 +64,5 @@ def load_payload_file(path: Path, expected: PartInfo, map_location: Any, describ
     Raises:
         CorruptCheckpointError: the file is missing, corrupt, or not a plain state dict.
     """
-    algorithm = verifying_algorithm(expected, describe)
-    with _open_checked(path, expected, describe) as (file, size):
-        check_payload(size, file_digest(file.fileno(), size, algorithm), expected, describe)
+    with _open_verified(path, expected, describe) as file:
         return load_state(fd_path(file.fileno(), path), map_location, describe, mmap=True)

@@ -5,8 +5,9 @@ the end first, then the records from the start onwards. :class:`ChunkReader` ser
 pattern from one cursor over the file's chunks (one query, then one ``getMore`` per 16 MiB
 reply), copying straight from the chunk into the tensor that torch reads into. The chunks at
 the end, when they lie beyond the kept chunks' budget, are fetched ahead with a query each and
-kept until the cursor reaches them, where they must equal the cursor's copy. Every chunk the cursor delivers goes to ``on_chunk`` exactly
-once and in order, so the payload's digest covers every byte torch was given.
+kept until the cursor reaches them, where they must equal the cursor's copy. Every chunk the
+cursor delivers goes to ``on_chunk`` exactly once and in order, so the payload's digest covers
+every byte torch was given.
 
 Kept chunks the read position has passed are dropped once they exceed ``READ_AHEAD_BYTES``, so
 the reader holds at most about that, one reply batch and the chunks fetched ahead, never the
@@ -184,9 +185,7 @@ class ChunkReader(io.RawIOBase):
 
     def _advance(self, keep: bool) -> None:
         """Take the next chunk from the cursor, check it, and hand it to ``on_chunk``."""
-        if self._cursor is None:
-            self._open_cursor()
-        document = next(self._cursor, None)
+        document = self._next_document()
         index = self._next
         if document is None or document.get("n") != index:
             found = "no further chunk" if document is None else f"chunk n={document.get('n')}"
@@ -202,14 +201,18 @@ class ChunkReader(io.RawIOBase):
             self._window_bytes += len(data)
 
     def _check_no_more_chunks(self) -> int:
-        if self._cursor is None:
-            self._open_cursor()
-        extra = next(self._cursor, None)
+        extra = self._next_document()
         if extra is not None:
             raise CorruptCheckpointError(
                 f"{self._describe}: its GridFS file has a chunk n={extra.get('n')} beyond its {self._length} bytes"
             )
         return self._length
+
+    def _next_document(self) -> Any:
+        """The cursor's next chunk document (``None`` at its end), opening it on first use."""
+        if self._cursor is None:
+            self._open_cursor()
+        return next(self._cursor, None)
 
     def _open_cursor(self) -> None:
         self._cursor = self._chunks.find({"files_id": self._files_id}, sort=[("n", ASCENDING)])
