@@ -14,10 +14,14 @@ torch made of the bytes.
 
 from __future__ import annotations
 
+import inspect
+import io
 import os
 import pickle
 import time
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Callable
 
 import torch
@@ -184,6 +188,21 @@ _NOT_AN_ARCHIVE = "PytorchStreamReader"
 """torch's reader names itself in every error about a damaged or foreign archive."""
 
 
+@contextmanager
+def _refusing_foreign_payloads(describe: str) -> Iterator[None]:
+    """Turn torch's errors about a payload that is not a plain state dict (a pickle that would
+    run code, not a torch archive) into CorruptCheckpointError; other errors pass unchanged."""
+    try:
+        yield
+    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError) as error:
+        if isinstance(error, RuntimeError) and _NOT_AN_ARCHIVE not in str(error):
+            raise
+        raise CorruptCheckpointError(
+            f"{describe}: refused to load the payload, it is not a plain torch state dict "
+            f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})"
+        ) from error
+
+
 def load_state(source: Any, map_location: Any, describe: str, mmap: bool = False) -> Any:
     """``torch.load`` a payload (a path, or a readable seekable file), weights only.
 
@@ -193,15 +212,83 @@ def load_state(source: Any, map_location: Any, describe: str, mmap: bool = False
         RuntimeError and others: as ``torch.load`` for a valid payload it cannot place (an
             unavailable ``map_location`` device, out of memory): the checkpoint is not blamed.
     """
-    try:
+    with _refusing_foreign_payloads(describe):
         return torch.load(source, map_location=map_location, weights_only=True, mmap=mmap)
-    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError) as error:
-        if isinstance(error, RuntimeError) and _NOT_AN_ARCHIVE not in str(error):
-            raise
-        raise CorruptCheckpointError(
-            f"{describe}: refused to load the payload, it is not a plain torch state dict "
-            f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})"
-        ) from error
+
+
+class _MemoryFile(io.RawIOBase):
+    """A read-only, seekable file over a memoryview (what torch's archive reader reads)."""
+
+    def __init__(self, view: memoryview) -> None:
+        super().__init__()
+        self._view = view
+        self._position = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: len(self._view)}[whence]
+        self._position = max(0, base + offset)
+        return self._position
+
+    def readinto(self, buffer: Any) -> int:
+        target = memoryview(buffer).cast("B")
+        count = max(0, min(len(target), len(self._view) - self._position))
+        target[:count] = self._view[self._position : self._position + count]
+        self._position += count
+        return count
+
+
+def _torch_loads_in_place() -> bool:
+    """Whether this torch can build tensors as views of one storage holding the whole archive
+    (``torch.serialization._load(..., overall_storage=...)``, what ``torch.load(mmap=True)``
+    uses since torch 2.1; private, so it is checked rather than assumed)."""
+    load = getattr(torch.serialization, "_load", None)
+    try:
+        parameters = inspect.signature(load).parameters if load is not None else {}
+    except (TypeError, ValueError):
+        return False
+    return (
+        "overall_storage" in parameters
+        and hasattr(torch.serialization, "_weights_only_unpickler")
+        and hasattr(torch.serialization, "_open_zipfile_reader")
+    )
+
+
+LOADS_IN_PLACE = _torch_loads_in_place()
+
+
+def load_state_from_memory(memory: Any, map_location: Any, describe: str) -> Any:
+    """Load a payload held in writable memory (an ``mmap`` or ``bytearray`` the caller gives up),
+    weights only, as ``torch.load`` would load it from a file.
+
+    Tensors loaded to the CPU are views of ``memory`` where this torch allows it
+    (:data:`LOADS_IN_PLACE`): nothing is copied, and ``memory`` lives as long as any of them.
+    Otherwise torch copies each tensor out of it.
+
+    Raises:
+        as :func:`load_state`.
+    """
+    view = memoryview(memory).cast("B")
+    with _refusing_foreign_payloads(describe):
+        if not LOADS_IN_PLACE or len(view) == 0:
+            return torch.load(_MemoryFile(view), map_location=map_location, weights_only=True)
+        storage = torch.frombuffer(memory, dtype=torch.uint8).untyped_storage()
+        with torch.serialization._open_zipfile_reader(_MemoryFile(view)) as archive:
+            return torch.serialization._load(
+                archive,
+                map_location,
+                torch.serialization._weights_only_unpickler,
+                overall_storage=storage,
+                encoding="utf-8",  # as torch.load passes it
+            )
 
 
 _FD_DIRECTORY = next((d for d in ("/proc/self/fd", "/dev/fd") if os.path.isdir(d)), None)

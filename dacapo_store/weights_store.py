@@ -243,12 +243,17 @@ class WeightsStore(ABC):
         return info
 
     def retrieve_weights(
-        self, run: RunLike, iteration: int, map_location: Any = "cpu", optimizer: bool = True
+        self, run: RunLike, iteration: int, map_location: Any = "cpu", optimizer: bool = True, mmap: bool = False
     ) -> Weights:
         """Return checkpoint ``iteration`` of ``run``, verified, loaded onto ``map_location``.
 
         With ``optimizer=False`` only the model part is transferred and ``Weights.optimizer``
-        is ``None`` (also for model-only checkpoints).
+        is ``None`` (also for model-only checkpoints). The tensors are the caller's own memory,
+        unchanged by anything that happens to the store afterwards. ``mmap=True`` lets a backend
+        that keeps payloads in files (local) map the verified file instead: no copy, pages read
+        when touched, for read-only use; see
+        :func:`~dacapo_store.local.payload_file.load_payload_file` for the trade-off. Other
+        backends ignore it.
 
         Raises:
             CheckpointNotFoundError: no complete checkpoint (a ``FileNotFoundError`` and ``ValueError``).
@@ -257,7 +262,7 @@ class WeightsStore(ABC):
         info = self.checkpoint_info(run, iteration)
         wanted = [part for part in PARTS if part in info.parts and (optimizer or part == "model")]
         try:
-            states = {part: self._load_part(info, part, map_location) for part in wanted}
+            states = {part: self._load_part(info, part, map_location, mmap) for part in wanted}
         except (CorruptCheckpointError, FileNotFoundError) as error:
             self._raise_if_removed(info, error)
             raise
@@ -468,9 +473,10 @@ class WeightsStore(ABC):
         """Return the complete checkpoint's entry, or ``None``."""
 
     @abstractmethod
-    def _load_part(self, info: CheckpointInfo, part: str, map_location: Any) -> Any:
+    def _load_part(self, info: CheckpointInfo, part: str, map_location: Any, mmap: bool = False) -> Any:
         """Load one part's state dict onto ``map_location``, verified against its size and digest
-        (see :func:`~dacapo_store.serialization.load_verified`).
+        (see :func:`~dacapo_store.serialization.load_verified`); ``mmap``: see
+        :meth:`retrieve_weights`.
 
         Raises CorruptCheckpointError naming run, iteration and part."""
 

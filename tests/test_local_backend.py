@@ -1,12 +1,16 @@
-"""Local-backend rules beyond the shared contract: atomic files, processes racing."""
+"""Local-backend rules beyond the shared contract: atomic files, processes racing, private loads."""
 
 from __future__ import annotations
 
 import multiprocessing
+import os
 
 import pytest
+import torch
 
-from dacapo_store import CheckpointExistsError, LocalWeightsStore
+from dacapo_store import CheckpointExistsError, CorruptCheckpointError, LocalWeightsStore, Weights, serialization
+from dacapo_store.local import payload_file
+from dacapo_store.records import PartInfo
 from dacapo_store.testing.contract import ToyRun
 
 PROCESSES = 4
@@ -78,17 +82,61 @@ def test_stores_on_one_directory_share_the_catalog(tmp_path) -> None:
     assert LocalWeightsStore(tmp_path).latest_iteration("r") == 2
 
 
-def test_loaded_tensors_are_verified_memory_maps_that_outlive_a_remove(tmp_path) -> None:
-    import torch
-
-    from dacapo_store import Weights
-
+def _stored(tmp_path):
     store = LocalWeightsStore(tmp_path)
-    model = {"w": torch.arange(10_000.0)}
-    store.put_weights("r", 1, Weights(model, None))
+    model = {"w": torch.arange(300_000.0), "b": torch.ones(7, dtype=torch.int64)}
+    info = store.put_weights("r", 1, Weights(model, {"state": {}, "param_groups": []}))
+    return store, model, store.payload_path(info.parts["model"].location)
+
+
+def _overwrite(path) -> None:
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.pwrite(fd, b"\xff" * os.fstat(fd).st_size, 0)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("change", ["overwritten", "truncated", "removed"])
+def test_returned_tensors_are_private_memory_whatever_happens_to_the_file(tmp_path, change) -> None:
+    store, model, path = _stored(tmp_path)
     loaded = store.retrieve_weights("r", 1).model
-    store.remove("r", 1)
-    assert not any(store.payload_dir.iterdir())
-    assert torch.equal(loaded["w"], model["w"])
-    loaded["w"] += 1  # copy-on-write: the tensor is the caller's to change
+    if change == "overwritten":
+        _overwrite(path)
+    elif change == "truncated":
+        os.truncate(path, 0)  # a memory map of it would now SIGBUS on access
+    else:
+        store.remove("r", 1)
+    assert all(torch.equal(loaded[key], model[key]) for key in model)
+    loaded["w"] += 1  # the caller's to change, without touching the store
     assert torch.equal(loaded["w"], model["w"] + 1)
+    if change == "removed":
+        assert not any(store.payload_dir.iterdir())
+    else:
+        with pytest.raises(CorruptCheckpointError):
+            store.retrieve_weights("r", 1)
+
+
+def test_mmap_loads_map_the_verified_file(tmp_path) -> None:
+    store, model, path = _stored(tmp_path)
+    mapped = store.retrieve_weights("r", 1, mmap=True, optimizer=False).model
+    assert all(torch.equal(mapped[key], model[key]) for key in model)
+    _overwrite(path)  # the documented trade-off: a map shows later changes of the file
+    assert not torch.equal(mapped["w"], model["w"])
+
+
+def test_loads_without_torchs_in_place_loader_copy_out_of_the_verified_memory(tmp_path, monkeypatch) -> None:
+    store, model, _ = _stored(tmp_path)
+    monkeypatch.setattr(serialization, "LOADS_IN_PLACE", False)
+    loaded = store.retrieve_weights("r", 1)
+    assert all(torch.equal(loaded.model[key], model[key]) for key in model)
+    assert loaded.optimizer == {"state": {}, "param_groups": []}
+
+
+def test_a_file_that_ends_early_while_read_is_corrupt(tmp_path) -> None:
+    store, _, path = _stored(tmp_path)
+    info = store.checkpoint_info("r", 1).parts["model"]
+    longer = PartInfo(info.location, info.size + 10, info.digest)
+    with open(path, "rb", buffering=0) as file, pytest.raises(CorruptCheckpointError, match="bytes"):
+        payload_file._read_verified(file, longer, "the model part")

@@ -1,43 +1,48 @@
 """Reading payload files of the local store back, verified.
 
-A payload file is hashed through a memory map first (XXH3 runs several times faster than the
-page cache can be copied), then ``torch.load(mmap=True)`` maps the verified file: tensors are
-views of its pages, so a load copies the payload once, into the model, where a plain
-``torch.load`` copies it twice (into new tensors, then into the model). Verifying first and
-copying once makes a verified load as fast as an unverified one.
+By default a payload is read once into private memory of this process (anonymous memory, in
+huge pages where the system offers them), each piece hashed right after it lands, while it is
+still in the CPU cache; only once the whole payload matches its recorded size and digest does
+``torch`` parse it, from that memory, building the tensors as views of it
+(:func:`~dacapo_store.serialization.load_state_from_memory`). The bytes are copied once, as by
+a plain ``torch.load``; what torch parses is exactly what was verified, and the tensors are the
+caller's alone: a payload file overwritten, truncated or removed later changes nothing.
+
+``mmap=True`` (:func:`load_payload_file`) maps the verified file instead (zero copy; see there
+for the trade-off).
 """
 
 from __future__ import annotations
 
+import mmap as mmap_module
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from ..digests import file_digest
+from ..digests import file_digest, format_digest, new_hash
 from ..errors import CorruptCheckpointError
 from ..records import PartInfo
-from ..serialization import check_payload, check_size, fd_path, load_state, verifying_algorithm
+from ..serialization import check_payload, check_size, fd_path, load_state, load_state_from_memory, verifying_algorithm
+
+READ_CHUNK_BYTES = 1024 * 1024
+"""Bytes read (and then hashed, while still in the CPU cache) at a time."""
 
 
 @contextmanager
-def _open_verified(path: Path, expected: PartInfo, describe: str) -> Iterator[BinaryIO]:
-    """Open the payload file at ``path`` and yield it once its size and digest (hashed through
-    a memory map) match ``expected``.
+def _open_payload(path: Path, expected: PartInfo, describe: str) -> Iterator[BinaryIO]:
+    """Open the payload file at ``path`` (unbuffered) once its size is the recorded size.
 
     Raises:
-        CorruptCheckpointError: the file is missing, has the wrong size or the wrong digest.
+        CorruptCheckpointError: the file is missing or has the wrong size.
     """
-    algorithm = verifying_algorithm(expected, describe)
     try:
-        file = open(path, "rb")
+        file = open(path, "rb", buffering=0)
     except FileNotFoundError as error:
         raise CorruptCheckpointError(f"{describe}: payload file {path} is missing") from error
     with file:
-        size = os.fstat(file.fileno()).st_size
-        check_size(size, expected, describe)
-        check_payload(size, file_digest(file.fileno(), size, algorithm), expected, describe)
+        check_size(os.fstat(file.fileno()).st_size, expected, describe)
         yield file
 
 
@@ -47,22 +52,76 @@ def verify_payload_file(path: Path, expected: PartInfo, describe: str) -> None:
     Raises:
         CorruptCheckpointError: the file is missing, has the wrong size or the wrong digest.
     """
-    with _open_verified(path, expected, describe):
-        pass
+    algorithm = verifying_algorithm(expected, describe)
+    with _open_payload(path, expected, describe) as file:
+        check_payload(expected.size, file_digest(file.fileno(), expected.size, algorithm), expected, describe)
 
 
-def load_payload_file(path: Path, expected: PartInfo, map_location: Any, describe: str) -> Any:
-    """Verify the payload file at ``path``, then ``torch.load`` it memory-mapped.
+def private_memory(size: int) -> mmap_module.mmap | bytearray:
+    """``size`` bytes of writable memory private to this process: an anonymous private
+    mapping, in transparent huge pages where the system offers them (far fewer page faults
+    than the allocator's fresh 4 KiB pages), or a ``bytearray`` where anonymous private
+    mappings do not exist (Windows) or ``size`` is 0."""
+    private = getattr(mmap_module, "MAP_PRIVATE", None)
+    anonymous = getattr(mmap_module, "MAP_ANONYMOUS", None)
+    if size == 0 or private is None or anonymous is None:
+        return bytearray(size)
+    memory = mmap_module.mmap(-1, size, flags=private | anonymous)
+    if hasattr(mmap_module, "MADV_HUGEPAGE"):
+        memory.madvise(mmap_module.MADV_HUGEPAGE)
+    return memory
 
-    ``torch.load`` maps the very file that was verified (``/proc/self/fd/N``), not whatever the
-    path names by then. The returned tensors are views of the file (copy-on-write) unless
-    ``map_location`` moves them; they stay valid after the checkpoint is removed.
+
+def _read_verified(file: BinaryIO, expected: PartInfo, describe: str) -> mmap_module.mmap | bytearray:
+    """Read the ``expected.size`` bytes of ``file`` into private memory, hashing each piece as it
+    lands; return the memory once size and digest match.
+
+    Raises:
+        CorruptCheckpointError: the file ends early (truncated meanwhile), or the digest differs.
+    """
+    algorithm = verifying_algorithm(expected, describe)
+    hash_object = new_hash(algorithm)
+    memory = private_memory(expected.size)
+    view = memoryview(memory)
+    try:
+        done = 0
+        while done < expected.size:
+            piece = view[done : min(done + READ_CHUNK_BYTES, expected.size)]
+            count = file.readinto(piece)
+            if not count:
+                check_size(done, expected, describe)  # raises: the file ended early
+            hash_object.update(piece[:count])
+            done += count
+    finally:
+        view.release()
+    check_payload(done, format_digest(algorithm, hash_object), expected, describe)
+    return memory
+
+
+def load_payload_file(path: Path, expected: PartInfo, map_location: Any, describe: str, mmap: bool = False) -> Any:
+    """Load the payload file at ``path``, verified against the recorded size and digest.
+
+    By default the tensors live in private memory that only they use (see the module doc).
+    With ``mmap=True`` the verified file is mapped instead: nothing is copied and pages are
+    read only when touched, which suits read-only use (inference, inspecting a few tensors).
+    The price: CPU tensors are copy-on-write views of the file, so the first write to each
+    page copies it then (an optimizer step faults every page of its state), and they show any
+    later change to the file's bytes, and a file truncated while they live kills the process
+    with ``SIGBUS``. The store itself never changes a payload file once written (a remove
+    unlinks it, which the mapping survives).
 
     Returns:
         The state dict.
 
     Raises:
         CorruptCheckpointError: the file is missing, corrupt, or not a plain state dict.
+        RuntimeError and others: as ``torch.load`` for a valid payload it cannot place.
     """
-    with _open_verified(path, expected, describe) as file:
+    with _open_payload(path, expected, describe) as file:
+        if not mmap:
+            memory = _read_verified(file, expected, describe)
+            return load_state_from_memory(memory, map_location, describe)
+        algorithm = verifying_algorithm(expected, describe)
+        check_payload(expected.size, file_digest(file.fileno(), expected.size, algorithm), expected, describe)
+        # torch maps the very file that was checked (/proc/self/fd/N), not whatever the path names by now
         return load_state(fd_path(file.fileno(), path), map_location, describe, mmap=True)

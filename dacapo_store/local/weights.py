@@ -179,10 +179,10 @@ class LocalWeightsStore(WeightsStore):
         )
         return checkpoint_from_row(rows[0]) if rows else None
 
-    def _load_part(self, info: CheckpointInfo, part: str, map_location: Any) -> Any:
+    def _load_part(self, info: CheckpointInfo, part: str, map_location: Any, mmap: bool = False) -> Any:
         expected = info.parts[part]
         return load_payload_file(
-            self.payload_path(expected.location), expected, map_location, describe(info.run, info.iteration, part)
+            self.payload_path(expected.location), expected, map_location, describe(info.run, info.iteration, part), mmap
         )
 
     def _verify_part(self, info: CheckpointInfo, part: str) -> None:

@@ -236,10 +236,10 @@ class MongoWeightsStore(WeightsStore):
         document = self.checkpoints.find_one({"run": run, "iteration": iteration, "state": "complete"})
         return None if document is None else checkpoint_from_document(document)
 
-    def _load_part(self, info: CheckpointInfo, part: str, map_location: Any) -> Any:
+    def _load_part(self, info: CheckpointInfo, part: str, map_location: Any, mmap: bool = False) -> Any:
         """``torch.load`` one part straight from its chunks (one cursor), hashing them as they
         come; if the load ever reads back to a chunk the reader dropped, load again keeping
-        every chunk."""
+        every chunk. ``mmap`` is ignored: there is no file to map."""
         expected = info.parts[part]
         where = describe(info.run, info.iteration, part)
         with self._open_payload(expected, where) as (reader, finish):

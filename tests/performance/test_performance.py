@@ -51,9 +51,9 @@ def _payload_parts_read(weights, action) -> list[str]:
     read: list[str] = []
     original = weights._load_part
 
-    def spy(info, part, map_location):
+    def spy(info, part, *args):
         read.append(part)
-        return original(info, part, map_location)
+        return original(info, part, *args)
 
     weights._load_part = spy
     try:
