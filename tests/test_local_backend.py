@@ -140,3 +140,36 @@ def test_a_file_that_ends_early_while_read_is_corrupt(tmp_path) -> None:
     longer = PartInfo(info.location, info.size + 10, info.digest)
     with open(path, "rb", buffering=0) as file, pytest.raises(CorruptCheckpointError, match="bytes"):
         payload_file._read_verified(file, longer, "the model part")
+
+
+def test_a_store_syncs_each_payload_once_the_directory_once_and_commits_durably_once(tmp_path, monkeypatch) -> None:
+    from benchmarks.workloads import sqlite_statement_spy
+    from dacapo_store.local import weights as local_weights
+
+    store = LocalWeightsStore(tmp_path)
+    store.put_weights("r", 1, Weights({"w": torch.ones(3)}, None))  # the connection and schema exist
+    synced, real_data_sync, real_fsync = [], local_weights._sync_data, os.fsync
+
+    def data_sync(fd):
+        synced.append(("data", os.readlink(f"/proc/self/fd/{fd}")))
+        real_data_sync(fd)
+
+    def fsync(fd):
+        synced.append(("full", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    monkeypatch.setattr(local_weights, "_sync_data", data_sync)
+    monkeypatch.setattr(os, "fsync", fsync)
+    with sqlite_statement_spy(store.catalog) as statements:
+        info = store.put_weights("r", 2, Weights({"w": torch.ones(3)}, {"state": {}, "param_groups": []}))
+
+    payloads = sorted(str(store.payload_path(part.location)) for part in info.parts.values())
+    assert sorted(path for kind, path in synced if kind == "data") == payloads
+    assert [path for kind, path in synced if kind == "full"] == [str(store.payload_dir)]
+    durable, durable_commits = True, 0
+    for statement in statements:
+        if statement.startswith("PRAGMA synchronous="):
+            durable = statement.endswith("FULL")
+        durable_commits += statement == "COMMIT" and durable
+    assert durable_commits == 1  # the commit; the reservation is not synced
+    assert store.latest_iteration("r") == 2

@@ -3,7 +3,14 @@
 It holds the checkpoint catalog, validation scores and training statistics, so that "latest"
 and "best" are single indexed SQL queries. Connections are per thread and per process; writes
 run in ``BEGIN IMMEDIATE`` transactions with a busy timeout, so several processes may write
-at once; WAL journaling with ``synchronous=FULL`` keeps every committed write across a crash.
+at once. WAL journaling keeps the database consistent across any crash. A *durable*
+transaction (the default: commits, removals, scores) runs with ``synchronous=FULL`` and
+survives a power loss once it returns. A non-durable one (``transaction(durable=False)``: a
+writer's reservation, heartbeat or abandon) runs with ``synchronous=NORMAL``: it is visible to
+every process at once and survives a crash of its process, but not necessarily a power loss;
+the next durable commit syncs it with itself (the WAL is one file written in order). That is
+all a reservation needs: it only matters while its writer lives, and a power loss ends the
+writer too (what it wrote is then an orphan that ``collect_garbage`` reclaims).
 """
 
 from __future__ import annotations
@@ -84,13 +91,19 @@ class Catalog:
             db.row_factory = sqlite3.Row
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
-            self._local.db, self._local.pid = db, os.getpid()
+            self._local.db, self._local.pid, self._local.durable = db, os.getpid(), True
         return db
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction (``BEGIN IMMEDIATE``): committed on success, rolled back on error."""
+    def transaction(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
+        """A write transaction (``BEGIN IMMEDIATE``): committed on success, rolled back on error.
+
+        ``durable=False`` commits without waiting for the disk (see the module doc).
+        """
         db = self.connection()
+        if self._local.durable != durable:
+            db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+            self._local.durable = durable
         db.execute("BEGIN IMMEDIATE")
         try:
             yield db

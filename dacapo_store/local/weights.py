@@ -39,6 +39,10 @@ PAYLOAD_NAME = re.compile(r"^(?P<token>[0-9a-f]{32})\.[a-z]+\.pt(?:\.partial)?$"
 garbage collection never touches any other file."""
 
 
+_sync_data = getattr(os, "fdatasync", os.fsync)
+"""Syncs a file's data and the metadata needed to read it back (its size), not its times."""
+
+
 def fsync_directory(path: Path) -> None:
     """Make a rename or unlink in ``path`` durable."""
     fd = os.open(path, os.O_RDONLY)
@@ -52,8 +56,10 @@ class LocalWeightsStore(WeightsStore):
     """Checkpoints as files under ``basedir/payloads``, catalogued in ``basedir/catalog.sqlite3``.
 
     Each part is written to a ``.partial`` file (its disk write started as it goes, see
-    :mod:`~dacapo_store.local.writeback`), fsync'd and renamed; the catalog entry is committed
-    after. Several processes may share ``basedir``. A :class:`LocalStatsStore` on the
+    :mod:`~dacapo_store.local.writeback`) and renamed; just before the catalog entry is
+    committed, every payload file is synced once and the payload directory once (a store makes
+    one data sync per payload, one directory sync and one durable catalog commit; the
+    reservation is not synced, see :mod:`~dacapo_store.local.catalog`). Several processes may share ``basedir``. A :class:`LocalStatsStore` on the
     same ``basedir`` shares the validation scores that :meth:`retrieve_best` reads.
 
     Args:
@@ -91,7 +97,7 @@ class LocalWeightsStore(WeightsStore):
     def _reserve(self, run: str, iteration: int) -> Reservation:
         now = time.time()
         token = uuid.uuid4().hex
-        with self.catalog.transaction() as db:
+        with self.catalog.transaction(durable=False) as db:
             row = db.execute(
                 "SELECT state, heartbeat FROM checkpoints WHERE run = ? AND iteration = ?",
                 (run, iteration),
@@ -114,7 +120,7 @@ class LocalWeightsStore(WeightsStore):
 
     def _heartbeat(self, reservation: Reservation) -> None:
         """Refresh the reservation's heartbeat; ReservationLostError if it was taken over."""
-        with self.catalog.transaction() as db:
+        with self.catalog.transaction(durable=False) as db:
             updated = db.execute(
                 "UPDATE checkpoints SET heartbeat = ? WHERE run = ? AND iteration = ? AND token = ?",
                 (time.time(), reservation.run, reservation.iteration, reservation.token),
@@ -136,16 +142,26 @@ class LocalWeightsStore(WeightsStore):
                     heartbeat=lambda: self._heartbeat(reservation),
                     heartbeat_every=self.heartbeat_every,
                 )
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(partial, final)
-            fsync_directory(self.payload_dir)
+            os.replace(partial, final)  # made durable by _sync_payloads before the commit
         except BaseException:
             partial.unlink(missing_ok=True)
             raise
         return info
 
+    def _sync_payloads(self, reservation: Reservation) -> None:
+        """Make the reservation's payload files durable: one data sync per file, then one sync of
+        the payload directory (their renames). Syncing here, just before the commit, rather than
+        after each part lets the disk write one part while the next is serialized."""
+        for location in reservation.payloads:
+            fd = os.open(self.payload_path(location), os.O_RDONLY)
+            try:
+                _sync_data(fd)
+            finally:
+                os.close(fd)
+        fsync_directory(self.payload_dir)
+
     def _commit(self, reservation: Reservation, parts: Mapping[str, PartInfo]) -> CheckpointInfo:
+        self._sync_payloads(reservation)
         now = time.time()
         with self.catalog.transaction() as db:
             updated = db.execute(
@@ -166,7 +182,7 @@ class LocalWeightsStore(WeightsStore):
             final = self.payload_path(location)
             final.with_name(final.name + PARTIAL_SUFFIX).unlink(missing_ok=True)
             final.unlink(missing_ok=True)
-        with self.catalog.transaction() as db:
+        with self.catalog.transaction(durable=False) as db:
             db.execute(
                 "DELETE FROM checkpoints WHERE run = ? AND iteration = ? AND token = ? AND state = 'pending'",
                 (reservation.run, reservation.iteration, reservation.token),
