@@ -21,9 +21,11 @@ import math
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
+from .background import BackgroundUploads
 from .checks import check_iteration, check_name, run_name_of
 from .errors import CheckpointNotFoundError, ReservationLostError, CorruptCheckpointError
 from .records import PARTS, CheckpointInfo, PartInfo, Weights
@@ -178,17 +180,27 @@ class WeightsStore(ABC):
 
     # ---- DaCapo API -------------------------------------------------------------------------
 
-    def store_weights(self, run: RunLike, iteration: int) -> CheckpointInfo:
+    def store_weights(
+        self, run: RunLike, iteration: int, background: bool = False
+    ) -> CheckpointInfo | Future[CheckpointInfo]:
         """Store ``run.model`` and ``run.optimizer`` state as checkpoint ``iteration``.
 
+        With ``background=True`` the state is copied to CPU memory (a snapshot: later changes
+        to the model do not reach it) and uploaded by a background thread, and the call
+        returns at once (see :mod:`~dacapo_store.background`). At most one background upload
+        per store is in flight: every ``store_weights`` call, and :meth:`flush`, first waits
+        for it and raises its error if it failed.
+
         Returns:
-            The stored checkpoint's :class:`CheckpointInfo`.
+            The stored checkpoint's :class:`CheckpointInfo`; with ``background``, a future of it.
 
         Raises:
             TypeError: ``run`` has no ``model``/``optimizer``, or a bad name/iteration type.
             ValueError: a bad run name or iteration.
             CheckpointExistsError: ``(run, iteration)`` is stored or being stored (nothing is
-                uploaded and the stored checkpoint stays intact).
+                uploaded and the stored checkpoint stays intact). With ``background``, raised
+                by the next call or :meth:`flush`, as every error of the upload.
+            the previous background upload's error, if it failed (this call stores nothing).
         """
         name = run_name_of(run)
         iteration = check_iteration(iteration)
@@ -198,7 +210,32 @@ class WeightsStore(ABC):
             raise TypeError(
                 f"store_weights needs a run object with .model and .optimizer, got {type(run).__name__}"
             )
-        return self.put_weights(name, iteration, Weights(model.state_dict(), optimizer.state_dict()))
+        weights = Weights(model.state_dict(), optimizer.state_dict())
+        if background:
+            return self._background.submit(
+                describe(name, iteration), weights, lambda snapshot: self.put_weights(name, iteration, snapshot)
+            )
+        self.flush()
+        return self.put_weights(name, iteration, weights)
+
+    def flush(self) -> None:
+        """Wait until this store's background upload (``store_weights(background=True)``), if
+        one is in flight, is done.
+
+        Raises:
+            the upload's error, if it failed (once; the checkpoint was not stored).
+        """
+        uploads = self.__dict__.get("_background_uploads")
+        if uploads is not None:
+            uploads.flush()
+
+    @property
+    def _background(self) -> BackgroundUploads:
+        """This store's :class:`~dacapo_store.background.BackgroundUploads` (made on first use)."""
+        uploads = self.__dict__.get("_background_uploads")
+        if uploads is None:  # two threads racing here keep the same one
+            uploads = self.__dict__.setdefault("_background_uploads", BackgroundUploads())
+        return uploads
 
     def put_weights(self, run: RunLike, iteration: int, weights: Weights) -> CheckpointInfo:
         """Store the state dicts of ``weights`` as checkpoint ``iteration`` of ``run``.

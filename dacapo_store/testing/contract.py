@@ -12,6 +12,7 @@ A backend is done when it passes the whole suite.
 
 from __future__ import annotations
 
+import copy
 import math
 import threading
 import uuid
@@ -289,6 +290,70 @@ class StoreContract:
             weights_store.retrieve_weights(run.name, 2)
         weights_store.store_weights(run, 2)  # the failed writer left no reservation behind
         assert weights_store.latest_iteration(run) == 2
+
+    # ---- background stores ----------------------------------------------------------------
+
+    def test_background_store_stores_a_snapshot_taken_at_the_call(
+        self, weights_store: WeightsStore, run: ToyRun, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        expected_model = {key: value.clone() for key, value in run.model.state_dict().items()}
+        expected_optimizer = copy.deepcopy(run.optimizer.state_dict())
+        release, put_weights = threading.Event(), weights_store.put_weights
+
+        def held_put_weights(*args: Any, **kwargs: Any) -> Any:
+            release.wait()  # the upload starts only after the model was changed
+            return put_weights(*args, **kwargs)
+
+        monkeypatch.setattr(weights_store, "put_weights", held_put_weights)
+        future = weights_store.store_weights(run, 4, background=True)
+        run.train_steps(2)  # changes the model and the optimizer state in place
+        release.set()
+        weights_store.flush()
+        assert future.result().iteration == 4
+        stored = weights_store.retrieve_weights(run.name, 4)
+        assert_state_equal(stored.model, expected_model)
+        assert_state_equal(stored.optimizer, expected_optimizer)
+
+    def test_background_stores_run_one_at_a_time_in_call_order(
+        self, weights_store: WeightsStore, run: ToyRun, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        started, in_flight, most = [], [0], [0]
+        lock, put_weights = threading.Lock(), weights_store.put_weights
+
+        def counting_put_weights(name: str, iteration: int, weights: Weights) -> Any:
+            with lock:
+                started.append(iteration)
+                in_flight[0] += 1
+                most[0] = max(most[0], in_flight[0])
+            try:
+                return put_weights(name, iteration, weights)
+            finally:
+                with lock:
+                    in_flight[0] -= 1
+
+        monkeypatch.setattr(weights_store, "put_weights", counting_put_weights)
+        futures = [weights_store.store_weights(run, iteration, background=True) for iteration in (3, 1, 2)]
+        weights_store.store_weights(run, 4)  # a synchronous store waits for the one in flight too
+        assert (started, most[0]) == ([3, 1, 2, 4], 1)
+        assert [future.result().iteration for future in futures] == [3, 1, 2]
+        assert [c.iteration for c in weights_store.list_checkpoints(run.name)] == [1, 2, 3, 4]
+        weights_store.flush()  # nothing in flight: returns
+
+    @pytest.mark.parametrize("surfaces_at", ["next store", "flush"])
+    def test_a_failed_background_store_raises_at_the_next_store_or_flush_once(
+        self, weights_store: WeightsStore, run: ToyRun, surfaces_at: str
+    ) -> None:
+        original = weights_store.store_weights(run, 5)
+        run.train_steps(1)
+        weights_store.store_weights(run, 5, background=True)  # already stored: fails in the background
+        with pytest.raises(CheckpointExistsError):
+            if surfaces_at == "flush":
+                weights_store.flush()
+            else:
+                weights_store.store_weights(run, 6, background=True)
+        weights_store.flush()  # raised once
+        assert weights_store.checkpoint_info(run.name, 5) == original
+        assert weights_store.latest_iteration(run) == 5  # the call that raised stored nothing
 
     # ---- integrity --------------------------------------------------------------------------------
 

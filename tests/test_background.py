@@ -1,0 +1,116 @@
+"""Background stores: the snapshot (what is copied, and how), exit and crash behaviour.
+
+Ordering, error surfacing and snapshot isolation through ``store_weights`` are in the
+contract suite (every backend)."""
+
+from __future__ import annotations
+
+import multiprocessing
+import subprocess
+import sys
+import textwrap
+import threading
+
+import pytest
+import torch
+
+from dacapo_store import LocalWeightsStore, Weights, background
+from dacapo_store.background import snapshot_state
+from dacapo_store.testing.contract import ToyRun, assert_state_equal
+
+
+def test_a_snapshot_copies_every_tensor_and_container_and_keeps_shared_storages_shared() -> None:
+    base = torch.arange(12.0)
+    model = {"tied.a": base.view(3, 4), "tied.b": base[4:8], "other": torch.ones(2, dtype=torch.int64)}
+    optimizer = {"state": {0: {"step": torch.tensor(3.0), "exp_avg": torch.zeros(3)}},
+                 "param_groups": [{"lr": 0.1, "betas": (0.9, 0.99), "params": [0]}]}
+    snapshot, wait = snapshot_state(Weights(model, optimizer))
+    wait()
+    copied, optimizer_copy = snapshot.model, snapshot.optimizer
+    assert_state_equal(copied, model)
+    assert_state_equal(optimizer_copy, optimizer)
+    assert copied["tied.b"].untyped_storage().data_ptr() == copied["tied.a"].untyped_storage().data_ptr()
+    assert copied["tied.b"].storage_offset() == 4
+    assert copied["tied.a"].untyped_storage().data_ptr() != base.untyped_storage().data_ptr()
+    base += 100
+    optimizer["state"][0]["exp_avg"] += 1
+    optimizer["param_groups"][0]["lr"] = 1.0
+    assert torch.equal(copied["tied.b"], torch.arange(4.0, 8.0))
+    assert torch.equal(optimizer_copy["state"][0]["exp_avg"], torch.zeros(3))
+    assert optimizer_copy["param_groups"][0] == {"lr": 0.1, "betas": (0.9, 0.99), "params": [0]}
+
+
+def test_cpu_tensors_are_copied_into_ordinary_memory_and_need_no_wait(monkeypatch) -> None:
+    asked = []
+    real = background.host_buffer
+
+    def recording(nbytes, pinned):
+        asked.append(pinned)
+        return real(nbytes, pinned)
+
+    monkeypatch.setattr(background, "host_buffer", recording)
+    snapshot, wait = snapshot_state(Weights({"a": torch.ones(3), "b": torch.zeros(2)}, None))
+    assert asked == [False, False]
+    assert snapshot.optimizer is None
+    assert wait() is None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (the pinned-memory path)")
+def test_cuda_tensors_are_copied_into_pinned_host_memory() -> None:
+    model = {"w": torch.arange(1000.0, device="cuda")}
+    snapshot, wait = snapshot_state(Weights(model, None))
+    model["w"].add_(1)  # queued after the copy on the same stream
+    wait()
+    assert snapshot.model["w"].device.type == "cpu" and snapshot.model["w"].is_pinned()
+    assert torch.equal(snapshot.model["w"], torch.arange(1000.0))
+
+
+def _child(script: str, basedir) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(script), str(basedir)],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_an_upload_in_flight_at_exit_is_finished_and_a_failure_logged(tmp_path) -> None:
+    script = """
+        import sys
+        from dacapo_store import LocalWeightsStore
+        from dacapo_store.testing.contract import ToyRun
+        store, run = LocalWeightsStore(sys.argv[1]), ToyRun("r")
+        store.store_weights(run, 1, background=True)
+        store.store_weights(run, 2, background=True)  # waits for 1
+        if sys.argv[1].endswith("fail"):
+            store.store_weights(run, 2, background=True)  # fails while the interpreter exits
+    """
+    assert _child(script, tmp_path / "ok").returncode == 0
+    assert [c.iteration for c in LocalWeightsStore(tmp_path / "ok").list_checkpoints("r")] == [1, 2]
+    failed = _child(script, tmp_path / "fail")
+    assert "a background checkpoint store failed" in failed.stderr and "already stored" in failed.stderr
+
+
+def _killed_mid_upload(basedir: str, ready) -> None:
+    """The child: a background store that hangs once its payloads are written (before the
+    commit), while the training thread goes on, until the process is killed."""
+    store = LocalWeightsStore(basedir)
+    store._commit = lambda *args: (ready.set(), threading.Event().wait())
+    store.store_weights(ToyRun("r"), 2, background=True)
+    threading.Event().wait()
+
+
+def test_a_process_killed_mid_upload_leaves_nothing_visible(tmp_path) -> None:
+    LocalWeightsStore(tmp_path).store_weights(ToyRun("r"), 1)
+    context = multiprocessing.get_context("spawn")
+    ready = context.Event()
+    child = context.Process(target=_killed_mid_upload, args=(str(tmp_path), ready))
+    child.start()
+    try:
+        assert ready.wait(timeout=120), "the child never got to the commit"
+    finally:
+        child.kill()
+        child.join()
+    store = LocalWeightsStore(tmp_path)
+    assert [c.iteration for c in store.list_checkpoints("r")] == [1]
+    assert len(list(store.payload_dir.iterdir())) == 4  # checkpoint 1's two parts, the dead upload's two
+    assert store.collect_garbage(older_than=store.stale_after, now=float("inf")).bytes_freed > 0
+    assert sorted(p.name for p in store.payload_dir.iterdir()) == sorted(
+        part.location for part in store.checkpoint_info("r", 1).parts.values()
+    )
