@@ -70,6 +70,16 @@ def keep_last_option(command: Callable[..., Any]) -> Callable[..., Any]:
     )(command)
 
 
+def async_checkpoint_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The ``--async-checkpoint`` flag: store checkpoints in the background while training goes on."""
+    return click.option(
+        "--async-checkpoint",
+        is_flag=True,
+        help="Store each checkpoint in the background (a snapshot in CPU memory is uploaded while "
+        "training goes on) and validate the model in memory, which holds the checkpoint's weights.",
+    )(command)
+
+
 def exiting_on_interrupt(command: Callable[..., Any]) -> Callable[..., Any]:
     """Turn Ctrl-C (KeyboardInterrupt) anywhere in ``command`` into one line on stderr and
     exit status 130."""
@@ -89,6 +99,7 @@ def exiting_on_interrupt(command: Callable[..., Any]) -> Callable[..., Any]:
 @store_option
 @device_option
 @keep_last_option
+@async_checkpoint_option
 @click.option(
     "--iterations", type=click.IntRange(min=1), default=DEMO_ITERATIONS, show_default=True,
     help="Training iterations.",
@@ -100,7 +111,12 @@ def exiting_on_interrupt(command: Callable[..., Any]) -> Callable[..., Any]:
 @exiting_on_interrupt
 @reporting_errors
 def demo_command(
-    store: str | None, device: str | None, keep_last: int | None, iterations: int, name: str | None
+    store: str | None,
+    device: str | None,
+    keep_last: int | None,
+    async_checkpoint: bool,
+    iterations: int,
+    name: str | None,
 ) -> None:
     """Train a small 2D U-Net on synthetic data, checkpointing and validating into the store,
     then show its best checkpoints, loaded back from the store.
@@ -119,7 +135,7 @@ def demo_command(
     )
     _say_how_the_run_stands(config, stores)
     untrained = evaluate(run, run.model, device)
-    _train_and_report(run, stores, device, keep_last, untrained)
+    _train_and_report(run, stores, device, keep_last, async_checkpoint, untrained)
 
 
 @click.command("train")
@@ -127,16 +143,19 @@ def demo_command(
 @store_option
 @device_option
 @keep_last_option
+@async_checkpoint_option
 @exiting_on_interrupt
 @reporting_errors
-def train_command(config_file: str, store: str | None, device: str | None, keep_last: int | None) -> None:
+def train_command(
+    config_file: str, store: str | None, device: str | None, keep_last: int | None, async_checkpoint: bool
+) -> None:
     """Train the run described by CONFIG.yaml (a RunConfig as YAML), resuming it if the store
     already holds part of it, then show its best checkpoints."""
     config = RunConfig.from_yaml_file(config_file)
     stores = ExperimentStores.open(store)
     run = _prepare(config, stores, store, device)
     _say_how_the_run_stands(config, stores)
-    _train_and_report(run, stores, device, keep_last, None)
+    _train_and_report(run, stores, device, keep_last, async_checkpoint, None)
 
 
 def _prepare(config: RunConfig, stores: ExperimentStores, store: str | None, device: str | None) -> Run:
@@ -161,15 +180,20 @@ def _train_and_report(
     stores: ExperimentStores,
     device: str | None,
     keep_last: int | None,
+    async_checkpoint: bool,
     untrained: Sequence[Evaluation] | None,
 ) -> None:
-    """Train ``run`` (pruning to ``keep_last`` if given), then print its best checkpoints.
+    """Train ``run`` (pruning to ``keep_last`` if given; checkpoints stored in the background
+    with ``async_checkpoint``), then print its best checkpoints.
 
     Raises:
         CliError: a best checkpoint re-scored differently, or ``load_best`` loaded other weights.
     """
     retention = None if keep_last is None else RetentionPolicy(keep_last=keep_last, keep_every=None, keep_best=False)
-    train_run(run, stores.weights, stores.stats, device=device, progress=sys.stderr.isatty(), retention=retention)
+    train_run(
+        run, stores.weights, stores.stats, device=device, progress=sys.stderr.isatty(), retention=retention,
+        async_checkpoint=async_checkpoint,
+    )
     report = best_report(run, stores.weights, stores.stats, untrained, device)
     if not report.rows and not report.unscored:
         click.echo(f"Run {run.name!r} has no validation scores (no validation datasets).")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from tqdm.auto import tqdm
 
@@ -20,6 +22,7 @@ def train_run(
     device: torch.device | str | None = None,
     progress: bool = True,
     retention: RetentionPolicy | None = None,
+    async_checkpoint: bool = False,
 ) -> ResumePoint:
     """Train ``run`` until ``run.train_until``, resuming from what the stores hold.
 
@@ -33,6 +36,15 @@ def train_run(
     a checkpoint's scores are stored, the checkpoints it does not keep are removed
     (:func:`~dacapo_store.maintenance.retention.apply_retention`; the latest checkpoint and the
     best of every (dataset, criterion) are always kept).
+
+    With ``async_checkpoint``, each checkpoint is stored in the background
+    (``store_weights(..., background=True)``) and training goes on while it uploads. Its
+    validation then scores ``run.model`` as it is, which holds exactly the checkpoint's weights,
+    instead of reading the checkpoint back. Before pruning, and when training ends (also by an
+    error), the upload in flight is waited for, so the scores of a checkpoint never decide a
+    prune before the checkpoint is stored, and a failed upload raises. A process killed
+    meanwhile loses at most the checkpoint in flight: its scores are then newer than the latest
+    checkpoint and are deleted on resume, which continues from the checkpoint before.
 
     One trainer per run: never train a run that another process is training. Resuming
     reconciles the stores with the latest checkpoint, so a second trainer deletes the first
@@ -53,6 +65,7 @@ def train_run(
 
     def retain() -> None:
         if retention is not None:
+            weights_store.flush()
             apply_retention(weights_store, stats_store, run, retention, dry_run=False)
 
     for checkpoint in weights_store.list_checkpoints(run):
@@ -61,6 +74,25 @@ def train_run(
     retain()
 
     iteration = point.iteration
+    try:
+        _train(run, weights_store, stats_store, device, progress, retain, async_checkpoint, iteration)
+    finally:
+        weights_store.flush()
+    return point
+
+
+def _train(
+    run: Run,
+    weights_store: WeightsStore,
+    stats_store: StatsStore,
+    device: torch.device,
+    progress: bool,
+    retain: Callable[[], None],
+    async_checkpoint: bool,
+    iteration: int,
+) -> None:
+    """Train from ``iteration`` to ``run.train_until``, checkpointing and validating (see
+    :func:`train_run`)."""
     with tqdm(
         total=run.train_until, initial=min(iteration, run.train_until), desc=run.name, unit="it", disable=not progress
     ) as bar:
@@ -75,8 +107,7 @@ def train_run(
                 bar.set_postfix(loss=f"{stats.loss:.4f}", refresh=False)
                 bar.update()
             stats_store.store_training_stats(run, new_stats)
-            weights_store.store_weights(run, stop)
-            validate_run(run, stop, weights_store, stats_store, device)
+            weights_store.store_weights(run, stop, background=async_checkpoint)
+            validate_run(run, stop, weights_store, stats_store, device, in_memory=async_checkpoint)
             retain()
             iteration = stop
-    return point

@@ -64,11 +64,14 @@ def validate_run(
     weights_store: WeightsStore | None = None,
     stats_store: StatsStore | None = None,
     device: torch.device | str | None = None,
+    in_memory: bool = False,
 ) -> list[Evaluation]:
     """Evaluate checkpoint ``iteration`` of ``run`` (its model weights, read from
     ``weights_store``, default the configured store) on every validation dataset and parameter
     set; add the scores to ``run.validation_scores`` and, with a ``stats_store``, store them.
-    ``run.model`` is left untouched.
+    ``run.model`` is left untouched. ``in_memory=True`` says that ``run.model`` holds the
+    checkpoint's weights (it was just stored from it): they are evaluated as they are, and
+    nothing is read from ``weights_store``.
 
     Returns:
         One :class:`Evaluation` per validation dataset and parameter set.
@@ -76,10 +79,10 @@ def validate_run(
     Raises:
         CheckpointNotFoundError / CorruptCheckpointError: the checkpoint cannot be read.
     """
-    weights_store = weights_store if weights_store is not None else create_weights_store()
-    weights = weights_store.retrieve_weights(run, iteration, optimizer=False)
     model = copy.deepcopy(run.model)
-    model.load_state_dict(weights.model)
+    if not in_memory:
+        weights_store = weights_store if weights_store is not None else create_weights_store()
+        model.load_state_dict(weights_store.retrieve_weights(run, iteration, optimizer=False).model)
     evaluations = evaluate(run, model, device)
     criteria = run.task.criteria
     for e in evaluations:

@@ -227,3 +227,13 @@ def test_weights_that_do_not_reproduce_their_score_fail_with_error_line(store, m
     assert result.output.splitlines()[-1] == (
         "error: the store returned weights that do not reproduce their stored best score"
     )
+
+
+def test_demo_and_train_store_checkpoints_in_the_background_on_request(store):
+    result = cli("demo", "--store", store, "--iterations", "3", "--async-checkpoint", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert "re-scored" in result.output
+    weights_store, stats_store = create_weights_store(store), create_stats_store(store)
+    assert [c.iteration for c in weights_store.list_checkpoints("demo-3")] == [1, 2, 3]
+    assert {s.iteration for s in stats_store.retrieve_validation_scores("demo-3")} == {1, 2, 3}
+    assert "--async-checkpoint" in cli("train", "--help").output

@@ -220,3 +220,33 @@ def test_retention_while_training_keeps_latest_and_best_and_resume_continues(
     assert {s.iteration for s in stats_store.retrieve_validation_scores("tiny")} == {2, 4, 6, 8}
     assert [s.iteration for s in stats_store.retrieve_training_stats("tiny")] == list(range(8))
     assert_same_state(run.model.state_dict(), weights_store.retrieve_weights("tiny", 8).model)
+
+
+def test_async_checkpoints_store_and_score_exactly_what_synchronous_ones_do(weights_store, stats_store, interrupt_at):
+    synchronous = train(tiny_config("sync"), weights_store, stats_store)
+    interrupt_at(5)  # killed during iteration 5: checkpoint 4's upload must still land
+    with pytest.raises(Interrupted):
+        train_run(Run(tiny_config("async")), weights_store, stats_store, progress=False, async_checkpoint=True)
+    assert weights_store.latest_iteration("async") == 4
+    interrupt_at(None)
+    run = Run(tiny_config("async"))
+    train_run(run, weights_store, stats_store, progress=False, async_checkpoint=True)
+    assert_complete("async", weights_store, stats_store)
+    for iteration in (2, 4, 6):
+        assert_same_state(weights_store.retrieve_weights("async", iteration).model,
+                          weights_store.retrieve_weights("sync", iteration).model)
+    scores = {name: [(s.iteration, s.dataset, s.criterion, s.parameters, s.value)
+                     for s in stats_store.retrieve_validation_scores(name)] for name in ("sync", "async")}
+    assert scores["async"] == scores["sync"]
+    assert_same_state(run.optimizer.state_dict(), synchronous.optimizer.state_dict())
+
+
+def test_async_checkpoints_with_retention_prune_only_stored_checkpoints(weights_store, stats_store):
+    policy = RetentionPolicy(keep_last=1, keep_every=None, keep_best=False)
+    config = tiny_config(num_iterations=8)
+    run = Run(config)
+    train_run(run, weights_store, stats_store, progress=False, retention=policy, async_checkpoint=True)
+    criteria = Run.get_validation_scores(config).criteria
+    kept = [c.iteration for c in weights_store.list_checkpoints("tiny")]
+    assert kept == sorted(best_iterations("tiny", stats_store, criteria) | {8})
+    assert_same_state(run.model.state_dict(), weights_store.retrieve_weights("tiny", 8).model)
