@@ -33,8 +33,18 @@ from .records import PartInfo
 DEFAULT_HEARTBEAT_SECONDS = 60.0
 
 
+GATHER_BYTES = 1024 * 1024
+"""Writes smaller than this are gathered into pieces of up to this size before they reach the
+sink: ``torch.save`` writes about five pieces per tensor (headers, data, padding), and a state
+dict of many small tensors would otherwise cost a sink call (a Python call chain, for GridFS a
+``GridIn.write``) per piece."""
+
+
 class HashingWriter:
     """A write-only file object that hashes and counts what it passes to ``sink``.
+
+    Small writes are gathered (see :data:`GATHER_BYTES`) and reach ``sink`` at :meth:`flush`
+    at the latest; large ones go to ``sink`` as they come, without a copy.
 
     ``heartbeat`` (optional) is called from a write once ``heartbeat_every`` seconds have
     passed since the last call (or since the writer was made), so a long upload shows it is
@@ -52,6 +62,7 @@ class HashingWriter:
         self._heartbeat = heartbeat
         self._heartbeat_every = heartbeat_every
         self._next_heartbeat = time.monotonic() + heartbeat_every
+        self._gathered = bytearray()
         self.size = 0
         self.error: BaseException | None = None
 
@@ -63,24 +74,40 @@ class HashingWriter:
         """
         view = memoryview(data).cast("B")
         try:
-            self._forward(view)
+            if len(self._gathered) + len(view) > GATHER_BYTES:
+                self._forward_gathered()
+            if len(view) >= GATHER_BYTES:
+                self._forward(view)
+            else:
+                self._gathered += view
         except BaseException as error:
             self.error = error
             raise
         return len(view)
 
+    def flush(self) -> None:
+        """Forward the gathered writes (``torch.save`` calls it once it has written everything)."""
+        try:
+            self._forward_gathered()
+        except BaseException as error:
+            self.error = error
+            raise
+
+    def _forward_gathered(self) -> None:
+        if self._gathered:
+            with memoryview(self._gathered) as view:
+                self._forward(view)
+            self._gathered.clear()
+
     def _forward(self, view: memoryview) -> None:
         """Hand ``view`` to the sink, then hash and count it (no copy: the hash reads the
-        view while ``torch.save`` still holds it)."""
+        view while it is still valid)."""
         self._sink(view)
         self._hash.update(view)
         self.size += len(view)
         if self._heartbeat is not None and time.monotonic() >= self._next_heartbeat:
             self._heartbeat()
             self._next_heartbeat = time.monotonic() + self._heartbeat_every
-
-    def flush(self) -> None:
-        """Nothing to do: the sink owns buffering (``torch.save`` requires the method)."""
 
     def digest(self) -> str:
         """The digest of everything written, ``"<algorithm>:<hex>"``."""
@@ -105,6 +132,7 @@ def serialize_state(
     writer = HashingWriter(sink, heartbeat, heartbeat_every)
     try:
         torch.save(state, writer)
+        writer.flush()
     except BaseException:
         if writer.error is not None:
             raise writer.error from None
