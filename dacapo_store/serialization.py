@@ -4,18 +4,18 @@ A part is written with ``torch.save`` through a :class:`HashingWriter`, which co
 and hashes them (XXH3-128, see :mod:`dacapo_store.digests`) while it hands them on to the
 backend's sink: the serialized checkpoint is streamed, never held in memory as a whole.
 
-A part is read back with ``torch.load(weights_only=True)`` and returned only once its size
-and digest match what the catalog recorded: a local payload file is verified before it is
-loaded, a GridFS payload is hashed chunk by chunk while ``torch.load`` reads it
-(:func:`load_verified`). ``weights_only`` refuses anything but plain state dicts, so no
-pickled code runs, verified or not; a digest mismatch is reported as corruption whatever
-torch made of the bytes.
+A part is read back into private memory (:func:`private_memory`), hashed as it arrives, and
+parsed by torch only once its size and digest match what the catalog recorded; the tensors are
+built in that memory (:func:`load_state_from_memory`), so every byte is copied once and torch
+parses exactly what was verified. Loads are weights only (``torch.load(weights_only=True)``'s
+unpickler): anything but a plain state dict is refused, so no pickled code runs.
 """
 
 from __future__ import annotations
 
 import inspect
 import io
+import mmap as mmap_module
 import os
 import pickle
 import time
@@ -174,44 +174,6 @@ def check_payload(size: int, digest: str, expected: PartInfo, describe: str) -> 
         )
 
 
-def load_verified(
-    source: Any, finish: Callable[[], tuple[int, str]], expected: PartInfo, map_location: Any, describe: str
-) -> Any:
-    """``torch.load`` a part from ``source`` while its bytes are hashed, then check them.
-
-    ``finish()`` runs after the load, whether it succeeded or not: it hashes whatever of the
-    payload was not hashed yet and returns the payload's size and digest. A wrong size or
-    digest is reported as corruption even where the load failed too (torch's error is
-    chained): a corrupt payload is blamed as corrupt, whatever torch made of it. An error of
-    ``finish()`` itself (the payload could not be read: a lost connection) propagates as it is.
-
-    The bytes reach ``torch.load(weights_only=True)`` before their digest is known, which is
-    safe by design of ``weights_only`` (it refuses anything but tensors and plain containers,
-    verified or not); nothing is returned unless the digest matches.
-
-    Returns:
-        The state dict, once the payload's size and digest match ``expected``.
-
-    Raises:
-        CorruptCheckpointError: wrong size or digest, or a payload that is not a plain state
-            dict (see :func:`load_state`).
-        RuntimeError and others: as ``torch.load`` for a verified payload it cannot place;
-            as ``finish()``.
-    """
-    load_error: Exception | None = None
-    try:
-        state = load_state(source, map_location, describe)
-    except Exception as error:  # the digest decides first whether the payload is to blame
-        load_error = error
-    try:
-        check_payload(*finish(), expected, describe)
-    except CorruptCheckpointError as corrupt:
-        raise corrupt from load_error
-    if load_error is not None:
-        raise load_error
-    return state
-
-
 _NOT_AN_ARCHIVE = "PytorchStreamReader"
 """torch's reader names itself in every error about a damaged or foreign archive."""
 
@@ -291,6 +253,21 @@ def _torch_loads_in_place() -> bool:
 
 
 LOADS_IN_PLACE = _torch_loads_in_place()
+
+
+def private_memory(size: int) -> mmap_module.mmap | bytearray:
+    """``size`` bytes of writable memory private to this process: an anonymous private
+    mapping, in transparent huge pages where the system offers them (far fewer page faults
+    than the allocator's fresh 4 KiB pages), or a ``bytearray`` where anonymous private
+    mappings do not exist (Windows) or ``size`` is 0."""
+    private = getattr(mmap_module, "MAP_PRIVATE", None)
+    anonymous = getattr(mmap_module, "MAP_ANONYMOUS", None)
+    if size == 0 or private is None or anonymous is None:
+        return bytearray(size)
+    memory = mmap_module.mmap(-1, size, flags=private | anonymous)
+    if hasattr(mmap_module, "MADV_HUGEPAGE"):
+        memory.madvise(mmap_module.MADV_HUGEPAGE)
+    return memory
 
 
 def load_state_from_memory(memory: Any, map_location: Any, describe: str) -> Any:

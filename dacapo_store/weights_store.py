@@ -512,7 +512,7 @@ class WeightsStore(ABC):
     @abstractmethod
     def _load_part(self, info: CheckpointInfo, part: str, map_location: Any, mmap: bool = False) -> Any:
         """Load one part's state dict onto ``map_location``, verified against its size and digest
-        (see :func:`~dacapo_store.serialization.load_verified`); ``mmap``: see
+        before torch parses it (see :mod:`~dacapo_store.serialization`); ``mmap``: see
         :meth:`retrieve_weights`.
 
         Raises CorruptCheckpointError naming run, iteration and part."""

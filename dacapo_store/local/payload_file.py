@@ -14,7 +14,6 @@ for the trade-off).
 
 from __future__ import annotations
 
-import mmap as mmap_module
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,7 +23,15 @@ from typing import Any, BinaryIO
 from ..digests import file_digest, format_digest, new_hash
 from ..errors import CorruptCheckpointError
 from ..records import PartInfo
-from ..serialization import check_payload, check_size, fd_path, load_state, load_state_from_memory, verifying_algorithm
+from ..serialization import (
+    check_payload,
+    check_size,
+    fd_path,
+    load_state,
+    load_state_from_memory,
+    private_memory,
+    verifying_algorithm,
+)
 
 READ_CHUNK_BYTES = 1024 * 1024
 """Bytes read (and then hashed, while still in the CPU cache) at a time."""
@@ -57,22 +64,7 @@ def verify_payload_file(path: Path, expected: PartInfo, describe: str) -> None:
         check_payload(expected.size, file_digest(file.fileno(), expected.size, algorithm), expected, describe)
 
 
-def private_memory(size: int) -> mmap_module.mmap | bytearray:
-    """``size`` bytes of writable memory private to this process: an anonymous private
-    mapping, in transparent huge pages where the system offers them (far fewer page faults
-    than the allocator's fresh 4 KiB pages), or a ``bytearray`` where anonymous private
-    mappings do not exist (Windows) or ``size`` is 0."""
-    private = getattr(mmap_module, "MAP_PRIVATE", None)
-    anonymous = getattr(mmap_module, "MAP_ANONYMOUS", None)
-    if size == 0 or private is None or anonymous is None:
-        return bytearray(size)
-    memory = mmap_module.mmap(-1, size, flags=private | anonymous)
-    if hasattr(mmap_module, "MADV_HUGEPAGE"):
-        memory.madvise(mmap_module.MADV_HUGEPAGE)
-    return memory
-
-
-def _read_verified(file: BinaryIO, expected: PartInfo, describe: str) -> mmap_module.mmap | bytearray:
+def _read_verified(file: BinaryIO, expected: PartInfo, describe: str) -> Any:
     """Read the ``expected.size`` bytes of ``file`` into private memory, hashing each piece as it
     lands; return the memory once size and digest match.
 

@@ -6,9 +6,8 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
-from typing import Any, Callable
+from collections.abc import Mapping
+from typing import Any
 
 import gridfs
 from bson import ObjectId
@@ -21,7 +20,14 @@ from ..checks import run_name_of
 from ..errors import CheckpointExistsError, CorruptCheckpointError
 from ..records import CheckpointInfo, PartInfo
 from ..digests import format_digest, new_hash
-from ..serialization import check_payload, check_size, load_verified, serialize_state, verifying_algorithm
+from ..serialization import (
+    check_payload,
+    check_size,
+    load_state_from_memory,
+    private_memory,
+    serialize_state,
+    verifying_algorithm,
+)
 from ..weights_store import (
     DEFAULT_STALE_AFTER,
     ORPHAN_CHUNKS,
@@ -34,7 +40,7 @@ from ..weights_store import (
     describe,
     reservation_lost,
 )
-from .chunk_reader import ChunkReader, DroppedChunkError
+from .chunk_reader import checked_chunks
 from .connection import DEFAULT_WRITE_CONCERN, MongoDatabase
 from .scores import SCORE_INDEXES, SCORES_COLLECTION, find_best_score
 
@@ -237,36 +243,27 @@ class MongoWeightsStore(WeightsStore):
         return None if document is None else checkpoint_from_document(document)
 
     def _load_part(self, info: CheckpointInfo, part: str, map_location: Any, mmap: bool = False) -> Any:
-        """``torch.load`` one part straight from its chunks (one cursor), hashing them as they
-        come; if the load ever reads back to a chunk the reader dropped, load again keeping
-        every chunk. ``mmap`` is ignored: there is no file to map."""
+        """Read one part's chunks (one cursor) into private memory, hashing them there; once
+        size and digest match, torch builds the tensors in that memory (see
+        :mod:`~dacapo_store.mongo.chunk_reader`). ``mmap`` is ignored: there is no file to map."""
         expected = info.parts[part]
         where = describe(info.run, info.iteration, part)
-        with self._open_payload(expected, where) as (reader, finish):
-            try:
-                return load_verified(reader, finish, expected, map_location, where)
-            except DroppedChunkError:
-                logger.warning("%s: torch.load read out of order; loading again, keeping every chunk", where)
-        with self._open_payload(expected, where, keep_all=True) as (reader, finish):
-            return load_verified(reader, finish, expected, map_location, where)
+        memory = private_memory(expected.size)
+        self._read_payload(expected, where, memory)
+        return load_state_from_memory(memory, map_location, where)
 
     def _verify_part(self, info: CheckpointInfo, part: str) -> None:
         expected = info.parts[part]
-        where = describe(info.run, info.iteration, part)
-        with self._open_payload(expected, where) as (reader, finish):
-            check_payload(*finish(), expected, where)
+        self._read_payload(expected, describe(info.run, info.iteration, part), None)
 
-    @contextmanager
-    def _open_payload(
-        self, expected: PartInfo, where: str, keep_all: bool = False
-    ) -> Iterator[tuple[ChunkReader, Callable[[], tuple[int, str]]]]:
-        """Open the GridFS file of ``expected`` (one query for its files document); yield a
-        :class:`ChunkReader` over it (see there for ``keep_all``) whose chunks are hashed as the
-        cursor delivers them, and ``finish()``, which reads the rest and returns ``(size, digest)``.
+    def _read_payload(self, expected: PartInfo, where: str, memory: Any) -> None:
+        """Read the GridFS file of ``expected`` (one query for its files document, one cursor
+        over its chunks), hash it and, unless ``memory`` is ``None``, copy it into ``memory``.
 
         Raises:
-            CorruptCheckpointError: an invalid digest or payload id, no files document, or a
-                length other than the recorded size.
+            CorruptCheckpointError: an invalid digest or payload id, no files document, damaged
+                chunks, or a size or digest other than the recorded one.
+            pymongo's errors as they come (a lost connection is not corruption).
         """
         algorithm = verifying_algorithm(expected, where)
         try:
@@ -280,11 +277,16 @@ class MongoWeightsStore(WeightsStore):
             raise CorruptCheckpointError(f"{where}: its GridFS payload is missing")
         check_size(document.get("length"), expected, where)
         hash_object = new_hash(algorithm)
-        chunk_size = document.get("chunkSize", 0)
-        with ChunkReader(
-            self.bucket_chunks, file_id, document["length"], chunk_size, hash_object.update, where, keep_all
-        ) as reader:
-            yield reader, lambda: (reader.read_rest(), format_digest(algorithm, hash_object))
+        with memoryview(memory if memory is not None else b"") as view:
+            position = 0
+            for data in checked_chunks(
+                self.bucket_chunks, file_id, document["length"], document.get("chunkSize", 0), where
+            ):
+                if memory is not None:
+                    view[position : position + len(data)] = data
+                hash_object.update(data)
+                position += len(data)
+        check_payload(position, format_digest(algorithm, hash_object), expected, where)
 
     def _unlist(self, run: str, iteration: int) -> CheckpointInfo | None:
         document = self.checkpoints.find_one_and_delete(

@@ -20,7 +20,6 @@ from benchmarks.workloads import (
     sqlite_statement_spy,
 )
 from dacapo_store import MongoWeightsStore, Weights
-from dacapo_store.mongo import chunk_reader
 from dacapo_store.mongo.weights import CHUNK_SIZE_BYTES
 from dacapo_store.stats_store import score_rows
 from dacapo_store.testing.mongomock_support import mongomock_client
@@ -94,11 +93,9 @@ def test_model_only_retrieval_reads_only_the_model_part(stores):
     assert all(torch.equal(loaded.model[key], model[key]) for key in model)
 
 
-@pytest.mark.parametrize("read_ahead, queries", [(chunk_reader.READ_AHEAD_BYTES, 1), (512 * 1024, 2)])
-def test_mongo_load_uses_one_chunk_cursor_within_the_query_budget(monkeypatch, read_ahead, queries):
-    """The archive's end, read first, comes with the cursor when it is near (small payloads),
-    or with one query of its own when it is far (read-ahead shrunk to show it)."""
-    monkeypatch.setattr(chunk_reader, "READ_AHEAD_BYTES", read_ahead)
+def test_mongo_load_uses_one_chunk_cursor():
+    """One query for the files document, one cursor over the chunks (its getMores are not
+    queries), whatever the payload's size."""
     weights = MongoWeightsStore(mongomock_client(), chunk_size_bytes=256 * 1024)
     model = model_state(3_000_000)
     info = weights.put_weights("run", 1, Weights(model, None))
@@ -107,8 +104,7 @@ def test_mongo_load_uses_one_chunk_cursor_within_the_query_budget(monkeypatch, r
     with mongomock_find_spy() as calls:
         loaded = weights.retrieve_weights("run", 1)
 
-    assert calls["weights.chunks"] <= math.ceil(info.size / (16 * 1024 * 1024)) + 3
-    assert calls["weights.chunks"] == queries
+    assert calls["weights.chunks"] == 1 and calls["weights.files"] == 1
     assert all(torch.equal(loaded.model[key], model[key]) for key in model)
 
 
@@ -140,7 +136,7 @@ def test_storing_needs_bounded_transient_python_memory(stores):
     assert peak - retained_by_mongomock < info.size  # streamed, never buffered as a whole
 
 
-def test_mongo_loading_holds_a_few_chunks_never_the_whole_payload():
+def test_mongo_loading_holds_a_reply_batch_of_chunks_never_a_second_copy_of_the_payload():
     weights = MongoWeightsStore(mongomock_client(), chunk_size_bytes=256 * 1024)
     model = model_state(12_000_000)
     info = weights.put_weights("run", 1, Weights(model, None))
@@ -150,6 +146,6 @@ def test_mongo_loading_holds_a_few_chunks_never_the_whole_payload():
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    # torch copies each record from the chunks straight into its tensor: Python holds a few chunks
+    # each chunk is copied into the tensors' memory as it arrives: Python holds one reply batch at most
     assert peak <= 0.25 * info.size
     assert all(torch.equal(loaded.model[key], model[key]) for key in model)
