@@ -1,174 +1,29 @@
-"""The measurements behind each figure of the performance table (one function per figure).
-
-Every ratio compares dacapo-store with its baseline measured in the same run, on the same
-state dict: ``> 1`` means dacapo-store is faster (or uses less). Stores into MongoDB go into a
-fresh mongomock database each time, for dacapo-store and baseline alike (mongomock slows down
-as a bucket grows).
-"""
+"""The untimed figures of the performance table: memory, bytes read, queries, CUDA loads (one
+function per figure; the timed ones are in :mod:`benchmarks.speed`)."""
 
 from __future__ import annotations
 
-import io
-import itertools
 import json
-import math
 import os
 import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
-import gridfs
 import torch
 
 from dacapo_store import LocalStatsStore, LocalWeightsStore, MongoStatsStore, MongoWeightsStore, Weights
 from dacapo_store.stats_store import score_rows
 from dacapo_store.testing.mongomock_support import mongomock_client
 
-from .workloads import (
-    MB,
-    adam_state,
-    best_time,
-    best_times,
-    model_state,
-    mongomock_find_spy,
-    queries_in,
-    sqlite_statement_spy,
-)
-
-MAX_CHUNK_QUERY_BATCH = 16 * 1024 * 1024
-
-
-@dataclass
-class Row:
-    """One line of the table: ``ours`` and ``baseline`` as printed, ``ratio`` against ``target``."""
-
-    figure: str
-    case: str
-    ours: str
-    baseline: str
-    ratio: str
-    target: str
-    ok: bool | None
-
-
-def _gbps(size: int, seconds: float) -> str:
-    return f"{size / seconds / 1e9:.2f} GB/s"
-
-
-def _copy_into(destination: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> None:
-    """What ``model.load_state_dict`` does with a loaded state: copy every tensor."""
-    for key, tensor in state.items():
-        destination[key].copy_(tensor)
-
-
-def _speed_row(figure: str, case: str, size: int, ours: float, baseline: float, target: float) -> Row:
-    ratio = baseline / ours
-    return Row(figure, case, _gbps(size, ours), _gbps(size, baseline), f"{ratio:.2f}x", f">= {target}x", ratio >= target)
-
-
-def local_throughput(size: int, repeat: int) -> tuple[Row, Row]:
-    """Figures 1 and 2, local backend: store vs ``torch.save`` + fsync, load vs ``torch.load``.
-
-    Both sides write a new file each run (as a trainer writes each checkpoint), and what the
-    previous run wrote is removed, untimed, before the next.
-    """
-    state = model_state(size)
-    destination = {key: torch.empty_like(tensor) for key, tensor in state.items()}
-    with tempfile.TemporaryDirectory() as tmp:
-        store = LocalWeightsStore(os.path.join(tmp, "store"))
-        counter = itertools.count(1)
-        written: dict[str, Any] = {}
-
-        def clean_up() -> None:
-            for info in store.list_checkpoints("run"):
-                store.remove("run", info.iteration)
-            if "path" in written:
-                os.unlink(written.pop("path"))
-
-        def save() -> None:
-            written["path"] = os.path.join(tmp, f"baseline-{next(counter)}.pt")
-            with open(written["path"], "wb") as file:
-                torch.save(state, file)
-                file.flush()
-                os.fsync(file.fileno())
-
-        stores = best_times(
-            {"ours": lambda: store.put_weights("run", next(counter), Weights(state, None)), "baseline": save},
-            repeat,
-            clean_up,
-        )
-        iteration = store.put_weights("run", next(counter), Weights(state, None)).iteration
-        save()
-        loads = best_times(
-            {
-                "ours": lambda: _copy_into(destination, store.retrieve_weights("run", iteration, optimizer=False).model),
-                "baseline": lambda: _copy_into(destination, torch.load(written["path"], weights_only=True)),
-            },
-            repeat,
-        )
-    label = f"local {size // MB} MB"
-    return (
-        _speed_row("1 store", label, size, stores["ours"], stores["baseline"], 0.9),
-        _speed_row("2 load", label + " (+copy into model)", size, loads["ours"], loads["baseline"], 0.9),
-    )
-
-
-def mongo_throughput(size: int, repeat: int) -> tuple[Row, Row, Row]:
-    """Figures 1 and 2, MongoDB (mongomock): against the naive GridFS path; chunk query count."""
-    state = model_state(size)
-    destination = {key: torch.empty_like(tensor) for key, tensor in state.items()}
-    fresh: dict[str, Any] = {}
-
-    def new_database() -> None:
-        fresh.clear()  # drop the previous database before the next is filled
-        fresh["client"] = mongomock_client()
-        fresh["store"] = MongoWeightsStore(fresh["client"])
-        fresh["bucket"] = gridfs.GridFSBucket(fresh["client"].get_database("naive"), "weights")
-
-    def naive_store() -> None:
-        buffer = io.BytesIO()
-        torch.save(state, buffer)
-        buffer.seek(0)
-        fresh["file_id"] = fresh["bucket"].upload_from_stream("state", buffer)
-
-    def naive_load() -> None:
-        buffer = io.BytesIO()
-        fresh["bucket"].download_to_stream(fresh["file_id"], buffer)
-        buffer.seek(0)
-        _copy_into(destination, torch.load(buffer, weights_only=True))
-
-    stores = best_times(
-        {"ours": lambda: fresh["store"].put_weights("run", 1, Weights(state, None)), "baseline": naive_store},
-        repeat,
-        new_database,
-    )
-    new_database()
-    naive_store()
-    fresh["store"].put_weights("run", 1, Weights(state, None))
-    loads = best_times(
-        {
-            "ours": lambda: _copy_into(destination, fresh["store"].retrieve_weights("run", 1, optimizer=False).model),
-            "baseline": naive_load,
-        },
-        repeat,
-    )
-    with mongomock_find_spy() as calls:
-        fresh["store"].retrieve_weights("run", 1, optimizer=False)
-    chunk_queries = calls["weights.chunks"]
-    allowed = math.ceil(size / MAX_CHUNK_QUERY_BATCH) + 3
-    label = f"mongomock {size // MB} MB"
-    return (
-        _speed_row("1 store", label, size, stores["ours"], stores["baseline"], 1.0),
-        _speed_row("2 load", label + " (+copy into model)", size, loads["ours"], loads["baseline"], 1.0),
-        Row("2 chunk queries", label, str(chunk_queries), f"limit {allowed}", "-", f"<= {allowed}", chunk_queries <= allowed),
-    )
+from .table import Row, faster_rows
+from .timing import Contender, best_time, interleaved
+from .workloads import MB, adam_state, model_state, mongomock_find_spy, queries_in, sqlite_statement_spy
 
 
 def memory(size: int) -> Iterator[Row]:
-    """Figure 3: memory of a store (transient: peak minus what stays) and peak of a load, each
+    """Figure 6: memory of a store (transient: peak minus what stays) and peak of a load, each
     in a fresh process (see :mod:`benchmarks.memory`)."""
 
     def measured(case: str) -> dict[str, int]:
@@ -182,18 +37,18 @@ def memory(size: int) -> Iterator[Row]:
     for case in ("local-store", "mongo-store"):
         result = measured(case)
         transient = result["peak"] - result["retained"]
-        yield Row("3 store memory", f"{case.split('-')[0]} {label} (transient)", f"{transient / MB:.1f} MB", "-", "-",
+        yield Row("6 store memory", f"{case.split('-')[0]} {label} (transient)", f"{transient / MB:.1f} MB", "-", "-", "-",
                   "<= 100 MB", transient <= 100 * MB)
     for case, baseline in (("local-load", "baseline-load"), ("mongo-load", "mongo-naive-load")):
         ours, theirs = measured(case)["peak"], measured(baseline)["peak"]
         yield Row(
-            "3 load peak", f"{case.split('-')[0]} {label}", f"{ours / size:.2f}x size", f"{theirs / size:.2f}x size ({baseline})",
+            "6 load peak", f"{case.split('-')[0]} {label}", f"{ours / size:.2f}x size", baseline, f"{theirs / size:.2f}x size",
             f"{ours / size:.2f}x", "<= 1.25x", ours <= 1.25 * size,
         )
 
 
 def model_only(size: int) -> Iterator[Row]:
-    """Figure 4: bytes of payload read by ``retrieve_weights(optimizer=False)`` (Adam: 2x model)."""
+    """Figure 7: bytes of payload read by ``retrieve_weights(optimizer=False)`` (Adam: 2x model)."""
     model = model_state(size)
     weights = Weights(model, adam_state(model))
     with tempfile.TemporaryDirectory() as tmp:
@@ -202,8 +57,8 @@ def model_only(size: int) -> Iterator[Row]:
             read = _payload_bytes_read(store, lambda: store.retrieve_weights("run", 1, optimizer=False))
             full = _payload_bytes_read(store, lambda: store.retrieve_weights("run", 1))
             ratio = read / info.parts["model"].size
-            yield Row("4 model-only", f"{name} {size // MB} MB model", f"{read / MB:.1f} MB read", f"{full / MB:.1f} MB (with optimizer)",
-                      f"{ratio:.2f}x model", "<= 1.1x model", ratio <= 1.1)
+            yield Row("7 model-only", f"{name} {size // MB} MB model", f"{read / MB:.1f} MB read", "with optimizer",
+                      f"{full / MB:.1f} MB", f"{ratio:.2f}x model", "<= 1.1x model", ratio <= 1.1)
 
 
 def _payload_bytes_read(store: Any, action: Any) -> int:
@@ -211,9 +66,9 @@ def _payload_bytes_read(store: Any, action: Any) -> int:
     fetched: list[int] = []
     original = store._load_part
 
-    def spy(info: Any, part: str, map_location: Any) -> Any:
+    def spy(info: Any, part: str, *args: Any) -> Any:
         fetched.append(info.parts[part].size)
-        return original(info, part, map_location)
+        return original(info, part, *args)
 
     store._load_part = spy
     try:
@@ -224,7 +79,7 @@ def _payload_bytes_read(store: Any, action: Any) -> int:
 
 
 def lookups(small: int, large: int, repeat: int) -> Iterator[Row]:
-    """Figure 5: queries of ``retrieve_best``/``latest_iteration``; local time at small vs large."""
+    """Figure 8: queries of ``retrieve_best``/``latest_iteration``; local time at small vs large."""
     with tempfile.TemporaryDirectory() as tmp:
         timings = {}
         for count in (small, large):
@@ -238,16 +93,16 @@ def lookups(small: int, large: int, repeat: int) -> Iterator[Row]:
             with sqlite_statement_spy(weights.catalog) as statements:
                 weights.latest_iteration("run")
                 latest_queries = len(queries_in(statements))
-            yield Row("5 queries", f"local, {count} scores", f"best {best_queries}, latest {latest_queries}", "-", "-", "1 each",
-                      best_queries == 1 and latest_queries == 1)
+            yield Row("8 queries", f"local, {count} scores", f"best {best_queries}, latest {latest_queries}", "-", "-", "-",
+                      "1 each", best_queries == 1 and latest_queries == 1)
             timings[count] = (
                 best_time(lambda: weights.retrieve_best("run", "ds", "f1"), repeat * 20),
                 best_time(lambda: weights.latest_iteration("run"), repeat * 20),
             )
         for index, name in enumerate(("retrieve_best", "latest_iteration")):
             ratio = timings[large][index] / timings[small][index]
-            yield Row("5 lookup time", f"local {name}, {large} vs {small} scores",
-                      f"{timings[large][index] * 1e6:.0f} us", f"{timings[small][index] * 1e6:.0f} us", f"{ratio:.2f}x", "< 2x", ratio < 2)
+            yield Row("8 lookup time", f"local {name}, {large} scores", f"{timings[large][index] * 1e6:.0f} us",
+                      f"{small} scores", f"{timings[small][index] * 1e6:.0f} us", f"{ratio:.2f}x", "< 2x", ratio < 2)
         client = mongomock_client()
         weights, stats = MongoWeightsStore(client), MongoStatsStore(client)
         _fill_scores(stats, small)
@@ -259,8 +114,8 @@ def lookups(small: int, large: int, repeat: int) -> Iterator[Row]:
         with mongomock_find_spy() as calls:
             weights.latest_iteration("run")
             latest_queries = sum(calls.values())
-        yield Row("5 queries", f"mongomock, {small} scores, 10 checkpoints", f"best {best_queries}, latest {latest_queries}", "-", "-",
-                  "1 each", best_queries == 1 and latest_queries == 1)
+        yield Row("8 queries", f"mongomock, {small} scores, 10 checkpoints", f"best {best_queries}, latest {latest_queries}",
+                  "-", "-", "-", "1 each", best_queries == 1 and latest_queries == 1)
 
 
 def _fill_scores(stats: Any, count: int) -> None:
@@ -272,11 +127,10 @@ def _fill_scores(stats: Any, count: int) -> None:
     stats._put_scores(rows)
 
 
-def cuda(size: int, repeat: int) -> Iterator[Row]:
-    """Figure 7: ``retrieve_weights(map_location="cuda")`` vs loading to CPU and moving."""
+def cuda(size: int, rounds: int) -> Iterator[Row]:
+    """Figure 9: ``retrieve_weights(map_location="cuda")`` vs loading to the CPU and moving."""
     if not torch.cuda.is_available():
-        yield Row("7 cuda load", f"{size // MB} MB", "skipped", "skipped", "-", ">= 1.0x", None)
-        yield Row("7 cuda load", "no CUDA device", "-", "-", "-", "-", None)
+        yield Row("9 cuda load", f"{size // MB} MB, no CUDA device", "skipped", "-", "-", "-", ">= 1.0x", None)
         return
     with tempfile.TemporaryDirectory() as tmp:
         for name, store in (("local", LocalWeightsStore(tmp)), ("mongomock", MongoWeightsStore(mongomock_client()))):
@@ -291,4 +145,6 @@ def cuda(size: int, repeat: int) -> Iterator[Row]:
                 {key: tensor.to("cuda") for key, tensor in state.items()}
                 torch.cuda.synchronize()
 
-            yield _speed_row("7 cuda load", f"{name} {size // MB} MB", size, best_time(direct, repeat), best_time(via_cpu, repeat), 1.0)
+            samples = interleaved({"direct": Contender(direct), "via_cpu": Contender(via_cpu)}, rounds)
+            yield from faster_rows("9 cuda load", f"{name} {size // MB} MB", samples, "direct",
+                                   {"via_cpu": "load to CPU, then .to(cuda)"})

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -14,11 +13,29 @@ MB = 1_000_000
 TENSORS = 20
 
 
-def model_state(size_bytes: int, seed: int = 0) -> dict[str, torch.Tensor]:
-    """A model state dict of about ``size_bytes`` (float32 tensors of equal size)."""
+def model_state(size_bytes: int, seed: int = 0, tensors: int = TENSORS) -> dict[str, torch.Tensor]:
+    """A model state dict of about ``size_bytes`` (``tensors`` float32 tensors of equal size)."""
     generator = torch.Generator().manual_seed(seed)
-    numel = max(1, size_bytes // 4 // TENSORS)
-    return {f"layer{i}.weight": torch.randn(numel, generator=generator) for i in range(TENSORS)}
+    numel = max(1, size_bytes // 4 // tensors)
+    return {f"layer{i}.weight": torch.randn(numel, generator=generator) for i in range(tensors)}
+
+
+class TrainedModel(torch.nn.Module):
+    """A model with the tensors of :func:`model_state` as parameters, and its Adam optimizer
+    after one step (so the optimizer state holds two moments per parameter: 3x the model)."""
+
+    def __init__(self, size_bytes: int, tensors: int = TENSORS, seed: int = 0) -> None:
+        super().__init__()
+        for name, tensor in model_state(size_bytes, seed, tensors).items():
+            self.register_parameter(name.replace(".", "_"), torch.nn.Parameter(tensor))
+        self.optimizer = torch.optim.Adam(self.parameters(), lr=1e-3)
+        self.set_gradients()
+        self.optimizer.step()
+
+    def set_gradients(self) -> None:
+        """Give every parameter a gradient (what a backward pass leaves before a step)."""
+        for parameter in self.parameters():
+            parameter.grad = torch.full_like(parameter, 1e-3)
 
 
 def adam_state(model: dict[str, torch.Tensor]) -> dict[str, Any]:
@@ -30,32 +47,6 @@ def adam_state(model: dict[str, torch.Tensor]) -> dict[str, Any]:
         },
         "param_groups": [{"lr": 1e-3, "betas": (0.9, 0.999), "params": list(range(len(model)))}],
     }
-
-
-def best_time(action: Callable[[], object], repeat: int, setup: Callable[[], object] | None = None) -> float:
-    """The fastest of ``repeat`` runs of ``action`` in seconds (``setup`` runs untimed before each)."""
-    return best_times({"action": action}, repeat, setup)["action"]
-
-
-def best_times(
-    actions: dict[str, Callable[[], object]], repeat: int, setup: Callable[[], object] | None = None
-) -> dict[str, float]:
-    """The fastest of ``repeat`` runs of each action, in seconds, by name.
-
-    The actions take turns (round after round, each round in a rotated order), so that a
-    contender and its baseline meet the same machine: a slow spell of the disk or of a
-    neighbour hits both, not whichever ran second. ``setup`` runs untimed before each run.
-    """
-    best = {name: float("inf") for name in actions}
-    names = list(actions)
-    for round_ in range(repeat):
-        for name in names[round_ % len(names):] + names[: round_ % len(names)]:
-            if setup is not None:
-                setup()
-            start = time.perf_counter()
-            actions[name]()
-            best[name] = min(best[name], time.perf_counter() - start)
-    return best
 
 
 @contextlib.contextmanager

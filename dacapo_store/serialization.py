@@ -48,7 +48,8 @@ class HashingWriter:
 
     ``heartbeat`` (optional) is called from a write once ``heartbeat_every`` seconds have
     passed since the last call (or since the writer was made), so a long upload shows it is
-    alive; an exception it raises aborts the write.
+    alive; an exception it raises aborts the write. ``slice_bytes`` (optional) cuts large
+    writes into slices of that size for the sink (see :meth:`_forward`).
     """
 
     def __init__(
@@ -56,8 +57,10 @@ class HashingWriter:
         sink: Callable[[memoryview], object],
         heartbeat: Callable[[], None] | None = None,
         heartbeat_every: float = DEFAULT_HEARTBEAT_SECONDS,
+        slice_bytes: int | None = None,
     ) -> None:
         self._sink = sink
+        self._slice_bytes = slice_bytes
         self._hash = new_hash(DEFAULT_ALGORITHM)
         self._heartbeat = heartbeat
         self._heartbeat_every = heartbeat_every
@@ -101,9 +104,13 @@ class HashingWriter:
 
     def _forward(self, view: memoryview) -> None:
         """Hand ``view`` to the sink, then hash and count it (no copy: the hash reads the
-        view while it is still valid)."""
-        self._sink(view)
-        self._hash.update(view)
+        view while it is still valid). With ``slice_bytes``, slice by slice: each slice is
+        hashed right after the sink read it, while it is still in the CPU cache."""
+        step = self._slice_bytes or len(view) or 1
+        for start in range(0, len(view), step):
+            piece = view[start : start + step]
+            self._sink(piece)
+            self._hash.update(piece)
         self.size += len(view)
         if self._heartbeat is not None and time.monotonic() >= self._next_heartbeat:
             self._heartbeat()
@@ -114,24 +121,58 @@ class HashingWriter:
         return format_digest(DEFAULT_ALGORITHM, self._hash)
 
 
+def _torch_saves_without_crc32() -> bool:
+    """Whether this torch can write an archive without zip CRC32s through its own writer
+    (``torch._C.PyTorchFileWriter(file, compute_crc32, storage_alignment)`` and
+    ``torch.serialization._save``, which ``torch.save`` uses since torch 2.5; private, so it is
+    checked rather than assumed)."""
+    save = getattr(torch.serialization, "_save", None)
+    alignment = getattr(torch.serialization, "_get_storage_alignment", None)
+    if save is None or alignment is None:
+        return False
+    try:
+        parameters = inspect.signature(save).parameters
+        torch._C.PyTorchFileWriter(io.BytesIO(), False, alignment())
+    except (TypeError, ValueError, RuntimeError):
+        return False
+    return list(parameters)[:5] == ["obj", "zip_file", "pickle_module", "pickle_protocol", "_disable_byteorder_record"]
+
+
+SAVES_WITHOUT_CRC32 = _torch_saves_without_crc32()
+
+
+def _save(state: Any, writer: HashingWriter) -> None:
+    """``torch.save(state, writer)``, without the zip CRC32 of each record where this torch
+    allows it (:data:`SAVES_WITHOUT_CRC32`): the part's XXH3-128 digest covers every byte and is
+    checked on every load, while CRC32 would cost about as much CPU as the rest of the save.
+    ``torch.load`` reads such archives as usual (zip tools warn about the CRCs)."""
+    if not SAVES_WITHOUT_CRC32:
+        torch.save(state, writer)
+        return
+    archive = torch._C.PyTorchFileWriter(writer, False, torch.serialization._get_storage_alignment())
+    torch.serialization._save(state, archive, pickle, torch.serialization.DEFAULT_PROTOCOL, False)
+    archive.write_end_of_file()
+
+
 def serialize_state(
     state: Any,
     sink: Callable[[memoryview], object],
     location: str,
     heartbeat: Callable[[], None] | None = None,
     heartbeat_every: float = DEFAULT_HEARTBEAT_SECONDS,
+    slice_bytes: int | None = None,
 ) -> PartInfo:
     """Stream ``torch.save(state)`` into ``sink`` and return the part's size and digest.
 
-    ``sink`` is called with each piece of the payload in order; a piece is only valid during
-    the call.
+    ``sink`` is called with each piece of the payload in order (at most ``slice_bytes`` each,
+    if given: see :class:`HashingWriter`); a piece is only valid during the call.
 
     Raises:
         the first exception of ``sink`` or ``heartbeat`` (not torch's follow-up error).
     """
-    writer = HashingWriter(sink, heartbeat, heartbeat_every)
+    writer = HashingWriter(sink, heartbeat, heartbeat_every, slice_bytes)
     try:
-        torch.save(state, writer)
+        _save(state, writer)
         writer.flush()
     except BaseException:
         if writer.error is not None:

@@ -32,6 +32,8 @@ from .catalog import BEST_SCORE_SQL, Catalog, checkpoint_from_row, parts_to_json
 
 logger = logging.getLogger(__name__)
 
+WRITE_SLICE_BYTES = 1024 * 1024
+"""Payload bytes written (then hashed, while still in the CPU cache) at a time."""
 PAYLOAD_DIRNAME = "payloads"
 PARTIAL_SUFFIX = ".partial"
 PAYLOAD_NAME = re.compile(r"^(?P<token>[0-9a-f]{32})\.[a-z]+\.pt(?:\.partial)?$")
@@ -141,6 +143,7 @@ class LocalWeightsStore(WeightsStore):
                     location,
                     heartbeat=lambda: self._heartbeat(reservation),
                     heartbeat_every=self.heartbeat_every,
+                    slice_bytes=WRITE_SLICE_BYTES,
                 )
             os.replace(partial, final)  # made durable by _sync_payloads before the commit
         except BaseException:

@@ -1,0 +1,55 @@
+"""The machine around a benchmark: a busy neighbour, and a cold page cache."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterable, Iterator
+
+HOG = "while True: pass"
+
+
+@contextlib.contextmanager
+def busy_neighbour() -> Iterator[None]:
+    """A CPU hog (a separate process spinning on one core) for the duration of the block."""
+    hog = subprocess.Popen([sys.executable, "-c", HOG])
+    try:
+        yield
+    finally:
+        hog.kill()
+        hog.wait()
+
+
+def drop_from_page_cache(paths: Iterable[str | os.PathLike]) -> None:
+    """Evict the files at ``paths`` from the page cache (``posix_fadvise(DONTNEED)`` after an
+    ``fsync``, so no page is dirty), so that the next read comes from the disk. A no-op where
+    ``posix_fadvise`` does not exist."""
+    if not hasattr(os, "posix_fadvise"):
+        return
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def can_drop_page_cache() -> bool:
+    """Whether :func:`drop_from_page_cache` works here."""
+    return hasattr(os, "posix_fadvise")
+
+
+def resident_bytes(paths: Iterable[str | os.PathLike]) -> int | None:
+    """Bytes of the files at ``paths`` in the page cache, as ``fincore`` reports them (``None``
+    where ``fincore`` is not installed)."""
+    if shutil.which("fincore") is None:
+        return None
+    output = subprocess.run(
+        ["fincore", "--bytes", "--noheadings", "--output", "RES", *map(os.fspath, paths)],
+        check=True, capture_output=True, text=True,
+    ).stdout
+    return sum(int(line) for line in output.split())
