@@ -43,10 +43,12 @@ SMALL_CHECKPOINT_BYTES = 8_000_000
 """The many-small-tensors checkpoint: 5,000 parameters and their Adam state (20,000 tensors)."""
 
 
-def describe_model(size: int, tensors: int) -> str:
-    if tensors > 100:
-        return f"{tensors:,} small params + Adam ({3 * size / MB:.0f} MB, {4 * tensors:,} tensors)"
+def describe_model(size: int) -> str:
     return f"{size / MB:g} MB model + Adam ({3 * size / MB:g} MB)"
+
+
+def describe_small_model(tensors: int) -> str:
+    return f"{tensors:,} small params + Adam ({SMALL_CHECKPOINT_BYTES / MB:g} MB, {4 * tensors:,} tensors)"
 
 
 def _touch(state: Any) -> None:
@@ -187,8 +189,8 @@ def _cache_modes(cold: bool) -> list[bool]:
 
 
 def load_local(trained: TrainedModel, label: str, rounds: int, cold: bool) -> list[Row]:
-    """Figure 2, local: ``retrieve_weights`` (model and optimizer) against ``torch.load`` of the
-    full checkpoint, plain and memory-mapped; every tensor touched."""
+    """Figure 2, local: ``retrieve_weights`` (model and optimizer; default, and ``mmap=True``)
+    against ``torch.load`` of the full checkpoint, plain and memory-mapped; every tensor touched."""
     rows = []
     with _local_store() as (store, tmp):
         stored = StoredCheckpoint(store, tmp, trained)
@@ -196,12 +198,16 @@ def load_local(trained: TrainedModel, label: str, rounds: int, cold: bool) -> li
             cache = PageCache(mode)
             samples = interleaved({
                 "ours": Contender(lambda: _touch_weights(store.retrieve_weights("run", 1)), cache.setup(stored.files("ours"))),
+                "ours-mmap": Contender(lambda: _touch_weights(store.retrieve_weights("run", 1, mmap=True)),
+                                       cache.setup(stored.files("ours"))),
                 "plain": Contender(lambda: _touch(torch.load(stored.full, weights_only=True)), cache.setup(stored.files("full"))),
                 "mmap": Contender(lambda: _touch(torch.load(stored.full, mmap=True, weights_only=True)),
                                   cache.setup(stored.files("full"))),
             }, rounds)
-            rows += faster_rows("2 load", f"local, {label}, {cache.label()}", samples, "ours",
-                                {"plain": "torch.load", "mmap": "torch.load(mmap=True)"})
+            case = f"local, {label}, {cache.label()}"
+            rows += faster_rows("2 load", case, samples, "ours", {"plain": "torch.load", "mmap": "torch.load(mmap=True)"})
+            rows += faster_rows("2 load", case.replace("local,", "local mmap=True,"), samples, "ours-mmap",
+                                {"mmap": "torch.load(mmap=True)"})
     return rows
 
 
@@ -333,7 +339,7 @@ def timed_rows(size: int, rounds: int, cold: bool, busy: bool, small_tensors: in
     """Every timed figure for a model of ``size`` bytes, and for ``small_tensors`` small
     parameters (0: skipped)."""
     trained = TrainedModel(size)
-    label = describe_model(size, len(list(trained.parameters())))
+    label = describe_model(size)
     rows = store_local(trained, label, rounds, busy=False)
     if busy:
         rows += store_local(trained, label, rounds, busy=True)
@@ -345,7 +351,7 @@ def timed_rows(size: int, rounds: int, cold: bool, busy: bool, small_tensors: in
     rows += checkpoint_stall(trained, label, rounds)
     if small_tensors:
         small = TrainedModel(SMALL_CHECKPOINT_BYTES // 3, tensors=small_tensors)
-        small_label = describe_model(SMALL_CHECKPOINT_BYTES // 3, small_tensors)
+        small_label = describe_small_model(small_tensors)
         rows += store_local(small, small_label, rounds, busy=False)
         rows += store_mongo(small, small_label, rounds)
         rows += load_local(small, small_label, rounds, cold=False)
