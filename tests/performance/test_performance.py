@@ -104,7 +104,7 @@ def test_mongo_load_uses_one_chunk_cursor():
     with mongomock_find_spy() as calls:
         loaded = weights.retrieve_weights("run", 1)
 
-    assert calls["weights.chunks"] == 1 and calls["weights.files"] == 1
+    assert calls["dacapo_store.weights.chunks"] == 1 and calls["dacapo_store.weights.files"] == 1
     assert all(torch.equal(loaded.model[key], model[key]) for key in model)
 
 
@@ -117,9 +117,9 @@ def test_mongo_store_writes_few_large_chunks():
     client = mongomock_client()
     weights = MongoWeightsStore(client)
     info = weights.put_weights("run", 1, Weights(model_state(9_000_000), None))
-    chunks = client.get_database("dacapo").get_collection("weights.chunks")
+    chunks = client.get_database("dacapo").get_collection("dacapo_store.weights.chunks")
     assert chunks.count_documents({}) == math.ceil(info.size / CHUNK_SIZE_BYTES)
-    assert gridfs.GridFSBucket(client.get_database("dacapo"), "weights").find({}).next().length == info.size
+    assert gridfs.GridFSBucket(client.get_database("dacapo"), "dacapo_store.weights").find({}).next().length == info.size
 
 
 def test_storing_needs_bounded_transient_python_memory(stores):
