@@ -327,10 +327,10 @@ class StoreContract:
         real_load = weights_store._load_part
         replaced = []
 
-        def replaced_before_the_read(info: Any, part: str, map_location: Any) -> Any:
+        def replaced_before_the_read(info: Any, part: str, *options: Any) -> Any:
             if not replaced:
                 replaced.append(weights_store.store_weights(run, 6, overwrite=True))
-            return real_load(info, part, map_location)
+            return real_load(info, part, *options)
 
         monkeypatch.setattr(weights_store, "_load_part", replaced_before_the_read)
         weights = weights_store.retrieve_weights(run.name, 6)
@@ -452,13 +452,13 @@ class StoreContract:
         started, in_flight, most = [], [0], [0]
         lock, put_weights = threading.Lock(), weights_store.put_weights
 
-        def counting_put_weights(name: str, iteration: int, weights: Weights) -> Any:
+        def counting_put_weights(name: str, iteration: int, weights: Weights, **options: Any) -> Any:
             with lock:
                 started.append(iteration)
                 in_flight[0] += 1
                 most[0] = max(most[0], in_flight[0])
             try:
-                return put_weights(name, iteration, weights)
+                return put_weights(name, iteration, weights, **options)
             finally:
                 with lock:
                     in_flight[0] -= 1
@@ -470,6 +470,14 @@ class StoreContract:
         assert [future.result().iteration for future in futures] == [3, 1, 2]
         assert [c.iteration for c in weights_store.list_checkpoints(run.name)] == [1, 2, 3, 4]
         weights_store.flush()  # nothing in flight: returns
+
+    def test_a_background_store_can_overwrite(self, weights_store: WeightsStore, run: ToyRun) -> None:
+        weights_store.store_weights(run, 2)
+        run.train_steps(1)
+        future = weights_store.store_weights(run, 2, overwrite=True, background=True)
+        weights_store.flush()
+        assert future.result() == weights_store.checkpoint_info(run.name, 2)
+        assert_state_equal(weights_store.retrieve_weights(run.name, 2).model, run.model.state_dict())
 
     @pytest.mark.parametrize("surfaces_at", ["next store", "flush"])
     def test_a_failed_background_store_raises_at_the_next_store_or_flush_once(
