@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import os
 import shutil
 import subprocess
@@ -53,3 +55,24 @@ def resident_bytes(paths: Iterable[str | os.PathLike]) -> int | None:
         check=True, capture_output=True, text=True,
     ).stdout
     return sum(int(line) for line in output.split())
+
+
+def _malloc_trim() -> ctypes._CFuncPtr | None:
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name).malloc_trim if name else None
+    except (OSError, AttributeError):
+        return None
+
+
+_MALLOC_TRIM = _malloc_trim()
+
+
+def release_freed_memory() -> bool:
+    """Return the memory this process has freed to the system (glibc's ``malloc_trim``), so the
+    next allocations fault in fresh pages as in a new process instead of reusing pages freed by
+    an earlier run; returns whether it could (not outside glibc)."""
+    if _MALLOC_TRIM is None:
+        return False
+    _MALLOC_TRIM(0)
+    return True

@@ -8,7 +8,10 @@ raise its error if it failed. At interpreter exit every store's upload in flight
 and a failure is logged. The upload itself is an ordinary ``put_weights``: a process killed
 mid-upload leaves nothing visible.
 
-Memory: a snapshot holds a copy of the checkpoint's tensors until its upload is done.
+Memory: a snapshot holds a copy of the checkpoint's tensors. Once its upload is done the store
+keeps that memory for the next snapshot (the same model has the same storages), which then
+costs a plain copy, without page faults or pinning: a store that stored in the background holds
+one checkpoint's worth of host memory.
 """
 
 from __future__ import annotations
@@ -19,27 +22,52 @@ import threading
 import weakref
 from collections.abc import Callable
 from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from .records import CheckpointInfo, Weights
+from .serialization import private_memory
 
 logger = logging.getLogger(__name__)
 
 
 def host_buffer(nbytes: int, pinned: bool) -> torch.Tensor:
-    """A new uint8 CPU tensor of ``nbytes``; page-locked (``pinned``) when it receives a copy
-    from a CUDA device, so that the copy runs asynchronously (torch caches pinned blocks)."""
-    return torch.empty(nbytes, dtype=torch.uint8, pin_memory=pinned)
+    """A new uint8 CPU tensor of ``nbytes``: page-locked (``pinned``) when it receives a copy
+    from a CUDA device, so that the copy runs asynchronously (torch caches pinned blocks);
+    otherwise in huge pages where the system offers them (fewer page faults while copying)."""
+    if pinned or nbytes == 0:
+        return torch.empty(nbytes, dtype=torch.uint8, pin_memory=pinned)
+    return torch.frombuffer(private_memory(nbytes), dtype=torch.uint8)
 
 
-class _Snapshot:
+BufferKind = tuple[int, bool]
+"""A host buffer's size in bytes, and whether it is pinned."""
+Spare = dict[BufferKind, list[torch.Tensor]]
+"""Host buffers free for reuse, by kind."""
+
+
+@dataclass
+class Snapshot:
+    """A copy of a checkpoint's state in host memory: ``weights``; ``wait()``, which returns once
+    the copies are complete (call it before reading ``weights`` from another thread); and the
+    host ``buffers`` it occupies (reusable once ``weights`` is no longer needed)."""
+
+    weights: Weights
+    wait: Callable[[], None]
+    buffers: list[tuple[BufferKind, torch.Tensor]]
+
+
+class _Copier:
     """Copies tensors to host memory, one copy per storage, so tensors that share a storage
-    (tied weights, views) share it in the snapshot too, as ``torch.save`` would store them."""
+    (tied weights, views) share it in the snapshot too, as ``torch.save`` would store them.
+    Buffers of the right size are taken from ``spare`` before new ones are made."""
 
-    def __init__(self) -> None:
+    def __init__(self, spare: Spare) -> None:
+        self._spare = spare
         self._copies: dict[tuple[str, int], torch.UntypedStorage] = {}
+        self.buffers: list[tuple[BufferKind, torch.Tensor]] = []
         self.from_cuda = False
 
     def tensor(self, tensor: torch.Tensor) -> torch.Tensor:
@@ -52,9 +80,12 @@ class _Snapshot:
         key = (str(storage.device), storage.data_ptr())
         copy = self._copies.get(key) if storage.nbytes() else None
         if copy is None:
-            pinned = storage.device.type == "cuda"
-            host = host_buffer(storage.nbytes(), pinned)
+            kind = (storage.nbytes(), storage.device.type == "cuda")
+            pinned = kind[1]
+            spare = self._spare.get(kind)
+            host = spare.pop() if spare else host_buffer(*kind)
             host.copy_(torch.empty(0, dtype=torch.uint8, device=storage.device).set_(storage), non_blocking=pinned)
+            self.buffers.append((kind, host))
             self.from_cuda |= pinned
             copy = self._copies[key] = host.untyped_storage()
         return torch.empty(0, dtype=tensor.dtype).set_(copy, tensor.storage_offset(), tensor.size(), tensor.stride())
@@ -69,24 +100,29 @@ class _Snapshot:
         return value  # numbers, strings, None: immutable
 
 
-def snapshot_state(weights: Weights) -> tuple[Weights, Callable[[], None]]:
-    """Copy every tensor of ``weights`` to CPU memory (nested dicts, lists and tuples copied
-    too, so later changes to the originals do not reach the snapshot).
+def snapshot_state(weights: Weights, spare: Spare | None = None) -> Snapshot:
+    """Copy every tensor of ``weights`` to host memory (nested dicts, lists and tuples copied
+    too, so later changes to the originals do not reach the snapshot), into buffers taken from
+    ``spare`` where their sizes fit (they are removed from it), else new ones.
 
     Copies from CUDA go into pinned memory and run asynchronously on the current stream, so
     later work on that stream (the next optimizer step) runs after them.
-
-    Returns:
-        The snapshot, and a function that waits until its copies are complete (a no-op for
-        CPU tensors): call it before reading the snapshot from another thread.
     """
-    snapshot = _Snapshot()
-    copied = Weights(snapshot.state(weights.model), snapshot.state(weights.optimizer))
-    if not snapshot.from_cuda:
-        return copied, lambda: None
+    copier = _Copier(spare if spare is not None else {})
+    copied = Weights(copier.state(weights.model), copier.state(weights.optimizer))
+    if not copier.from_cuda:
+        return Snapshot(copied, lambda: None, copier.buffers)
     done = torch.cuda.Event()
     done.record()
-    return copied, done.synchronize
+    return Snapshot(copied, done.synchronize, copier.buffers)
+
+
+def spare_buffers(buffers: list[tuple[BufferKind, torch.Tensor]]) -> Spare:
+    """A snapshot's ``buffers`` grouped for reuse by :func:`snapshot_state`."""
+    spare: Spare = {}
+    for kind, buffer in buffers:
+        spare.setdefault(kind, []).append(buffer)
+    return spare
 
 
 class BackgroundUploads:
@@ -97,7 +133,10 @@ class BackgroundUploads:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._pending: tuple[str, Future, threading.Thread] | None = None
+        self._pending: tuple[str, Future, threading.Thread, list[tuple[BufferKind, torch.Tensor]]] | None = None
+        self._spare: Spare = {}
+        """The last snapshot's buffers once its upload is done: the next snapshot of the same
+        state reuses them (no page faults, no pinning) instead of allocating its own."""
         _live.add(self)
 
     def submit(
@@ -114,13 +153,15 @@ class BackgroundUploads:
         """
         with self._lock:
             self._wait()
-            snapshot, copied = snapshot_state(weights)
+            snapshot = snapshot_state(weights, self._spare)
+            self._spare = {}
             future: Future[CheckpointInfo] = Future()
             future.set_running_or_notify_cancel()
             thread = threading.Thread(
-                target=_run, args=(future, copied, upload, snapshot), name=f"dacapo-store upload: {what}", daemon=True
+                target=_run, args=(future, snapshot.wait, upload, snapshot.weights),
+                name=f"dacapo-store upload: {what}", daemon=True,
             )
-            self._pending = (what, future, thread)
+            self._pending = (what, future, thread, snapshot.buffers)
             thread.start()
             return future
 
@@ -136,9 +177,10 @@ class BackgroundUploads:
     def _wait(self) -> None:
         if self._pending is None:
             return
-        what, future, thread = self._pending
+        what, future, thread, buffers = self._pending
         thread.join()
         self._pending = None  # only once it is over: an interrupted wait leaves it to the next
+        self._spare = spare_buffers(buffers)
         error = future.exception()
         if error is not None:
             if hasattr(error, "add_note"):

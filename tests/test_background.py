@@ -24,9 +24,9 @@ def test_a_snapshot_copies_every_tensor_and_container_and_keeps_shared_storages_
     model = {"tied.a": base.view(3, 4), "tied.b": base[4:8], "other": torch.ones(2, dtype=torch.int64)}
     optimizer = {"state": {0: {"step": torch.tensor(3.0), "exp_avg": torch.zeros(3)}},
                  "param_groups": [{"lr": 0.1, "betas": (0.9, 0.99), "params": [0]}]}
-    snapshot, wait = snapshot_state(Weights(model, optimizer))
-    wait()
-    copied, optimizer_copy = snapshot.model, snapshot.optimizer
+    snapshot = snapshot_state(Weights(model, optimizer))
+    snapshot.wait()
+    copied, optimizer_copy = snapshot.weights.model, snapshot.weights.optimizer
     assert_state_equal(copied, model)
     assert_state_equal(optimizer_copy, optimizer)
     assert copied["tied.b"].untyped_storage().data_ptr() == copied["tied.a"].untyped_storage().data_ptr()
@@ -49,20 +49,44 @@ def test_cpu_tensors_are_copied_into_ordinary_memory_and_need_no_wait(monkeypatc
         return real(nbytes, pinned)
 
     monkeypatch.setattr(background, "host_buffer", recording)
-    snapshot, wait = snapshot_state(Weights({"a": torch.ones(3), "b": torch.zeros(2)}, None))
+    snapshot = snapshot_state(Weights({"a": torch.ones(3), "b": torch.zeros(2)}, None))
     assert asked == [False, False]
-    assert snapshot.optimizer is None
-    assert wait() is None
+    assert snapshot.weights.optimizer is None
+    assert snapshot.wait() is None
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (the pinned-memory path)")
 def test_cuda_tensors_are_copied_into_pinned_host_memory() -> None:
     model = {"w": torch.arange(1000.0, device="cuda")}
-    snapshot, wait = snapshot_state(Weights(model, None))
+    snapshot = snapshot_state(Weights(model, None))
     model["w"].add_(1)  # queued after the copy on the same stream
-    wait()
-    assert snapshot.model["w"].device.type == "cpu" and snapshot.model["w"].is_pinned()
-    assert torch.equal(snapshot.model["w"], torch.arange(1000.0))
+    snapshot.wait()
+    copied = snapshot.weights.model["w"]
+    assert copied.device.type == "cpu" and copied.is_pinned()
+    assert torch.equal(copied, torch.arange(1000.0))
+
+
+def test_the_next_snapshot_reuses_the_last_ones_memory_once_its_upload_is_done(tmp_path, monkeypatch) -> None:
+    made = []
+    real = background.host_buffer
+
+    def counting(nbytes, pinned):
+        made.append(nbytes)
+        return real(nbytes, pinned)
+
+    monkeypatch.setattr(background, "host_buffer", counting)
+    store, run = LocalWeightsStore(tmp_path), ToyRun("r")
+    run.train_steps(1)  # the optimizer state exists: its storages from now on stay the same
+    store.store_weights(run, 1, background=True)
+    first = len(made)
+    assert first > 0
+    for iteration in (2, 3):
+        run.train_steps(1)
+        store.store_weights(run, iteration, background=True)
+        store.flush()
+        assert_state_equal(store.retrieve_weights("r", iteration).model, run.model.state_dict())
+        assert_state_equal(store.retrieve_weights("r", iteration).optimizer, run.optimizer.state_dict())
+    assert len(made) == first  # the same storages: every buffer reused
 
 
 def _child(script: str, basedir) -> subprocess.CompletedProcess:
