@@ -185,30 +185,32 @@ class PageCache:
         return f"cold (fincore: {self.most_resident // 1024} KiB resident)"
 
 
-def _cache_modes(cold: bool) -> list[bool]:
-    return [False, True] if cold and can_drop_page_cache() else [False]
+def _stored_cases(trained: TrainedModel, cold: bool) -> Iterator[tuple[StoredCheckpoint, PageCache]]:
+    """A checkpoint of ``trained`` stored for every contender, with a warm page cache and, with
+    ``cold`` where the system can evict files, a cold one."""
+    with _local_store() as (store, tmp):
+        stored = StoredCheckpoint(store, tmp, trained)
+        for cold_case in [False, True] if cold and can_drop_page_cache() else [False]:
+            yield stored, PageCache(cold_case)
 
 
 def load_local(trained: TrainedModel, label: str, rounds: int, cold: bool) -> list[Row]:
     """Figure 2, local: ``retrieve_weights`` (model and optimizer; default, and ``mmap=True``)
     against ``torch.load`` of the full checkpoint, plain and memory-mapped; every tensor touched."""
     rows = []
-    with _local_store() as (store, tmp):
-        stored = StoredCheckpoint(store, tmp, trained)
-        for mode in _cache_modes(cold):
-            cache = PageCache(mode)
-            samples = interleaved({
-                "ours": Contender(lambda: _touch_weights(store.retrieve_weights("run", 1)), cache.setup(stored.files("ours"))),
-                "ours-mmap": Contender(lambda: _touch_weights(store.retrieve_weights("run", 1, mmap=True)),
-                                       cache.setup(stored.files("ours"))),
-                "plain": Contender(lambda: _touch(torch.load(stored.full, weights_only=True)), cache.setup(stored.files("full"))),
-                "mmap": Contender(lambda: _touch(torch.load(stored.full, mmap=True, weights_only=True)),
-                                  cache.setup(stored.files("full"))),
-            }, rounds)
-            case = f"local, {label}, {cache.label()}"
-            rows += faster_rows("2 load", case, samples, "ours", {"plain": "torch.load", "mmap": "torch.load(mmap=True)"})
-            rows += faster_rows("2 load", case.replace("local,", "local mmap=True,"), samples, "ours-mmap",
-                                {"mmap": "torch.load(mmap=True)"})
+    for stored, cache in _stored_cases(trained, cold):
+        samples = interleaved({
+            "ours": Contender(lambda: _touch_weights(stored.store.retrieve_weights("run", 1)), cache.setup(stored.files("ours"))),
+            "ours-mmap": Contender(lambda: _touch_weights(stored.store.retrieve_weights("run", 1, mmap=True)),
+                                   cache.setup(stored.files("ours"))),
+            "plain": Contender(lambda: _touch(torch.load(stored.full, weights_only=True)), cache.setup(stored.files("full"))),
+            "mmap": Contender(lambda: _touch(torch.load(stored.full, mmap=True, weights_only=True)),
+                              cache.setup(stored.files("full"))),
+        }, rounds)
+        case = f"local, {label}, {cache.label()}"
+        rows += faster_rows("2 load", case, samples, "ours", {"plain": "torch.load", "mmap": "torch.load(mmap=True)"})
+        rows += faster_rows("2 load", case.replace("local,", "local mmap=True,"), samples, "ours-mmap",
+                            {"mmap": "torch.load(mmap=True)"})
     return rows
 
 
@@ -277,17 +279,14 @@ def resume(trained: TrainedModel, label: str, rounds: int, cold: bool) -> list[R
         fresh.run.optimizer.step()
 
     rows = []
-    with _local_store() as (store, tmp):
-        stored = StoredCheckpoint(store, tmp, trained)
-        for mode in _cache_modes(cold):
-            cache = PageCache(mode)
-            samples = interleaved({
-                "ours": Contender(lambda: ours(stored), cache.setup(stored.files("ours"), fresh.rebuild)),
-                "plain": Contender(lambda: baseline(stored, False), cache.setup(stored.files("full"), fresh.rebuild)),
-                "mmap": Contender(lambda: baseline(stored, True), cache.setup(stored.files("full"), fresh.rebuild)),
-            }, rounds)
-            rows += faster_rows("3 resume", f"local, {label}, {cache.label()}", samples, "ours",
-                                {"plain": "torch.load + load_state_dict", "mmap": "torch.load(mmap=True) + load_state_dict"})
+    for stored, cache in _stored_cases(trained, cold):
+        samples = interleaved({
+            "ours": Contender(lambda: ours(stored), cache.setup(stored.files("ours"), fresh.rebuild)),
+            "plain": Contender(lambda: baseline(stored, False), cache.setup(stored.files("full"), fresh.rebuild)),
+            "mmap": Contender(lambda: baseline(stored, True), cache.setup(stored.files("full"), fresh.rebuild)),
+        }, rounds)
+        rows += faster_rows("3 resume", f"local, {label}, {cache.label()}", samples, "ours",
+                            {"plain": "torch.load + load_state_dict", "mmap": "torch.load(mmap=True) + load_state_dict"})
     return rows
 
 
@@ -302,26 +301,23 @@ def inference(trained: TrainedModel, label: str, rounds: int, cold: bool) -> lis
         fresh.run.model.load_state_dict(state)
 
     rows = []
-    with _local_store() as (store, tmp):
-        stored = StoredCheckpoint(store, tmp, trained)
-        for mode in _cache_modes(cold):
-            cache = PageCache(mode)
-            ours = stored.files("ours-model")
-            samples = interleaved({
-                "ours": Contender(lambda: load(store.retrieve_weights("run", 1, optimizer=False).model),
-                                  cache.setup(ours, fresh.rebuild)),
-                "ours-mmap": Contender(lambda: load(store.retrieve_weights("run", 1, optimizer=False, mmap=True).model),
-                                       cache.setup(ours, fresh.rebuild)),
-                "plain": Contender(lambda: load(torch.load(stored.model_only, weights_only=True)),
-                                   cache.setup(stored.files("model"), fresh.rebuild)),
-                "mmap": Contender(lambda: load(torch.load(stored.model_only, mmap=True, weights_only=True)),
-                                  cache.setup(stored.files("model"), fresh.rebuild)),
-            }, rounds)
-            case = f"local, {label.split(' + ')[0]}, {cache.label()}"
-            rows += faster_rows("4 inference", case, samples, "ours",
-                                {"plain": "torch.load + load_state_dict", "mmap": "torch.load(mmap=True) + load_state_dict"})
-            rows += faster_rows("4 inference", case.replace("local,", "local mmap=True,"), samples, "ours-mmap",
-                                {"mmap": "torch.load(mmap=True) + load_state_dict"})
+    for stored, cache in _stored_cases(trained, cold):
+        ours = stored.files("ours-model")
+        samples = interleaved({
+            "ours": Contender(lambda: load(stored.store.retrieve_weights("run", 1, optimizer=False).model),
+                              cache.setup(ours, fresh.rebuild)),
+            "ours-mmap": Contender(lambda: load(stored.store.retrieve_weights("run", 1, optimizer=False, mmap=True).model),
+                                   cache.setup(ours, fresh.rebuild)),
+            "plain": Contender(lambda: load(torch.load(stored.model_only, weights_only=True)),
+                               cache.setup(stored.files("model"), fresh.rebuild)),
+            "mmap": Contender(lambda: load(torch.load(stored.model_only, mmap=True, weights_only=True)),
+                              cache.setup(stored.files("model"), fresh.rebuild)),
+        }, rounds)
+        case = f"local, {label.split(' + ')[0]}, {cache.label()}"
+        rows += faster_rows("4 inference", case, samples, "ours",
+                            {"plain": "torch.load + load_state_dict", "mmap": "torch.load(mmap=True) + load_state_dict"})
+        rows += faster_rows("4 inference", case.replace("local,", "local mmap=True,"), samples, "ours-mmap",
+                            {"mmap": "torch.load(mmap=True) + load_state_dict"})
     return rows
 
 

@@ -40,17 +40,23 @@ def test_a_snapshot_copies_every_tensor_and_container_and_keeps_shared_storages_
     assert optimizer_copy["param_groups"][0] == {"lr": 0.1, "betas": (0.9, 0.99), "params": [0]}
 
 
-def test_cpu_tensors_are_copied_into_ordinary_memory_and_need_no_wait(monkeypatch) -> None:
-    asked = []
+@pytest.fixture
+def host_buffers_made(monkeypatch) -> list[tuple[int, bool]]:
+    """The (bytes, pinned) of every host buffer snapshots make from now on."""
+    made: list[tuple[int, bool]] = []
     real = background.host_buffer
 
     def recording(nbytes, pinned):
-        asked.append(pinned)
+        made.append((nbytes, pinned))
         return real(nbytes, pinned)
 
     monkeypatch.setattr(background, "host_buffer", recording)
+    return made
+
+
+def test_cpu_tensors_are_copied_into_ordinary_memory_and_need_no_wait(host_buffers_made) -> None:
     snapshot = snapshot_state(Weights({"a": torch.ones(3), "b": torch.zeros(2)}, None))
-    assert asked == [False, False]
+    assert host_buffers_made == [(12, False), (8, False)]
     assert snapshot.weights.optimizer is None
     assert snapshot.wait() is None
 
@@ -66,15 +72,8 @@ def test_cuda_tensors_are_copied_into_pinned_host_memory() -> None:
     assert torch.equal(copied, torch.arange(1000.0))
 
 
-def test_the_next_snapshot_reuses_the_last_ones_memory_once_its_upload_is_done(tmp_path, monkeypatch) -> None:
-    made = []
-    real = background.host_buffer
-
-    def counting(nbytes, pinned):
-        made.append(nbytes)
-        return real(nbytes, pinned)
-
-    monkeypatch.setattr(background, "host_buffer", counting)
+def test_the_next_snapshot_reuses_the_last_ones_memory_once_its_upload_is_done(tmp_path, host_buffers_made) -> None:
+    made = host_buffers_made
     store, run = LocalWeightsStore(tmp_path), ToyRun("r")
     run.train_steps(1)  # the optimizer state exists: its storages from now on stay the same
     store.store_weights(run, 1, background=True)
