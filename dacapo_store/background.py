@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 import threading
 import weakref
 from collections.abc import Callable
@@ -134,6 +135,7 @@ class BackgroundUploads:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._pending: tuple[str, Future, threading.Thread, list[tuple[BufferKind, torch.Tensor]]] | None = None
+        self._pid = os.getpid()
         self._spare: Spare = {}
         """The last snapshot's buffers once its upload is done: the next snapshot of the same
         state reuses them (no page faults, no pinning) instead of allocating its own."""
@@ -162,6 +164,7 @@ class BackgroundUploads:
                 name=f"dacapo-store upload: {what}", daemon=True,
             )
             self._pending = (what, future, thread, snapshot.buffers)
+            self._pid = os.getpid()
             thread.start()
             return future
 
@@ -178,6 +181,9 @@ class BackgroundUploads:
         if self._pending is None:
             return
         what, future, thread, buffers = self._pending
+        if self._pid != os.getpid():  # a forked child: the upload is its parent's
+            self._pending = None
+            return
         thread.join()
         self._pending = None  # only once it is over: an interrupted wait leaves it to the next
         self._spare = spare_buffers(buffers)

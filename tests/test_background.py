@@ -6,6 +6,7 @@ contract suite (every backend)."""
 from __future__ import annotations
 
 import multiprocessing
+import os
 import subprocess
 import sys
 import textwrap
@@ -137,3 +138,20 @@ def test_a_process_killed_mid_upload_leaves_nothing_visible(tmp_path) -> None:
     assert sorted(p.name for p in store.payload_dir.iterdir()) == sorted(
         part.location for part in store.checkpoint_info("r", 1).parts.values()
     )
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_does_not_wait_for_its_parents_upload(tmp_path) -> None:
+    store, run = LocalWeightsStore(tmp_path), ToyRun("r")
+    release, put_weights = threading.Event(), store.put_weights
+    store.put_weights = lambda *args, **kwargs: (release.wait(), put_weights(*args, **kwargs))[1]
+    store.store_weights(run, 1, background=True)
+    child = os.fork()
+    if child == 0:  # the upload thread does not exist here: flush must not wait for it
+        store.flush()
+        os._exit(0)
+    _, status = os.waitpid(child, 0)
+    release.set()
+    store.flush()
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert store.latest_iteration("r") == 1
