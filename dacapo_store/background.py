@@ -136,6 +136,7 @@ class BackgroundUploads:
         self._lock = threading.Lock()
         self._pending: tuple[str, Future, threading.Thread, list[tuple[BufferKind, torch.Tensor]]] | None = None
         self._pid = os.getpid()
+        """The process that started the pending upload."""
         self._spare: Spare = {}
         """The last snapshot's buffers once its upload is done: the next snapshot of the same
         state reuses them (no page faults, no pinning) instead of allocating its own."""
