@@ -22,7 +22,7 @@ import time
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Callable
+from typing import Any, BinaryIO, Callable
 
 import torch
 
@@ -34,17 +34,14 @@ DEFAULT_HEARTBEAT_SECONDS = 60.0
 
 
 GATHER_BYTES = 1024 * 1024
-"""Writes smaller than this are gathered into pieces of up to this size before they reach the
-sink: ``torch.save`` writes about five pieces per tensor (headers, data, padding), and a state
-dict of many small tensors would otherwise cost a sink call (a Python call chain, for GridFS a
-``GridIn.write``) per piece."""
+"""Writes smaller than this are gathered (by an ``io.BufferedWriter``, in C) into pieces of
+this size before they reach the :class:`HashingWriter`: ``torch.save`` writes about five pieces
+per tensor (headers, data, padding), and a state dict of many small tensors would otherwise cost
+a Python call chain (for GridFS, a ``GridIn.write``) per piece."""
 
 
-class HashingWriter:
-    """A write-only file object that hashes and counts what it passes to ``sink``.
-
-    Small writes are gathered (see :data:`GATHER_BYTES`) and reach ``sink`` at :meth:`flush`
-    at the latest; large ones go to ``sink`` as they come, without a copy.
+class HashingWriter(io.RawIOBase):
+    """A raw write-only file that hashes and counts what it passes to ``sink``.
 
     ``heartbeat`` (optional) is called from a write once ``heartbeat_every`` seconds have
     passed since the last call (or since the writer was made), so a long upload shows it is
@@ -59,48 +56,34 @@ class HashingWriter:
         heartbeat_every: float = DEFAULT_HEARTBEAT_SECONDS,
         slice_bytes: int | None = None,
     ) -> None:
+        super().__init__()
         self._sink = sink
         self._slice_bytes = slice_bytes
         self._hash = new_hash(DEFAULT_ALGORITHM)
         self._heartbeat = heartbeat
         self._heartbeat_every = heartbeat_every
         self._next_heartbeat = time.monotonic() + heartbeat_every
-        self._gathered = bytearray()
         self.size = 0
         self.error: BaseException | None = None
+
+    def writable(self) -> bool:
+        return True
 
     def write(self, data: Any) -> int:
         """Hash, count and forward ``data`` (bytes or memoryview); returns its length.
 
         The first exception is kept in :attr:`error` (``torch.save`` masks it with its own
-        error while closing the archive; :func:`serialize_state` re-raises it).
+        error while closing the archive; :func:`serialize_state` re-raises it); after it, writes
+        are dropped (the upload is aborted anyway).
         """
         view = memoryview(data).cast("B")
-        try:
-            if len(self._gathered) + len(view) > GATHER_BYTES:
-                self._forward_gathered()
-            if len(view) >= GATHER_BYTES:
+        if self.error is None:
+            try:
                 self._forward(view)
-            else:
-                self._gathered += view
-        except BaseException as error:
-            self.error = error
-            raise
+            except BaseException as error:
+                self.error = error
+                raise
         return len(view)
-
-    def flush(self) -> None:
-        """Forward the gathered writes (``torch.save`` calls it once it has written everything)."""
-        try:
-            self._forward_gathered()
-        except BaseException as error:
-            self.error = error
-            raise
-
-    def _forward_gathered(self) -> None:
-        if self._gathered:
-            with memoryview(self._gathered) as view:
-                self._forward(view)
-            self._gathered.clear()
 
     def _forward(self, view: memoryview) -> None:
         """Hand ``view`` to the sink, then hash and count it (no copy: the hash reads the
@@ -141,7 +124,7 @@ def _torch_saves_without_crc32() -> bool:
 SAVES_WITHOUT_CRC32 = _torch_saves_without_crc32()
 
 
-def _save(state: Any, writer: HashingWriter) -> None:
+def _save(state: Any, writer: BinaryIO) -> None:
     """``torch.save(state, writer)``, without the zip CRC32 of each record where this torch
     allows it (:data:`SAVES_WITHOUT_CRC32`): the part's XXH3-128 digest covers every byte and is
     checked on every load, while CRC32 would cost about as much CPU as the rest of the save.
@@ -171,9 +154,10 @@ def serialize_state(
         the first exception of ``sink`` or ``heartbeat`` (not torch's follow-up error).
     """
     writer = HashingWriter(sink, heartbeat, heartbeat_every, slice_bytes)
+    gathering = io.BufferedWriter(writer, buffer_size=GATHER_BYTES)
     try:
-        _save(state, writer)
-        writer.flush()
+        _save(state, gathering)
+        gathering.flush()
     except BaseException:
         if writer.error is not None:
             raise writer.error from None

@@ -23,16 +23,28 @@ def test_many_small_tensors_reach_the_sink_in_few_large_pieces_and_hash_as_writt
     assert torch.equal(torch.load(io.BytesIO(payload), weights_only=True)["p2999"], state["p2999"])
 
 
-def test_large_writes_pass_straight_through_after_what_was_gathered() -> None:
-    received: list[tuple[int, int]] = []
-    writer = HashingWriter(lambda view: received.append((len(view), view.obj is big_buffer)))
-    big_buffer = bytearray(GATHER_BYTES + 5)
-    writer.write(b"head")
-    writer.write(memoryview(big_buffer))
-    writer.write(b"tail")
-    writer.flush()
-    assert received == [(4, False), (GATHER_BYTES + 5, True), (4, False)]
-    assert writer.size == GATHER_BYTES + 13
+def test_large_writes_reach_the_sink_in_slices_hashed_in_order() -> None:
+    received: list[bytes] = []
+    writer = HashingWriter(lambda view: received.append(bytes(view)), slice_bytes=1000)
+    data = bytes(range(256)) * 10
+    assert writer.write(memoryview(data)) == len(data)
+    assert [len(piece) for piece in received] == [1000, 1000, 560]
+    assert b"".join(received) == data
+    assert writer.digest() == "xxh3-128:" + xxhash.xxh3_128(data).hexdigest() and writer.size == len(data)
+
+
+def test_after_a_sink_error_writes_are_dropped_and_the_error_kept() -> None:
+    calls = []
+
+    def failing(view):
+        calls.append(len(view))
+        raise OSError("disk full")
+
+    writer = HashingWriter(failing)
+    with pytest.raises(OSError, match="disk full"):
+        writer.write(b"abc")
+    assert writer.write(b"more") == 4  # e.g. a buffered writer flushing as it is collected
+    assert calls == [3] and isinstance(writer.error, OSError)
 
 
 @pytest.mark.parametrize("without_crc32", [True, False])

@@ -39,7 +39,9 @@ READ_CHUNK_BYTES = 1024 * 1024
 
 @contextmanager
 def _open_payload(path: Path, expected: PartInfo, describe: str) -> Iterator[BinaryIO]:
-    """Open the payload file at ``path`` (unbuffered) once its size is the recorded size.
+    """Open the payload file at ``path`` (unbuffered) once its size is the recorded size, and
+    ask the kernel to read all of it ahead (what is not in the page cache yet arrives while the
+    first pieces are hashed and copied).
 
     Raises:
         CorruptCheckpointError: the file is missing or has the wrong size.
@@ -50,6 +52,8 @@ def _open_payload(path: Path, expected: PartInfo, describe: str) -> Iterator[Bin
         raise CorruptCheckpointError(f"{describe}: payload file {path} is missing") from error
     with file:
         check_size(os.fstat(file.fileno()).st_size, expected, describe)
+        if hasattr(os, "posix_fadvise"):  # the whole payload is read: from a cold cache, start now
+            os.posix_fadvise(file.fileno(), 0, 0, os.POSIX_FADV_WILLNEED)
         yield file
 
 
