@@ -24,7 +24,7 @@ from .errors import ConfigurationError
 from .local import LocalStatsStore, LocalWeightsStore
 from .mongo import MongoStatsStore, MongoWeightsStore
 from .stats_store import StatsStore
-from .uri import is_mongodb_uri, redact_uri
+from .uri import check_credentials, is_mongodb_uri, redact_text, redact_uri
 from .weights_store import WeightsStore
 
 T = TypeVar("T")
@@ -70,7 +70,8 @@ def location_from_value(value: str, source: str, db_name: str | None = None) -> 
     """Interpret a store setting (a MongoDB URI or a directory).
 
     Raises:
-        ConfigurationError: empty value, naming ``source``.
+        ConfigurationError: empty value, or a malformed MongoDB URI (an unescaped password among
+            others, never shown), naming ``source``.
     """
     if not isinstance(value, str) or not value.strip():
         raise ConfigurationError(f"store setting from {source} is empty or not a string: {value!r}")
@@ -88,12 +89,13 @@ def location_from_value(value: str, source: str, db_name: str | None = None) -> 
 def _database_in_uri(uri: str, source: str) -> str:
     from pymongo.uri_parser import parse_uri
 
+    check_credentials(uri, f"store setting from {source}")
     try:
         return parse_uri(uri, connect_timeout=None)["database"] or DEFAULT_DB_NAME
     except Exception as error:  # pymongo raises several types for malformed URIs
         raise ConfigurationError(
             f"store setting from {source} is not a valid MongoDB URI ({redact_uri(uri)}): "
-            f"{str(error).replace(uri, redact_uri(uri))}"
+            f"{redact_text(str(error), uri)}"
         ) from None
 
 
@@ -164,18 +166,20 @@ def open_store(
 
 
 def create_weights_store(store: str | os.PathLike | None = None, **options: Any) -> WeightsStore:
-    """Open the weights store that ``store`` (or the environment) designates.
+    """Open the weights store that ``store`` (or the environment) designates; ``options`` go to
+    the store's constructor (e.g. ``read_only=True``).
 
     Raises:
-        ConfigurationError, StoreConnectionError.
+        ConfigurationError, StoreConnectionError, StoreNotFoundError (read-only, no store there).
     """
     return open_store(store, LocalWeightsStore, MongoWeightsStore, **options)
 
 
-def create_stats_store(store: str | os.PathLike | None = None) -> StatsStore:
-    """Open the stats store that ``store`` (or the environment) designates.
+def create_stats_store(store: str | os.PathLike | None = None, **options: Any) -> StatsStore:
+    """Open the stats store that ``store`` (or the environment) designates; ``options`` go to
+    the store's constructor (e.g. ``read_only=True``).
 
     Raises:
-        ConfigurationError, StoreConnectionError.
+        ConfigurationError, StoreConnectionError, StoreNotFoundError (read-only, no store there).
     """
-    return open_store(store, LocalStatsStore, MongoStatsStore)
+    return open_store(store, LocalStatsStore, MongoStatsStore, **options)

@@ -3,7 +3,10 @@ verify, du and plot.
 
 Every subcommand takes ``--store`` (a directory or a ``mongodb://`` URI; unset, the store is
 resolved as :func:`dacapo_store.config.resolve_store` documents) and opens its stores through
-:func:`open_stores`, the one place a test may substitute. Listings take ``--json``. Failures
+:func:`open_stores`, the one place a test may substitute. The read commands (runs, checkpoints,
+scores, best, du, verify, plot, export, and prune/gc with ``--dry-run``) open them read-only:
+they work with MongoDB's ``read`` role and on read-only directories, and a store that does not
+exist is an error naming it (only writes create a store). Listings take ``--json``. Failures
 print one line ``error: ...`` (never a password) and exit with status 1; usage errors exit 2.
 """
 
@@ -43,10 +46,12 @@ from ..weights_store import WeightsStore
 
 
 class Stores:
-    """The weights and stats stores designated by one ``--store`` value, opened on first use."""
+    """The weights and stats stores designated by one ``--store`` value, opened on first use
+    (read-only if ``read_only``)."""
 
-    def __init__(self, store: str | None) -> None:
+    def __init__(self, store: str | None, read_only: bool = False) -> None:
         self.store = store
+        self.read_only = read_only
         self._weights: WeightsStore | None = None
         self._stats: StatsStore | None = None
 
@@ -54,14 +59,14 @@ class Stores:
     def weights(self) -> WeightsStore:
         """The weights store (opened on first access; raises as :func:`create_weights_store`)."""
         if self._weights is None:
-            self._weights = create_weights_store(self.store)
+            self._weights = create_weights_store(self.store, read_only=self.read_only)
         return self._weights
 
     @property
     def stats(self) -> StatsStore:
         """The stats store (opened on first access; raises as :func:`create_stats_store`)."""
         if self._stats is None:
-            self._stats = create_stats_store(self.store)
+            self._stats = create_stats_store(self.store, read_only=self.read_only)
         return self._stats
 
     def require_run(self, run: str) -> str:
@@ -75,9 +80,10 @@ class Stores:
         return run
 
 
-def open_stores(store: str | None) -> Stores:
-    """The stores that every subcommand uses (tests may replace this function)."""
-    return Stores(store)
+def open_stores(store: str | None, read_only: bool = False) -> Stores:
+    """The stores that every subcommand uses, read-only for the read commands (tests may
+    replace this function)."""
+    return Stores(store, read_only)
 
 
 class UnknownRunError(DacapoStoreError, LookupError):
@@ -92,14 +98,15 @@ class CliError(click.ClickException):
 
 
 def _one_line(error: BaseException, store: str | None) -> str:
-    """The error's message on one line, without pymongo's topology dump or any password."""
-    message = " ".join(str(error).split()) or type(error).__name__
-    message = message.split(", Topology Description:")[0]
+    """The error's message on one line, without pymongo's topology dump or any password (of
+    the store's URI in every form, and of any MongoDB URI in the message)."""
+    message = str(error).split(", Topology Description:")[0]
     try:
         location = resolve_store(store)
     except DacapoStoreError:
-        return message
-    return redact_text(message, location.target) if location.kind == "mongo" else message
+        location = None
+    uri = location.target if location is not None and location.kind == "mongo" else None
+    return " ".join(redact_text(message, uri).split()) or type(error).__name__
 
 
 def reporting_errors(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -221,7 +228,7 @@ class Duration(click.ParamType):
 @reporting_errors
 def runs_command(store: str | None, as_json: bool) -> None:
     """Every run: checkpoints, latest iteration, bytes, best iteration per (dataset, criterion)."""
-    stores = open_stores(store)
+    stores = open_stores(store, read_only=True)
     names = known_runs(stores.weights, stores.stats)
     with progress(len(names), "scanning runs", unit="run") as bar:
         summaries = []
@@ -250,7 +257,7 @@ def runs_command(store: str | None, as_json: bool) -> None:
 @reporting_errors
 def checkpoints_command(run: str, store: str | None, as_json: bool) -> None:
     """The checkpoints of RUN: iteration, creation time, size, parts and digests."""
-    stores = open_stores(store)
+    stores = open_stores(store, read_only=True)
     checkpoints = stores.weights.list_checkpoints(stores.require_run(run))
     if as_json:
         return echo_json([{**asdict(info), "size": info.size} for info in checkpoints])
@@ -283,7 +290,7 @@ def scores_command(
     run: str, dataset: str | None, criterion: str | None, store: str | None, as_json: bool
 ) -> None:
     """The validation scores of RUN (optionally of one dataset and/or criterion)."""
-    stores = open_stores(store)
+    stores = open_stores(store, read_only=True)
     scores = stores.stats.retrieve_validation_scores(stores.require_run(run), dataset, criterion)
     if as_json:
         return echo_json(scores)
@@ -305,7 +312,7 @@ def scores_command(
 @reporting_errors
 def best_command(run: str, dataset: str, criterion: str, store: str | None, as_json: bool) -> None:
     """The best iteration of RUN on DATASET by CRITERION: score, parameters, checkpoint."""
-    stores = open_stores(store)
+    stores = open_stores(store, read_only=True)
     score = stores.stats.best_validation_score(stores.require_run(run), dataset, criterion)
     try:
         size: int | None = stores.weights.checkpoint_info(run, score.iteration).size
@@ -328,7 +335,7 @@ def best_command(run: str, dataset: str, criterion: str, store: str | None, as_j
 @reporting_errors
 def du_command(store: str | None, as_json: bool) -> None:
     """Bytes of checkpoints per run and in total."""
-    weights = open_stores(store).weights
+    weights = open_stores(store, read_only=True).weights
     usage = [
         {"run": run, "checkpoints": len(checkpoints), "bytes": sum(c.size for c in checkpoints)}
         for run in weights.list_runs()
@@ -377,7 +384,7 @@ def export_command(
 
     if output.exists() and not force:
         raise FileExistsError(f"{output} exists (use --force to overwrite it)")
-    weights_store = open_stores(store).weights
+    weights_store = open_stores(store, read_only=True).weights
     parts = ["model"] if no_optimizer else ["model", "optimizer"]
     stored = weights_store.checkpoint_info(run, iteration).parts
     expected = sum(stored[part].size for part in parts if part in stored)  # the bar's estimate
@@ -472,7 +479,7 @@ def prune_command(
     every (dataset, criterion) are always kept."""
     if keep_last is None and keep_every is None and not keep_best:
         raise click.UsageError("give at least one of --keep-last, --keep-every, --keep-best")
-    stores = open_stores(store)
+    stores = open_stores(store, read_only=dry_run)
     report = prune(
         stores.weights, stores.stats, stores.require_run(run), keep_last, keep_every, keep_best, dry_run
     )
@@ -501,7 +508,7 @@ def prune_command(
 @reporting_errors
 def gc_command(older_than: float, dry_run: bool, store: str | None, as_json: bool) -> None:
     """Remove abandoned uploads, orphaned payloads and GridFS chunks (never a live upload)."""
-    report = open_stores(store).weights.collect_garbage(older_than=older_than, dry_run=dry_run)
+    report = open_stores(store, read_only=dry_run).weights.collect_garbage(older_than=older_than, dry_run=dry_run)
     if as_json:
         return echo_json({"dry_run": dry_run, "bytes_freed": report.bytes_freed, "items": report.items})
     verb = "would remove" if dry_run else "removed"
@@ -518,7 +525,7 @@ def gc_command(older_than: float, dry_run: bool, store: str | None, as_json: boo
 def verify_command(run: str | None, store: str | None, as_json: bool) -> None:
     """Re-check the size and digest of every checkpoint (of RUN, or of all runs). Exits with
     status 1 and names each bad checkpoint if any fails."""
-    stores = open_stores(store)
+    stores = open_stores(store, read_only=True)
     runs = [stores.require_run(run)] if run is not None else stores.weights.list_runs()
     checkpoints = [info for name in runs for info in stores.weights.list_checkpoints(name)]
     with progress(sum(info.size for info in checkpoints), "verifying") as bar:
@@ -544,7 +551,7 @@ def plot_command(run: str, output: Path, store: str | None) -> None:
     """Validation score curves per dataset and criterion, training loss, best marked (PNG)."""
     from ..plotting import plot_run
 
-    stores = open_stores(store)
+    stores = open_stores(store, read_only=True)
     width, height = plot_run(stores.stats, stores.require_run(run), output)
     click.echo(f"wrote {output} ({width}x{height} px)")
 

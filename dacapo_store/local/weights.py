@@ -57,15 +57,24 @@ class LocalWeightsStore(WeightsStore):
     same ``basedir`` shares the validation scores that :meth:`retrieve_best` reads.
 
     Args:
-        basedir: the store directory (created if missing).
+        basedir: the store directory (created if missing, unless ``read_only``).
         stale_after: seconds without progress after which a pending upload may be taken over.
+        read_only: open for reading only (SQLite ``mode=ro``); writes raise ReadOnlyStoreError.
+            A directory this process may not write (a read-only mount, no write permission) is
+            opened read-only anyway, and serves every read.
+
+    Raises:
+        StoreNotFoundError: opened read-only and there is no store at ``basedir``.
     """
 
-    def __init__(self, basedir: str | os.PathLike, stale_after: float = DEFAULT_STALE_AFTER) -> None:
-        self.catalog = Catalog(basedir)
+    def __init__(
+        self, basedir: str | os.PathLike, stale_after: float = DEFAULT_STALE_AFTER, read_only: bool = False
+    ) -> None:
+        self.catalog = Catalog(basedir, read_only)
         self.basedir = self.catalog.basedir
         self.payload_dir = self.basedir / PAYLOAD_DIRNAME
-        self.payload_dir.mkdir(exist_ok=True)
+        if not self.catalog.read_only:
+            self.payload_dir.mkdir(exist_ok=True)
         self.stale_after = stale_after
 
     def __repr__(self) -> str:
@@ -201,6 +210,7 @@ class LocalWeightsStore(WeightsStore):
         return checkpoint_from_row(row)
 
     def _delete_payload(self, location: str) -> None:
+        self.catalog.require_writable(f"deleting payload {location}")
         self.payload_path(location).unlink(missing_ok=True)
 
     def _latest_iteration(self, run: str) -> int | None:
@@ -237,6 +247,8 @@ class LocalWeightsStore(WeightsStore):
     def _payload_files(self) -> dict[str, int]:
         """Name -> size of every payload file (finished or ``.partial``) in the payload directory."""
         files = {}
+        if not self.payload_dir.is_dir():  # a read-only store that never held a checkpoint
+            return files
         for entry in os.scandir(self.payload_dir):
             if PAYLOAD_NAME.match(entry.name):
                 try:

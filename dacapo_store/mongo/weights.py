@@ -35,7 +35,8 @@ from ..weights_store import (
     reservation_lost,
 )
 from .chunk_reader import ChunkReader, DroppedChunkError
-from .connection import DEFAULT_WRITE_CONCERN, MongoDatabase
+from .connection import MongoDatabase
+from .retry import RetryPolicy
 from .scores import SCORE_INDEXES, SCORES_COLLECTION, find_best_score
 
 logger = logging.getLogger(__name__)
@@ -89,31 +90,43 @@ class MongoWeightsStore(WeightsStore):
     with each part's size and digest. A :class:`MongoStatsStore` on the same database shares the
     validation scores that :meth:`retrieve_best` reads.
 
+    Every operation retries transient errors (a failover, a lost connection) under ``retry``;
+    each step of the write protocol is idempotent, so a retried step never duplicates or loses
+    anything (see :mod:`dacapo_store.mongo.retry`).
+
     Args:
         db_host: a MongoDB URI or an existing client (pymongo or mongomock).
-        db_name: the database (default ``"dacapo"``).
+        db_name: the database (default: the URI's, else ``"dacapo"``).
         stale_after: seconds without progress after which a pending upload may be taken over.
-        write_concern: default ``w="majority", j=True``.
+        write_concern: default: the URI's, each unset field from ``w="majority", j=True``.
         chunk_size_bytes: GridFS chunk size of new uploads.
+        read_only: open for reading only: indexes are checked, not created; writes raise
+            ReadOnlyStoreError. Needs only MongoDB's ``read`` role.
+        retry: the retry policy (default: a 60 s budget, or ``$DACAPO_STORE_RETRY_SECONDS``).
 
     Raises:
         StoreConnectionError: the server is unreachable (within a few seconds; no password shown).
+        ConfigurationError: a malformed URI or an unescaped password (never shown).
     """
 
     def __init__(
         self,
         db_host: Any,
-        db_name: str = "dacapo",
+        db_name: str | None = None,
         stale_after: float = DEFAULT_STALE_AFTER,
-        write_concern: WriteConcern = DEFAULT_WRITE_CONCERN,
+        write_concern: WriteConcern | None = None,
         chunk_size_bytes: int = CHUNK_SIZE_BYTES,
+        read_only: bool = False,
+        retry: RetryPolicy | None = None,
     ) -> None:
-        self.database = MongoDatabase(db_host, db_name, write_concern)
+        self.database = MongoDatabase(db_host, db_name, write_concern, read_only, retry)
         self.checkpoints = self.database.collection(CHECKPOINTS_COLLECTION)
         self.scores = self.database.collection(SCORES_COLLECTION)
         self.bucket = gridfs.GridFSBucket(
-            self.database.db, BUCKET_NAME, chunk_size_bytes=chunk_size_bytes, write_concern=write_concern
+            self.database.db, BUCKET_NAME, chunk_size_bytes=chunk_size_bytes,
+            write_concern=self.database.write_concern,
         )
+        self.catalog_primary = self.database.primary(self.checkpoints)
         self.bucket_files = self.database.collection(f"{BUCKET_NAME}.files")
         self.bucket_chunks = self.database.collection(f"{BUCKET_NAME}.chunks")
         self.stale_after = stale_after
@@ -124,13 +137,15 @@ class MongoWeightsStore(WeightsStore):
         return f"MongoWeightsStore({self.database.display!r}, db_name={self.database.db_name!r})"
 
     def list_checkpoints(self, run: Any) -> list[CheckpointInfo]:
-        documents = self.checkpoints.find(
-            {"run": run_name_of(run), "state": "complete"}, sort=[("iteration", ASCENDING)]
+        name = run_name_of(run)
+        documents = self.database.read(
+            f"listing the checkpoints of run {name!r}",
+            lambda: list(self.checkpoints.find({"run": name, "state": "complete"}, sort=[("iteration", ASCENDING)])),
         )
         return [checkpoint_from_document(document) for document in documents]
 
     def list_runs(self) -> list[str]:
-        return sorted(self.checkpoints.distinct("run", {"state": "complete"}))
+        return sorted(self.database.read("listing runs", lambda: self.checkpoints.distinct("run", {"state": "complete"})))
 
     def _reserve(self, run: str, iteration: int) -> Reservation:
         token = uuid.uuid4().hex
@@ -163,15 +178,31 @@ class MongoWeightsStore(WeightsStore):
         raise CheckpointExistsError(f"{describe(run, iteration)} is being stored by another writer")
 
     def _heartbeat(self, reservation: Reservation) -> None:
-        """Refresh the reservation's heartbeat; ReservationLostError if it was taken over."""
-        result = self.checkpoints.update_one(
-            {"run": reservation.run, "iteration": reservation.iteration, "token": reservation.token},
-            {"$set": {"heartbeat": time.time()}},
-        )
-        if result.matched_count != 1:
-            raise reservation_lost(reservation, "while it was uploading")
+        """Refresh the reservation's heartbeat (retried: idempotent); ReservationLostError if
+        it was taken over."""
+
+        def beat() -> None:
+            result = self.checkpoints.update_one(
+                {"run": reservation.run, "iteration": reservation.iteration, "token": reservation.token},
+                {"$set": {"heartbeat": time.time()}},
+            )
+            if result.matched_count != 1:
+                raise reservation_lost(reservation, "while it was uploading")
+
+        self.database.write(f"refreshing the reservation of {describe(reservation.run, reservation.iteration)}", beat)
 
     def _write_part(self, reservation: Reservation, part: str, state: Any) -> PartInfo:
+        """Upload one part, retried as a whole: each attempt uploads under a new GridFS file id
+        (recorded in the reservation before any chunk is sent, so clean-up finds every attempt)
+        after the previous attempt's partial upload was aborted."""
+        return self.database.write(
+            f"uploading {describe(reservation.run, reservation.iteration, part)}",
+            lambda: self._upload_part(reservation, part, state),
+        )
+
+    def _upload_part(self, reservation: Reservation, part: str, state: Any) -> PartInfo:
+        """One attempt of :meth:`_write_part`; on failure, abort the partial upload (best
+        effort: what stays is deleted with the reservation, or by garbage collection)."""
         file_id = ObjectId()
         reservation.payloads.append(str(file_id))
         upload = self.bucket.open_upload_stream_with_id(
@@ -194,7 +225,10 @@ class MongoWeightsStore(WeightsStore):
             )
             upload.close()
         except BaseException:
-            upload.abort()
+            try:
+                upload.abort()
+            except Exception as error:
+                logger.warning("could not abort the partial upload %s (%s); it is deleted later", file_id, error)
             raise
         return info
 
@@ -233,10 +267,19 @@ class MongoWeightsStore(WeightsStore):
         )
 
     def _find(self, run: str, iteration: int) -> CheckpointInfo | None:
-        document = self.checkpoints.find_one({"run": run, "iteration": iteration, "state": "complete"})
+        """From the primary: the write protocol's clean-up relies on seeing a landed commit."""
+        document = self.database.read(
+            f"looking up {describe(run, iteration)}",
+            lambda: self.catalog_primary.find_one({"run": run, "iteration": iteration, "state": "complete"}),
+        )
         return None if document is None else checkpoint_from_document(document)
 
     def _load_part(self, info: CheckpointInfo, part: str, map_location: Any) -> Any:
+        """:meth:`_load_part_once`, retried as a whole after a transient error."""
+        where = describe(info.run, info.iteration, part)
+        return self.database.read(f"loading {where}", lambda: self._load_part_once(info, part, map_location))
+
+    def _load_part_once(self, info: CheckpointInfo, part: str, map_location: Any) -> Any:
         """``torch.load`` one part straight from its chunks (one cursor), hashing them as they
         come; if the load ever reads back to a chunk the reader dropped, load again keeping
         every chunk."""
@@ -253,8 +296,12 @@ class MongoWeightsStore(WeightsStore):
     def _verify_part(self, info: CheckpointInfo, part: str) -> None:
         expected = info.parts[part]
         where = describe(info.run, info.iteration, part)
-        with self._open_payload(expected, where) as (reader, finish):
-            check_payload(*finish(), expected, where)
+
+        def verify() -> None:
+            with self._open_payload(expected, where) as (reader, finish):
+                check_payload(*finish(), expected, where)
+
+        self.database.read(f"verifying {where}", verify)
 
     @contextmanager
     def _open_payload(
@@ -299,15 +346,21 @@ class MongoWeightsStore(WeightsStore):
             pass  # its chunks, if any, were deleted all the same
 
     def _latest_iteration(self, run: str) -> int | None:
-        document = self.checkpoints.find_one(
-            {"run": run, "state": "complete"},
-            projection={"iteration": True, "_id": False},
-            sort=[("iteration", DESCENDING)],
+        document = self.database.read(
+            f"finding the latest checkpoint of run {run!r}",
+            lambda: self.checkpoints.find_one(
+                {"run": run, "state": "complete"},
+                projection={"iteration": True, "_id": False},
+                sort=[("iteration", DESCENDING)],
+            ),
         )
         return None if document is None else document["iteration"]
 
     def _best_iteration(self, run: str, dataset: str, criterion: str) -> int:
-        return find_best_score(self.scores, run, dataset, criterion)["iteration"]
+        return self.database.read(
+            f"finding the best score of run {run!r}",
+            lambda: find_best_score(self.scores, run, dataset, criterion)["iteration"],
+        )
 
     def _find_garbage(self, cutoff: float) -> list[GarbageItem]:
         files_collection, chunks = self.bucket_files, self.bucket_chunks
@@ -364,10 +417,13 @@ class MongoWeightsStore(WeightsStore):
         reads files, then chunks: an upload that closed in between looked orphaned). Deletes
         chunks only, never a files document; returns whether any chunk was deleted."""
         files, chunks = self.bucket_files, self.bucket_chunks
-        with self.database.reporting_errors("removing orphan chunks"):
+
+        def remove() -> bool:
             if files.find_one({"_id": file_id}, projection={"_id": True}) is not None:
                 return False
             return chunks.delete_many({"files_id": file_id}).deleted_count > 0
+
+        return self.database.write(f"removing the orphan chunks of {file_id}", remove)
 
     def _drop_stale_reservation(self, item: GarbageItem, cutoff: float) -> bool:
         result = self.checkpoints.delete_one(
