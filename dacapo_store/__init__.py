@@ -5,6 +5,7 @@ from .config import create_stats_store, create_weights_store, resolve_store
 from .errors import (
     CheckpointExistsError,
     CheckpointNotFoundError,
+    CheckpointNotStoredError,
     ConfigurationError,
     CorruptCheckpointError,
     DacapoStoreError,
@@ -25,6 +26,7 @@ __all__ = [
     "CheckpointExistsError",
     "CheckpointInfo",
     "CheckpointNotFoundError",
+    "CheckpointNotStoredError",
     "ConfigurationError",
     "CorruptCheckpointError",
     "DacapoStoreError",

@@ -65,5 +65,10 @@ class WriteConcernFailedError(DacapoStoreError, OSError):
     where the store can undo them."""
 
 
+class CheckpointNotStoredError(DacapoStoreError, RuntimeError):
+    """Training stopped because a checkpoint (or the training stats before it) could not be
+    stored after every retry; the message names the run, the iteration and the last error."""
+
+
 class ConfigurationError(DacapoStoreError, ValueError):
     """A store setting is invalid; the message names the setting and where it came from."""

@@ -18,25 +18,11 @@ from pymongo.errors import (
 
 from dacapo_store import ConfigurationError
 from dacapo_store.mongo.retry import RETRY_BUDGET_ENV, RetryPolicy, budget_from_environment, is_transient
+from dacapo_store.testing.wire import FakeClock
 
 
-class FakeTime:
-    """A clock that only moves when ``sleep`` is called."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps: list[float] = []
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-
-    def clock(self) -> float:
-        return self.now
-
-
-def policy(fake: FakeTime, budget: float = 60.0, **options) -> RetryPolicy:
-    return RetryPolicy(budget=budget, sleep=fake.sleep, clock=fake.clock, jitter=lambda: 1.0, **options)
+def policy(fake: FakeClock, budget: float = 60.0, **options) -> RetryPolicy:
+    return fake.policy(budget, **options)
 
 
 def failing(errors: list[BaseException], result: str = "done"):
@@ -90,7 +76,7 @@ def test_other_errors_are_not_transient(error) -> None:
 
 
 def test_a_transient_error_is_retried_until_the_step_succeeds(caplog) -> None:
-    fake = FakeTime()
+    fake = FakeClock()
     step, calls = failing([AutoReconnect("reset"), OperationFailure("not primary", 10107)])
     with caplog.at_level(logging.WARNING, logger="dacapo_store.mongo.retry"):
         assert policy(fake).call(step, "storing checkpoint 1") == "done"
@@ -102,7 +88,7 @@ def test_a_transient_error_is_retried_until_the_step_succeeds(caplog) -> None:
 
 
 def test_a_permanent_error_is_raised_at_once() -> None:
-    fake = FakeTime()
+    fake = FakeClock()
     step, calls = failing([OperationFailure("not authorized", 13)])
     with pytest.raises(OperationFailure, match="not authorized"):
         policy(fake).call(step, "writing")
@@ -110,7 +96,7 @@ def test_a_permanent_error_is_raised_at_once() -> None:
 
 
 def test_delays_double_up_to_the_cap() -> None:
-    fake = FakeTime()
+    fake = FakeClock()
     delays = policy(fake, first_delay=0.5, max_delay=3.0).delays()
     assert [next(delays) for _ in range(6)] == [0.5, 1.0, 2.0, 3.0, 3.0, 3.0]
 
@@ -121,7 +107,7 @@ def test_jitter_waits_between_half_and_all_of_each_delay() -> None:
 
 
 def test_retries_stop_when_the_budget_is_spent_and_raise_the_last_error() -> None:
-    fake = FakeTime()
+    fake = FakeClock()
     errors = [AutoReconnect(f"down {i}") for i in range(1000)]
     step, calls = failing(errors)
     with pytest.raises(AutoReconnect) as caught:
@@ -132,7 +118,7 @@ def test_retries_stop_when_the_budget_is_spent_and_raise_the_last_error() -> Non
 
 
 def test_the_budget_counts_time_spent_inside_attempts() -> None:
-    fake = FakeTime()
+    fake = FakeClock()
 
     def slow_step():
         fake.now += 30.0  # e.g. a server selection timeout per attempt
@@ -144,7 +130,7 @@ def test_the_budget_counts_time_spent_inside_attempts() -> None:
 
 
 def test_a_zero_budget_never_retries() -> None:
-    fake = FakeTime()
+    fake = FakeClock()
     step, calls = failing([AutoReconnect("reset")])
     with pytest.raises(AutoReconnect):
         policy(fake, budget=0.0).call(step, "writing")

@@ -168,24 +168,17 @@ class WireServer:
             ``"read"`` (write commands fail with code 13, Unauthorized).
         user: the user name ``connectionStatus`` reports.
 
-    Use as a context manager (or call :meth:`close`). Not for production: one lock serializes
-    all connections, as mongomock needs.
+    Use as a context manager (or call :meth:`close`, which takes about a second: mockupdb's
+    accept loop polls once a second). To share one server between tests, call :meth:`reset`
+    between them. Not for production: one lock serializes all connections, as mongomock needs.
     """
 
     def __init__(self, role: str = "readWrite", user: str = "trainer") -> None:
         from mockupdb import MockupDB  # imported here: a test dependency only
 
-        if role not in ("read", "readWrite"):
-            raise ValueError(f"role must be 'read' or 'readWrite', got {role!r}")
-        self.role = role
-        self.user = user
-        self.backend = mongomock_client()
-        self.commands: list[RecordedCommand] = []
-        self.faults: list[Fault] = []
-        self._cursors: dict[int, tuple[str, str, list[Any]]] = {}
-        self._cursor_ids = itertools.count(1000)
-        self._retried_writes: dict[tuple[bytes, int], dict[str, Any]] = {}
         self._lock = threading.Lock()
+        self._cursor_ids = itertools.count(1000)
+        self.reset(role, user)
         self._mock = MockupDB(request_timeout=int(1e6))
         self._mock.autoresponds(self._handle)
         self._mock.run()
@@ -202,6 +195,20 @@ class WireServer:
         """``mongodb://host:port/<path>?<options>`` (``replicaSet=rs0`` added)."""
         query = "&".join(f"{key}={value}" for key, value in {"replicaSet": "rs0", **options}.items())
         return f"mongodb://{self.address}/{path}?{query}"
+
+    def reset(self, role: str = "readWrite", user: str = "trainer") -> None:
+        """Start over: an empty backend, no recorded commands, faults, cursors or remembered
+        retryable writes; the connected user has ``role`` (``"read"`` or ``"readWrite"``)."""
+        if role not in ("read", "readWrite"):
+            raise ValueError(f"role must be 'read' or 'readWrite', got {role!r}")
+        with self._lock:
+            self.role = role
+            self.user = user
+            self.backend = mongomock_client()
+            self.commands: list[RecordedCommand] = []
+            self.faults: list[Fault] = []
+            self._cursors: dict[int, tuple[str, str, list[Any]]] = {}
+            self._retried_writes: dict[tuple[bytes, int], dict[str, Any]] = {}
 
     def inject(self, *faults: Fault) -> None:
         """Add ``faults`` (checked in the order added; the first one that matches fires)."""
@@ -527,6 +534,29 @@ def _take_batch(documents: list[Any], batch_size: Any) -> tuple[list[Any], list[
             break
         batch.append(document)
     return batch, documents[len(batch):]
+
+
+class FakeClock:
+    """Time for a :class:`~dacapo_store.mongo.retry.RetryPolicy` that passes only when the policy
+    sleeps: retries run at once, the budget still counts every wait. ``sleeps`` lists them."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def sleep(self, seconds: float) -> None:
+        """Advance the clock by ``seconds`` without waiting."""
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+    def __call__(self) -> float:
+        return self.now
+
+    def policy(self, budget: float = 60.0, **options: Any) -> Any:
+        """A retry policy on this clock, without jitter (``options``: as RetryPolicy's)."""
+        from ..mongo.retry import RetryPolicy
+
+        return RetryPolicy(budget=budget, sleep=self.sleep, clock=self, jitter=lambda: 1.0, **options)
 
 
 @contextlib.contextmanager
