@@ -22,7 +22,7 @@ from ..checks import check_name
 from ..config import open_store
 from ..errors import DacapoStoreError
 from ..local.catalog import Catalog
-from ..mongo.connection import MongoDatabase
+from ..mongo.connection import DEFAULT_COLLECTION_PREFIX, MongoDatabase
 from ..mongo.retry import RetryPolicy
 
 RUNS_COLLECTION = "runs"
@@ -151,12 +151,13 @@ class LocalRunConfigStore(RunConfigStore):
 
 
 class MongoRunConfigStore(RunConfigStore):
-    """Run configs in the ``runs`` collection (unique index on ``name``).
+    """Run configs in the ``<prefix>runs`` collection (unique index on ``name``).
 
     Args:
         db_host: a MongoDB URI or an existing client (pymongo or mongomock).
         db_name: the database (default: the URI's, else ``"dacapo"``).
         write_concern, read_only, retry: as :class:`~dacapo_store.mongo.connection.MongoDatabase`.
+        collection_prefix: put before every collection name (default ``"dacapo_store."``).
 
     Raises:
         StoreConnectionError: the server is unreachable.
@@ -169,8 +170,9 @@ class MongoRunConfigStore(RunConfigStore):
         write_concern: WriteConcern | None = None,
         read_only: bool = False,
         retry: RetryPolicy | None = None,
+        collection_prefix: str = DEFAULT_COLLECTION_PREFIX,
     ) -> None:
-        self.database = MongoDatabase(db_host, db_name, write_concern, read_only, retry)
+        self.database = MongoDatabase(db_host, db_name, write_concern, read_only, retry, collection_prefix)
         self.runs = self.database.collection(RUNS_COLLECTION)
         self.database.ensure_indexes(self.runs, [([("name", ASCENDING)], {"name": "name", "unique": True})])
 

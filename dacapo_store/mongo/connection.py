@@ -39,11 +39,33 @@ DEFAULT_WRITE_CONCERN = WriteConcern(w="majority", j=True)
 """The write concern when neither the URI nor the caller sets one; each of ``w`` and
 ``journal`` the URI does set replaces the default's, and ``wtimeoutMS`` is added."""
 
+DEFAULT_COLLECTION_PREFIX = "dacapo_store."
+"""Prefix of every collection the stores use, so that they share a database with DaCapo's own
+collections (``runs``, ``training_stats``, ``validation_scores``, ...) without touching them."""
+
 UNAUTHORIZED_CODES = frozenset({13})  # Unauthorized
 UNAUTHORIZED_ATLAS_CODE = 8000  # AtlasError, among them "user is not allowed to do action ..."
 
 IndexSpec = tuple[Sequence[tuple[str, int]], dict[str, Any]]
 """Keys and options (a ``name`` among them) of one index."""
+
+
+def check_collection_prefix(prefix: Any) -> str:
+    """Return ``prefix`` if collection names may start with it.
+
+    Raises:
+        TypeError: not a str.
+        ValueError: contains ``$`` or NUL, starts with ``system.`` or ``.``, or is longer than
+            64 characters.
+    """
+    if not isinstance(prefix, str):
+        raise TypeError(f"collection_prefix must be a str, got {type(prefix).__name__}")
+    if "$" in prefix or "\x00" in prefix or prefix.startswith(("system.", ".")) or len(prefix) > 64:
+        raise ValueError(
+            f"collection_prefix {prefix!r} is not a valid start of a MongoDB collection name (no '$' "
+            "or NUL, not starting with 'system.' or '.', at most 64 characters)"
+        )
+    return prefix
 
 
 def store_write_concern(configured: Mapping[str, Any]) -> WriteConcern:
@@ -107,13 +129,16 @@ class MongoDatabase:
             :class:`~dacapo_store.errors.ReadOnlyStoreError` before anything is sent.
         retry: the retry policy of every operation after opening (default: 60 s budget, or
             ``$DACAPO_STORE_RETRY_SECONDS``).
+        collection_prefix: put before every collection name (default ``"dacapo_store."``;
+            ``""`` is the layout of dacapo-store 0.2).
 
     The URI's options (``readPreference``, ``w``, ``journal``, ``wtimeoutMS``, timeouts,
     ``replicaSet``, ...) are pymongo's; ``serverSelectionTimeoutMS`` defaults to 5 s and
     ``retryWrites``/``retryReads`` to on when the URI does not set them.
 
     Raises:
-        TypeError: ``db_host`` is neither a URI nor a client.
+        TypeError: ``db_host`` is neither a URI nor a client, or ``collection_prefix`` is not a str.
+        ValueError: ``collection_prefix`` is not a valid start of a collection name.
         ConfigurationError: a malformed URI, an unescaped password, or ``w=0`` (password redacted).
     """
 
@@ -124,7 +149,9 @@ class MongoDatabase:
         write_concern: WriteConcern | None = None,
         read_only: bool = False,
         retry: RetryPolicy | None = None,
+        collection_prefix: str = DEFAULT_COLLECTION_PREFIX,
     ) -> None:
+        self.collection_prefix = check_collection_prefix(collection_prefix)
         if isinstance(db_host, str):
             self.uri = db_host
             self.display = redact_uri(db_host)
@@ -170,8 +197,9 @@ class MongoDatabase:
         return f"MongoDB at {self.display} (database {self.db_name!r})"
 
     def collection(self, name: str) -> Any:
-        """The collection ``name`` with the store's write concern and the URI's read preference."""
-        return self.db.get_collection(name, write_concern=self.write_concern)
+        """The store's collection ``name`` (the prefix put before it) with the store's write
+        concern and the URI's read preference."""
+        return self.db.get_collection(self.collection_prefix + name, write_concern=self.write_concern)
 
     def primary(self, collection: Any) -> Any:
         """``collection`` read from the primary: for the reads of the write protocol, which

@@ -10,7 +10,7 @@ from pymongo.write_concern import WriteConcern
 
 from ..records import TrainingIterationStats, ValidationScore
 from ..stats_store import ScoreRow, StatsStore, score_from_row
-from .connection import MongoDatabase
+from .connection import DEFAULT_COLLECTION_PREFIX, MongoDatabase
 from .retry import RetryPolicy
 from .scores import SCORE_INDEXES, SCORE_KEY_FIELDS, SCORES_COLLECTION, find_best_score, score_document
 
@@ -44,11 +44,13 @@ def upsert_many(collection: Any, documents: list[dict[str, Any]], key_fields: tu
 
 
 class MongoStatsStore(StatsStore):
-    """Training stats and validation scores in MongoDB (shared with a
-    :class:`MongoWeightsStore` on the same database).
+    """Training stats and validation scores in the ``<prefix>training_stats`` and
+    ``<prefix>validation_scores`` collections (shared with a :class:`MongoWeightsStore` on the
+    same database and prefix).
 
     Args and raises: as :class:`MongoWeightsStore` (``db_host``, ``db_name``, ``write_concern``,
-    ``read_only``, ``retry``). Every write is idempotent and retried like the weights store's.
+    ``read_only``, ``retry``, ``collection_prefix``). Every write is idempotent and retried like
+    the weights store's.
     """
 
     def __init__(
@@ -58,8 +60,9 @@ class MongoStatsStore(StatsStore):
         write_concern: WriteConcern | None = None,
         read_only: bool = False,
         retry: RetryPolicy | None = None,
+        collection_prefix: str = DEFAULT_COLLECTION_PREFIX,
     ) -> None:
-        self.database = MongoDatabase(db_host, db_name, write_concern, read_only, retry)
+        self.database = MongoDatabase(db_host, db_name, write_concern, read_only, retry, collection_prefix)
         self.training_stats = self.database.collection(TRAINING_STATS_COLLECTION)
         self.scores = self.database.collection(SCORES_COLLECTION)
         self.database.ensure_indexes(self.training_stats, TRAINING_STATS_INDEXES)

@@ -1,4 +1,22 @@
-"""The MongoDB weights store: payloads in GridFS, a catalog collection with a unique key."""
+"""The MongoDB weights store: payloads in GridFS, a catalog collection with a unique key.
+
+Every step of the write protocol (reserve, each part's upload, heartbeat, commit, clean-up,
+remove, garbage collection) runs under the store's retry policy (:mod:`.retry`) and is
+idempotent under retry:
+
+* **reserve**: a retried insert that had landed fails on the unique key; finding its own token
+  in the entry, the step succeeds (likewise a replacement claim that had landed);
+* **upload**: a part is uploaded again as a whole under a new GridFS file id, after the partial
+  upload was aborted; every id goes into the reservation first, so clean-up deletes them all;
+* **heartbeat**, **clean-up**, **payload deletes**: the same update or delete again;
+* **commit**: a retry that finds no pending entry looks for the entry completed under its own
+  token: its commit had landed;
+* **remove**: the entry is read first, then deleted by its ``_id`` and token; a retry that finds
+  it gone after a failed attempt knows its own delete had landed.
+
+A commit that lands but misses its write concern is undone (the new entry deleted, or a
+replaced checkpoint's parts put back) and the call fails with WriteConcernFailedError.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +36,7 @@ from pymongo.errors import DuplicateKeyError
 from pymongo.write_concern import WriteConcern
 
 from ..checks import run_name_of
-from ..errors import CheckpointExistsError, CorruptCheckpointError
+from ..errors import CheckpointExistsError, CorruptCheckpointError, WriteConcernFailedError
 from ..records import CheckpointInfo, PartInfo
 from ..digests import format_digest, new_hash
 from ..serialization import check_payload, check_size, load_verified, serialize_state, verifying_algorithm
@@ -35,7 +53,7 @@ from ..weights_store import (
     reservation_lost,
 )
 from .chunk_reader import ChunkReader, DroppedChunkError
-from .connection import MongoDatabase
+from .connection import DEFAULT_COLLECTION_PREFIX, MongoDatabase
 from .retry import RetryPolicy
 from .scores import SCORE_INDEXES, SCORES_COLLECTION, find_best_score
 
@@ -83,16 +101,17 @@ def checkpoint_from_document(document: Mapping[str, Any]) -> CheckpointInfo:
 
 
 class MongoWeightsStore(WeightsStore):
-    """Checkpoints in GridFS (bucket ``weights``), catalogued in the ``checkpoints`` collection.
+    """Checkpoints in GridFS (bucket ``<prefix>weights``), catalogued in the
+    ``<prefix>checkpoints`` collection (prefix ``dacapo_store.`` by default).
 
     The catalog's unique ``(run, iteration)`` index decides which writer wins before anything
     is uploaded; a checkpoint becomes visible only when its catalog document is marked complete
-    with each part's size and digest. A :class:`MongoStatsStore` on the same database shares the
-    validation scores that :meth:`retrieve_best` reads.
+    with each part's size and digest. A :class:`MongoStatsStore` on the same database (and
+    prefix) shares the validation scores that :meth:`retrieve_best` reads.
 
     Every operation retries transient errors (a failover, a lost connection) under ``retry``;
-    each step of the write protocol is idempotent, so a retried step never duplicates or loses
-    anything (see :mod:`dacapo_store.mongo.retry`).
+    each step of the write protocol is idempotent (see the module doc), so a retried step never
+    duplicates or loses anything.
 
     Args:
         db_host: a MongoDB URI or an existing client (pymongo or mongomock).
@@ -100,6 +119,8 @@ class MongoWeightsStore(WeightsStore):
         stale_after: seconds without progress after which a pending upload may be taken over.
         write_concern: default: the URI's, each unset field from ``w="majority", j=True``.
         chunk_size_bytes: GridFS chunk size of new uploads.
+        collection_prefix: put before every collection name (see
+            :class:`~dacapo_store.mongo.connection.MongoDatabase`).
         read_only: open for reading only: indexes are checked, not created; writes raise
             ReadOnlyStoreError. Needs only MongoDB's ``read`` role.
         retry: the retry policy (default: a 60 s budget, or ``$DACAPO_STORE_RETRY_SECONDS``).
@@ -116,20 +137,24 @@ class MongoWeightsStore(WeightsStore):
         stale_after: float = DEFAULT_STALE_AFTER,
         write_concern: WriteConcern | None = None,
         chunk_size_bytes: int = CHUNK_SIZE_BYTES,
+        collection_prefix: str = DEFAULT_COLLECTION_PREFIX,
         read_only: bool = False,
         retry: RetryPolicy | None = None,
     ) -> None:
-        self.database = MongoDatabase(db_host, db_name, write_concern, read_only, retry)
+        super().__init__(stale_after)
+        self.database = MongoDatabase(db_host, db_name, write_concern, read_only, retry, collection_prefix)
         self.checkpoints = self.database.collection(CHECKPOINTS_COLLECTION)
+        self.catalog_primary = self.database.primary(self.checkpoints)
+        """The catalog read from the primary: the write protocol's reads must see its writes."""
         self.scores = self.database.collection(SCORES_COLLECTION)
         self.bucket = gridfs.GridFSBucket(
-            self.database.db, BUCKET_NAME, chunk_size_bytes=chunk_size_bytes,
+            self.database.db,
+            collection_prefix + BUCKET_NAME,
+            chunk_size_bytes=chunk_size_bytes,
             write_concern=self.database.write_concern,
         )
-        self.catalog_primary = self.database.primary(self.checkpoints)
         self.bucket_files = self.database.collection(f"{BUCKET_NAME}.files")
         self.bucket_chunks = self.database.collection(f"{BUCKET_NAME}.chunks")
-        self.stale_after = stale_after
         self.database.ensure_indexes(self.checkpoints, CHECKPOINT_INDEXES)
         self.database.ensure_indexes(self.scores, SCORE_INDEXES)
 
@@ -147,44 +172,87 @@ class MongoWeightsStore(WeightsStore):
     def list_runs(self) -> list[str]:
         return sorted(self.database.read("listing runs", lambda: self.checkpoints.distinct("run", {"state": "complete"})))
 
-    def _reserve(self, run: str, iteration: int) -> Reservation:
-        token = uuid.uuid4().hex
-        for _ in range(2):
+    def _reserve(self, reservation: Reservation, replace: bool) -> None:
+        """Claim ``(run, iteration)`` (retried as a whole, see the module doc); a reservation
+        whose write concern failed is dropped again (best effort) before the error is raised."""
+        where = describe(reservation.run, reservation.iteration)
+        try:
+            self.database.write(f"reserving {where}", lambda: self._reserve_once(reservation, replace))
+        except WriteConcernFailedError:
+            try:
+                self._drop_claim(reservation.run, reservation.iteration, reservation.token)
+            except Exception as error:
+                logger.warning("could not drop the reservation of %s again: %s", where, error)
+            raise
+
+    def _reserve_once(self, reservation: Reservation, replace: bool) -> None:
+        run, iteration = reservation.run, reservation.iteration
+        for _ in range(3):
             now = time.time()
+            claim = {"token": reservation.token, "heartbeat": now, "owner": reservation.owner}
             try:
                 self.checkpoints.insert_one(
-                    {
-                        "run": run,
-                        "iteration": iteration,
-                        "state": "pending",
-                        "token": token,
-                        "created": now,
-                        "heartbeat": now,
-                    }
+                    {"run": run, "iteration": iteration, "state": "pending", "created": now, **claim}
                 )
-                return Reservation(run, iteration, token)
+                return
             except DuplicateKeyError:
-                existing = self.checkpoints.find_one({"run": run, "iteration": iteration})
+                existing = self.catalog_primary.find_one({"run": run, "iteration": iteration})
             if existing is None:
                 continue  # removed in the meantime: try again
+            if existing.get("token") == reservation.token and existing["state"] == "pending":
+                return  # a retried insert: the first attempt had landed
+            if (existing.get("replacement") or {}).get("token") == reservation.token:
+                reservation.replaces = checkpoint_from_document(existing)
+                return  # a retried replacement claim that had landed
             if existing["state"] == "complete":
-                raise CheckpointExistsError(f"{describe(run, iteration)} is already stored")
-            if existing["heartbeat"] > now - self.stale_after:
+                if not replace:
+                    raise CheckpointExistsError(f"{describe(run, iteration)} is already stored")
+                if self._claim_replacement(existing, claim, now):
+                    reservation.replaces = checkpoint_from_document(existing)
+                    return
+                continue
+            if not _claim_of(existing).abandoned(now - self.stale_after):
                 raise CheckpointExistsError(f"{describe(run, iteration)} is being stored by another writer")
-            logger.warning("taking over the stale upload of %s", describe(run, iteration))
+            logger.warning("taking over the abandoned upload of %s", describe(run, iteration))
             self.checkpoints.delete_one(
                 {"_id": existing["_id"], "token": existing["token"], "state": "pending"}
             )
         raise CheckpointExistsError(f"{describe(run, iteration)} is being stored by another writer")
 
+    def _claim_replacement(self, existing: Mapping[str, Any], claim: dict[str, Any], now: float) -> bool:
+        """Put the replacement ``claim`` on the stored checkpoint ``existing``, unless another
+        writer's replacement claim on it is alive; return whether the claim was put (``False``:
+        the entry changed since it was read, look again).
+
+        Raises:
+            CheckpointExistsError: another writer is replacing the checkpoint.
+        """
+        where = describe(existing["run"], existing["iteration"])
+        held = existing.get("replacement")
+        if held is not None:
+            if not _claim_of(existing).abandoned(now - self.stale_after):
+                raise CheckpointExistsError(f"{where} is being replaced by another writer")
+            logger.warning("taking over the abandoned replacement of %s", where)
+        result = self.checkpoints.update_one(
+            {
+                "_id": existing["_id"],
+                "state": "complete",
+                "token": existing["token"],
+                "replacement.token": held["token"] if held is not None else {"$exists": False},
+            },
+            {"$set": {"replacement": claim}},
+        )
+        return result.matched_count == 1
+
     def _heartbeat(self, reservation: Reservation) -> None:
-        """Refresh the reservation's heartbeat (retried: idempotent); ReservationLostError if
-        it was taken over."""
+        """Refresh the reservation's heartbeat (retried: the same update again);
+        ReservationLostError if it was taken over."""
+        claim = "replacement." if reservation.replaces else ""
 
         def beat() -> None:
             result = self.checkpoints.update_one(
-                {"run": reservation.run, "iteration": reservation.iteration, "token": reservation.token},
-                {"$set": {"heartbeat": time.time()}},
+                {"run": reservation.run, "iteration": reservation.iteration, f"{claim}token": reservation.token},
+                {"$set": {f"{claim}heartbeat": time.time()}},
             )
             if result.matched_count != 1:
                 raise reservation_lost(reservation, "while it was uploading")
@@ -233,38 +301,89 @@ class MongoWeightsStore(WeightsStore):
         return info
 
     def _commit(self, reservation: Reservation, parts: Mapping[str, PartInfo]) -> CheckpointInfo:
-        document = self.checkpoints.find_one_and_update(
-            {
-                "run": reservation.run,
-                "iteration": reservation.iteration,
-                "token": reservation.token,
-                "state": "pending",
-            },
-            {
-                "$set": {  # "state" last: mongomock applies fields one by one, visible to threads
-                    "heartbeat": time.time(),
-                    "size": sum(p.size for p in parts.values()),
-                    "parts": {name: part.to_document() for name, part in parts.items()},
-                    "state": "complete",
-                }
-            },
-            return_document=True,
-        )
+        """Mark the checkpoint complete (retried; see the module doc). A commit that missed its
+        write concern is undone before the error is raised, so that clean-up deletes the new
+        payloads and nothing of this upload stays visible."""
+        where = describe(reservation.run, reservation.iteration)
+        try:
+            return self.database.write(f"committing {where}", lambda: self._commit_once(reservation, parts))
+        except WriteConcernFailedError:
+            try:
+                self.database.write(f"undoing the commit of {where}", lambda: self._undo_commit(reservation))
+            except Exception as error:
+                logger.warning("could not undo the commit of %s: %s", where, error)
+            raise
+
+    def _commit_once(self, reservation: Reservation, parts: Mapping[str, PartInfo]) -> CheckpointInfo:
+        now = time.time()
+        completion = {  # "state" last: mongomock applies fields one by one, visible to threads
+            "heartbeat": now,
+            "size": sum(p.size for p in parts.values()),
+            "parts": {name: part.to_document() for name, part in parts.items()},
+            "state": "complete",
+        }
+        where = {"run": reservation.run, "iteration": reservation.iteration}
+        if reservation.replaces is None:
+            document = self.checkpoints.find_one_and_update(
+                {**where, "token": reservation.token, "state": "pending"},
+                {"$set": completion},
+                return_document=True,
+            )
+        else:
+            document = self.checkpoints.find_one_and_update(
+                {**where, "replacement.token": reservation.token, "state": "complete"},
+                {
+                    "$set": {"token": reservation.token, "created": now, "owner": reservation.owner, **completion},
+                    "$unset": {"replacement": ""},
+                },
+                return_document=True,
+            )
         if document is None:
-            raise reservation_lost(reservation, "before it committed")
+            landed = self.catalog_primary.find_one({**where, "token": reservation.token, "state": "complete"})
+            if landed is None:
+                raise reservation_lost(reservation, "before it committed")
+            document = landed  # a retried commit: the first attempt had landed
         return checkpoint_from_document(document)
+
+    def _undo_commit(self, reservation: Reservation) -> None:
+        """Take back a commit of ``reservation`` (if it landed): delete the new entry, or put
+        the replaced checkpoint's parts back; the new payloads are then unreferenced."""
+        where = {"run": reservation.run, "iteration": reservation.iteration, "token": reservation.token}
+        old = reservation.replaces
+        if old is None:
+            self.checkpoints.delete_one({**where, "state": "complete"})
+            return
+        self.checkpoints.update_one(
+            {**where, "state": "complete"},
+            {"$set": {
+                "token": uuid.uuid4().hex,
+                "created": old.created,
+                "size": old.size,
+                "parts": {name: part.to_document() for name, part in old.parts.items()},
+            }},
+        )
 
     def _abandon(self, reservation: Reservation) -> None:
         for location in reservation.payloads:
             self._delete_payload(location)
-        self.checkpoints.delete_one(
-            {
-                "run": reservation.run,
-                "iteration": reservation.iteration,
-                "token": reservation.token,
-                "state": "pending",
-            }
-        )
+        self._drop_claim(reservation.run, reservation.iteration, reservation.token)
+
+    def _drop_claim(self, run: str, iteration: int, token: str, heartbeat: float | None = None) -> bool:
+        """Drop the upload claim ``token`` on ``(run, iteration)``: delete its pending entry,
+        or remove its replacement claim from the stored checkpoint (only if its heartbeat is
+        still ``heartbeat``, when given); return whether there was one. Retried: dropping a
+        dropped claim changes nothing."""
+        beat = {} if heartbeat is None else {"heartbeat": heartbeat}
+        where = {"run": run, "iteration": iteration}
+
+        def drop() -> bool:
+            if self.checkpoints.delete_one({**where, "token": token, "state": "pending", **beat}).deleted_count:
+                return True
+            replacement = {f"replacement.{key}": value for key, value in {"token": token, **beat}.items()}
+            result = self.checkpoints.update_one({**where, **replacement}, {"$unset": {"replacement": ""}})
+            return result.modified_count == 1
+
+        return self.database.write(f"dropping the upload claim on {describe(run, iteration)}", drop)
 
     def _find(self, run: str, iteration: int) -> CheckpointInfo | None:
         """From the primary: the write protocol's clean-up relies on seeing a landed commit."""
@@ -334,16 +453,45 @@ class MongoWeightsStore(WeightsStore):
             yield reader, lambda: (reader.read_rest(), format_digest(algorithm, hash_object))
 
     def _unlist(self, run: str, iteration: int) -> CheckpointInfo | None:
-        document = self.checkpoints.find_one_and_delete(
-            {"run": run, "iteration": iteration, "state": "complete"}
-        )
-        return None if document is None else checkpoint_from_document(document)
+        """Read the complete entry, then delete exactly that entry (its ``_id`` and token),
+        retried: a retry that finds it gone after a failed attempt knows its own delete had
+        landed. An entry replaced in between is read again."""
+        where = describe(run, iteration)
+        for _ in range(3):
+            document = self.database.read(
+                f"looking up {where}",
+                lambda: self.catalog_primary.find_one({"run": run, "iteration": iteration, "state": "complete"}),
+            )
+            if document is None:
+                return None
+            attempts = []
 
-    def _delete_payload(self, location: str) -> None:
+            def delete() -> bool:
+                attempts.append(1)
+                deleted = self.checkpoints.find_one_and_delete(
+                    {"_id": document["_id"], "token": document["token"], "state": "complete"},
+                    projection={"_id": True},
+                )
+                return deleted is not None or len(attempts) > 1
+
+            if self.database.write(f"removing {where}", delete):
+                return checkpoint_from_document(document)
+        return None
+
+    def _delete_payload(self, location: str) -> bool:
+        """Delete the GridFS file ``location``: its files document first, then its chunks
+        (GridFS's order: a failure in between leaves orphan chunks, never a file that lacks
+        chunks)."""
         try:
-            self.bucket.delete(ObjectId(location))
-        except gridfs.errors.NoFile:
-            pass  # its chunks, if any, were deleted all the same
+            file_id = ObjectId(location)
+        except (InvalidId, TypeError):
+            raise CorruptCheckpointError(f"the catalog records an invalid payload id {location!r}") from None
+
+        def delete() -> bool:
+            deleted = self.bucket_files.delete_one({"_id": file_id}).deleted_count
+            return deleted + self.bucket_chunks.delete_many({"files_id": file_id}).deleted_count > 0
+
+        return self.database.write(f"deleting payload {location}", delete)
 
     def _latest_iteration(self, run: str) -> int | None:
         document = self.database.read(
@@ -363,24 +511,23 @@ class MongoWeightsStore(WeightsStore):
         )
 
     def _find_garbage(self, cutoff: float) -> list[GarbageItem]:
+        return self.database.read("scanning for garbage", lambda: self._find_garbage_once(cutoff))
+
+    def _find_garbage_once(self, cutoff: float) -> list[GarbageItem]:
         files_collection, chunks = self.bucket_files, self.bucket_chunks
-        with self.database.reporting_errors("scanning for garbage"):
-            files = {
-                document["_id"]: document
-                for document in files_collection.find({}, projection={"length": True, "metadata.token": True})
-                if isinstance(document["_id"], ObjectId)
-            }
-            chunked = {fid for fid in chunks.distinct("files_id") if isinstance(fid, ObjectId)}
-            catalog = list(self.checkpoints.find({}, projection={"_id": False}))
-            items = self._orphan_chunks(chunks, sorted(chunked - files.keys()), cutoff)
+        files = {
+            document["_id"]: document
+            for document in files_collection.find({}, projection={"length": True, "metadata.token": True})
+            if isinstance(document["_id"], ObjectId)
+        }
+        chunked = {fid for fid in chunks.distinct("files_id") if isinstance(fid, ObjectId)}
+        catalog = list(self.catalog_primary.find({}, projection={"_id": False}))
+        items = self._orphan_chunks(chunks, sorted(chunked - files.keys()), cutoff)
         referenced = {
             part["location"] for entry in catalog if entry["state"] == "complete"
             for part in entry["parts"].values()
         }
-        pending = [
-            PendingUpload(entry["token"], entry["run"], entry["iteration"], entry["heartbeat"])
-            for entry in catalog if entry["state"] == "pending"
-        ]
+        pending = [_claim_of(entry) for entry in catalog if entry["state"] == "pending" or "replacement" in entry]
         payloads = [
             StoredPayload(
                 str(file_id), (document.get("metadata") or {}).get("token"), document.get("length", 0)
@@ -426,13 +573,26 @@ class MongoWeightsStore(WeightsStore):
         return self.database.write(f"removing the orphan chunks of {file_id}", remove)
 
     def _drop_stale_reservation(self, item: GarbageItem, cutoff: float) -> bool:
-        result = self.checkpoints.delete_one(
-            {
-                "run": item.run,
-                "iteration": item.iteration,
-                "token": item.token,
-                "state": "pending",
-                "heartbeat": {"$lt": cutoff},
-            }
+        entry = self.database.read(
+            f"looking up the reservation of {describe(item.run, item.iteration)}",
+            lambda: self.catalog_primary.find_one(
+                {
+                    "run": item.run,
+                    "iteration": item.iteration,
+                    "$or": [{"token": item.token, "state": "pending"}, {"replacement.token": item.token}],
+                }
+            ),
         )
-        return result.deleted_count == 1
+        if entry is None:
+            return False
+        claim = _claim_of(entry)
+        if claim.token != item.token or not claim.abandoned(cutoff):
+            return False
+        return self._drop_claim(item.run, item.iteration, item.token, heartbeat=claim.heartbeat)
+
+
+def _claim_of(entry: Mapping[str, Any]) -> PendingUpload:
+    """The upload claim of a catalog document: its pending reservation, or the replacement
+    claim on a stored checkpoint."""
+    claim = entry if entry["state"] == "pending" else entry["replacement"]
+    return PendingUpload(claim["token"], entry["run"], entry["iteration"], claim["heartbeat"], claim.get("owner"))
