@@ -9,8 +9,9 @@ idempotent under retry:
 * **upload**: a part is uploaded again as a whole under a new GridFS file id, after the partial
   upload was aborted; every id goes into the reservation first, so clean-up deletes them all;
 * **heartbeat**, **clean-up**, **payload deletes**: the same update or delete again;
-* **commit**: a retry that finds no pending entry looks for the entry completed under its own
-  token: its commit had landed;
+* **commit**: a retry after a commit that had landed finds no pending entry and fails; the
+  protocol's clean-up then finds the checkpoint complete with this upload's payloads and
+  returns it (see ``WeightsStore.put_weights``);
 * **remove**: the entry is read first, then deleted by its ``_id`` and token; a retry that finds
   it gone after a failed attempt knows its own delete had landed.
 
@@ -262,15 +263,21 @@ class MongoWeightsStore(WeightsStore):
     def _write_part(self, reservation: Reservation, part: str, state: Any) -> PartInfo:
         """Upload one part, retried as a whole: each attempt uploads under a new GridFS file id
         (recorded in the reservation before any chunk is sent, so clean-up finds every attempt)
-        after the previous attempt's partial upload was aborted."""
-        return self.database.write(
-            f"uploading {describe(reservation.run, reservation.iteration, part)}",
-            lambda: self._upload_part(reservation, part, state),
-        )
+        after the previous attempt's partial upload was aborted. A partial upload whose abort
+        failed is deleted once an attempt succeeds (else by clean-up or garbage collection)."""
+        where = describe(reservation.run, reservation.iteration, part)
+        unaborted: list[str] = []
+        info = self.database.write(f"uploading {where}", lambda: self._upload_part(reservation, part, state, unaborted))
+        for location in unaborted:
+            try:
+                self._delete_payload(location)
+            except Exception as error:
+                logger.warning("could not delete the partial upload %s of %s (%s); gc reclaims it", location, where, error)
+        return info
 
-    def _upload_part(self, reservation: Reservation, part: str, state: Any) -> PartInfo:
-        """One attempt of :meth:`_write_part`; on failure, abort the partial upload (best
-        effort: what stays is deleted with the reservation, or by garbage collection)."""
+    def _upload_part(self, reservation: Reservation, part: str, state: Any, unaborted: list[str]) -> PartInfo:
+        """One attempt of :meth:`_write_part`; on failure, abort the partial upload (if that
+        fails too, its id goes to ``unaborted``)."""
         file_id = ObjectId()
         reservation.payloads.append(str(file_id))
         upload = self.bucket.open_upload_stream_with_id(
@@ -297,6 +304,7 @@ class MongoWeightsStore(WeightsStore):
                 upload.abort()
             except Exception as error:
                 logger.warning("could not abort the partial upload %s (%s); it is deleted later", file_id, error)
+                unaborted.append(str(file_id))
             raise
         return info
 
@@ -339,10 +347,7 @@ class MongoWeightsStore(WeightsStore):
                 return_document=True,
             )
         if document is None:
-            landed = self.catalog_primary.find_one({**where, "token": reservation.token, "state": "complete"})
-            if landed is None:
-                raise reservation_lost(reservation, "before it committed")
-            document = landed  # a retried commit: the first attempt had landed
+            raise reservation_lost(reservation, "before it committed")
         return checkpoint_from_document(document)
 
     def _undo_commit(self, reservation: Reservation) -> None:
