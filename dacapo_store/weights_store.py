@@ -524,6 +524,8 @@ class WeightsStore(ABC):
                 f"older_than must be at least the store's stale_after ({self.stale_after:g} s), "
                 f"got {older_than:g} s: a younger upload may still be alive"
             )
+        if not dry_run:
+            self._require_writable("collecting garbage")
         cutoff = (time.time() if now is None else now) - older_than
         self._retry_failed_drops()
         found = self._find_garbage(cutoff)
@@ -563,6 +565,10 @@ class WeightsStore(ABC):
         (:func:`claim_abandoned` with ``cutoff``); return whether it was dropped."""
 
     # ---- backend primitives -----------------------------------------------------------------
+
+    def _require_writable(self, action: str) -> None:
+        """Raise ReadOnlyStoreError if the store was opened read-only. Every write of a backend
+        refuses on its own; this is for a call that may find nothing to write (e.g. gc)."""
 
     @property
     def heartbeat_every(self) -> float:

@@ -86,6 +86,9 @@ class LocalWeightsStore(WeightsStore):
     def __repr__(self) -> str:
         return f"LocalWeightsStore({str(self.basedir)!r})"
 
+    def _require_writable(self, action: str) -> None:
+        self.catalog.require_writable(action)
+
     def list_checkpoints(self, run: Any) -> list[CheckpointInfo]:
         rows = self.catalog.query(
             "SELECT * FROM checkpoints WHERE run = ? AND state = 'complete' ORDER BY iteration",

@@ -231,8 +231,8 @@ class MongoDatabase:
             WriteConcernFailedError: a write landed but missed its write concern.
             StoreConnectionError: still unreachable (or no primary) when the retry budget ran out.
         """
-        if write and self.read_only:
-            raise ReadOnlyStoreError(f"{self} is opened read-only: not authorized to write ({action})")
+        if write:
+            self.require_writable(action)
         policy = self.retry if retry else NO_RETRY
         try:
             return policy.call(step, action)
@@ -242,12 +242,17 @@ class MongoDatabase:
     @contextmanager
     def reporting_errors(self, action: str, write: bool = False) -> Iterator[None]:
         """Translate errors of the enclosed operations as :meth:`run` does (without retrying)."""
-        if write and self.read_only:
-            raise ReadOnlyStoreError(f"{self} is opened read-only: not authorized to write ({action})")
+        if write:
+            self.require_writable(action)
         try:
             yield
         except PyMongoError as error:
             self._raise_translated(error, action, write, 0.0)
+
+    def require_writable(self, action: str) -> None:
+        """Raise ReadOnlyStoreError (nothing sent) if the store was opened read-only."""
+        if self.read_only:
+            raise ReadOnlyStoreError(f"{self} is opened read-only: not authorized to write ({action})")
 
     def _raise_translated(self, error: PyMongoError, action: str, write: bool, budget: float) -> None:
         translated = self.translate(error, action, write, budget)

@@ -162,6 +162,9 @@ class MongoWeightsStore(WeightsStore):
     def __repr__(self) -> str:
         return f"MongoWeightsStore({self.database.display!r}, db_name={self.database.db_name!r})"
 
+    def _require_writable(self, action: str) -> None:
+        self.database.require_writable(action)
+
     def list_checkpoints(self, run: Any) -> list[CheckpointInfo]:
         name = run_name_of(run)
         documents = self.database.read(
