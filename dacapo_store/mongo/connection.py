@@ -44,6 +44,7 @@ DEFAULT_COLLECTION_PREFIX = "dacapo_store."
 collections (``runs``, ``training_stats``, ``validation_scores``, ...) without touching them."""
 
 UNAUTHORIZED_CODES = frozenset({13})  # Unauthorized
+AUTHENTICATION_FAILED = 18
 UNAUTHORIZED_ATLAS_CODE = 8000  # AtlasError, among them "user is not allowed to do action ..."
 
 IndexSpec = tuple[Sequence[tuple[str, int]], dict[str, Any]]
@@ -227,7 +228,8 @@ class MongoDatabase:
 
         Raises:
             ReadOnlyStoreError: a write on a store opened read-only (nothing is sent).
-            NotAuthorizedError: the user lacks the privilege (a PermissionError).
+            NotAuthorizedError: the user lacks the privilege, or authentication failed (a
+                PermissionError).
             WriteConcernFailedError: a write landed but missed its write concern.
             StoreConnectionError: still unreachable (or no primary) when the retry budget ran out.
         """
@@ -265,6 +267,11 @@ class MongoDatabase:
         for up to ``budget`` seconds (the error itself if it needs no translation); its message
         never shows the password."""
         message = redact_text(str(error).split(", Topology Description:")[0], self.uri)
+        if isinstance(error, OperationFailure) and error.code == AUTHENTICATION_FAILED:
+            return NotAuthorizedError(
+                f"{self}: authentication failed ({action}); check the user name, password and "
+                f"authSource: {message}"
+            )
         if is_unauthorized(error):
             verb = "write" if write else "read"
             return NotAuthorizedError(f"{self}: not authorized to {verb} ({action}): {message}")

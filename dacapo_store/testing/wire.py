@@ -11,7 +11,8 @@ a user's role (``read`` refuses writes with code 13, Unauthorized, as a server d
 a retried write (same session and ``txnNumber``) with the first attempt's reply as a server
 does, and injects :class:`Fault` s: error replies (NotWritablePrimary, ExceededTimeLimit,
 Unauthorized), ``writeConcernError`` after executing, and closed connections before or after
-executing (a lost reply).
+executing (a lost reply). The connected user is not authenticated: a URI with credentials
+gets AuthenticationFailed (code 18), as with a wrong password.
 
 Typical use::
 
@@ -47,6 +48,7 @@ REPLY_BATCH_BYTES = 16 * 1024 * 1024
 DEFAULT_BATCH_SIZE = 101
 
 UNAUTHORIZED = 13
+AUTHENTICATION_FAILED = 18
 NOT_WRITABLE_PRIMARY = 10107
 PRIMARY_STEPPED_DOWN = 189
 INTERRUPTED_DUE_TO_REPL_STATE_CHANGE = 11602
@@ -58,6 +60,7 @@ NAMESPACE_NOT_FOUND = 26
 
 CODE_NAMES = {
     UNAUTHORIZED: "Unauthorized",
+    AUTHENTICATION_FAILED: "AuthenticationFailed",
     NOT_WRITABLE_PRIMARY: "NotWritablePrimary",
     PRIMARY_STEPPED_DOWN: "PrimarySteppedDown",
     INTERRUPTED_DUE_TO_REPL_STATE_CHANGE: "InterruptedDueToReplStateChange",
@@ -340,6 +343,10 @@ class WireServer:
         return {}
 
     _cmd_endsessions = _cmd_ping
+
+    def _cmd_saslstart(self, db: Any, collection: Any, document: Mapping[str, Any]) -> dict[str, Any]:
+        return {"ok": 0, "code": AUTHENTICATION_FAILED, "codeName": "AuthenticationFailed",
+                "errmsg": "Authentication failed."}
 
     def _cmd_buildinfo(self, db: Any, collection: Any, document: Mapping[str, Any]) -> dict[str, Any]:
         return {"version": SERVER_VERSION, "versionArray": [int(x) for x in SERVER_VERSION.split(".")] + [0]}
