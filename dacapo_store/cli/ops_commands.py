@@ -1,5 +1,5 @@
 """Operations subcommands of ``dacapo-store``: listing, best, export/import, prune, gc,
-verify, du and plot.
+verify, du, plot and doctor.
 
 Every subcommand takes ``--store`` (a directory or a ``mongodb://`` URI; unset, the store is
 resolved as :func:`dacapo_store.config.resolve_store` documents) and opens its stores through
@@ -556,9 +556,32 @@ def plot_command(run: str, output: Path, store: str | None) -> None:
     click.echo(f"wrote {output} ({width}x{height} px)")
 
 
+@click.command("doctor")
+@store_option
+@json_option
+@reporting_errors
+def doctor_command(store: str | None, as_json: bool) -> None:
+    """Check the store's setup without changing anything: for MongoDB connectivity, server
+    version and topology, the user's privileges, indexes and write concern; for a directory,
+    that it exists, permissions and the catalog's integrity. Exits with status 1 if any
+    problem is found."""
+    from ..maintenance.doctor import PROBLEM, diagnose
+
+    findings = diagnose(resolve_store(store))
+    if as_json:
+        echo_json(findings)
+    else:
+        for finding in findings:
+            click.echo(f"{finding.level:<8} {finding.topic}: {finding.message}")
+    problems = sum(finding.level == PROBLEM for finding in findings)
+    if problems:
+        raise CliError(f"{problems} problem(s) found")
+
+
 COMMANDS = (
     runs_command, checkpoints_command, scores_command, best_command, export_command,
     import_command, prune_command, gc_command, verify_command, du_command, plot_command,
+    doctor_command,
 )
 
 

@@ -26,6 +26,7 @@ from ..mongo.connection import DEFAULT_COLLECTION_PREFIX, MongoDatabase
 from ..mongo.retry import RetryPolicy
 
 RUNS_COLLECTION = "runs"
+RUN_CONFIG_INDEXES = (([("name", ASCENDING)], {"name": "name", "unique": True}),)
 RUNS_TABLE_SQL = """CREATE TABLE IF NOT EXISTS run_configs (
     name TEXT PRIMARY KEY,
     config TEXT NOT NULL,
@@ -174,7 +175,7 @@ class MongoRunConfigStore(RunConfigStore):
     ) -> None:
         self.database = MongoDatabase(db_host, db_name, write_concern, read_only, retry, collection_prefix)
         self.runs = self.database.collection(RUNS_COLLECTION)
-        self.database.ensure_indexes(self.runs, [([("name", ASCENDING)], {"name": "name", "unique": True})])
+        self.database.ensure_indexes(self.runs, RUN_CONFIG_INDEXES)
 
     def __repr__(self) -> str:
         return f"MongoRunConfigStore({self.database.display!r}, db_name={self.database.db_name!r})"

@@ -314,19 +314,27 @@ class MongoDatabase:
             )
             self.check_indexes(collection, specs)
 
-    def check_indexes(self, collection: Any, specs: Sequence[IndexSpec]) -> list[str]:
-        """Return the names of the indexes ``specs`` that ``collection`` lacks (one
-        ``listIndexes``), logging a warning for each; a missing collection lacks none (an empty
-        store needs no index yet). Not retried (see :meth:`ensure_indexes`).
+    def missing_indexes(self, collection: Any, specs: Sequence[IndexSpec]) -> list[str] | None:
+        """The names of the indexes ``specs`` that ``collection`` lacks (one ``listIndexes``,
+        not retried); ``None`` if the collection does not exist (an empty store needs none yet).
 
         Raises:
             StoreConnectionError, NotAuthorizedError: as :meth:`ensure_indexes`.
         """
         with self.reporting_errors(f"listing the indexes of {collection.name}"):
             existing = [_index_signature(index["key"].items(), index) for index in collection.list_indexes()]
-        if not existing:  # no collection yet (pymongo lists none; a collection has its _id index)
-            return []
-        missing = [options["name"] for keys, options in specs if _index_signature(keys, options) not in existing]
+        if not existing:  # no collection (pymongo lists none; a collection has its _id index)
+            return None
+        return [options["name"] for keys, options in specs if _index_signature(keys, options) not in existing]
+
+    def check_indexes(self, collection: Any, specs: Sequence[IndexSpec]) -> list[str]:
+        """Return the names of the indexes ``specs`` that ``collection`` lacks (see
+        :meth:`missing_indexes`; none for a missing collection), logging a warning for each.
+
+        Raises:
+            StoreConnectionError, NotAuthorizedError: as :meth:`ensure_indexes`.
+        """
+        missing = self.missing_indexes(collection, specs) or []
         for name in missing:
             logger.warning(
                 "%s: index %r on %s is missing: queries on it scan the collection; open the store "

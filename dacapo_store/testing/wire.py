@@ -170,15 +170,18 @@ class WireServer:
         role: the connected user's role on every database: ``"readWrite"`` (default) or
             ``"read"`` (write commands fail with code 13, Unauthorized).
         user: the user name ``connectionStatus`` reports.
+        replica_set: answer ``hello`` as the primary of replica set ``rs0`` (default), else as
+            a standalone server (no retryable writes).
 
     Use as a context manager (or call :meth:`close`, which takes about a second: mockupdb's
     accept loop polls once a second). To share one server between tests, call :meth:`reset`
     between them. Not for production: one lock serializes all connections, as mongomock needs.
     """
 
-    def __init__(self, role: str = "readWrite", user: str = "trainer") -> None:
+    def __init__(self, role: str = "readWrite", user: str = "trainer", replica_set: bool = True) -> None:
         from mockupdb import MockupDB  # imported here: a test dependency only
 
+        self.replica_set = replica_set
         self._lock = threading.Lock()
         self._cursor_ids = itertools.count(1000)
         self.reset(role, user)
@@ -195,8 +198,9 @@ class WireServer:
         return f"mongodb://{self.address}/"
 
     def uri_with(self, path: str = "", **options: Any) -> str:
-        """``mongodb://host:port/<path>?<options>`` (``replicaSet=rs0`` added)."""
-        query = "&".join(f"{key}={value}" for key, value in {"replicaSet": "rs0", **options}.items())
+        """``mongodb://host:port/<path>?<options>`` (``replicaSet=rs0`` added for a replica set)."""
+        options = {"replicaSet": "rs0", **options} if self.replica_set else options
+        query = "&".join(f"{key}={value}" for key, value in options.items())
         return f"mongodb://{self.address}/{path}?{query}"
 
     def reset(self, role: str = "readWrite", user: str = "trainer") -> None:
@@ -328,14 +332,18 @@ class WireServer:
     # ---- server and session commands -------------------------------------------------------
 
     def _cmd_hello(self, db: Any, collection: Any, document: Mapping[str, Any]) -> dict[str, Any]:
-        return {
+        reply = {
             "helloOk": True, "ismaster": True, "isWritablePrimary": True, "secondary": False,
-            "setName": "rs0", "setVersion": 1, "hosts": [self.address], "primary": self.address,
-            "me": self.address, "electionId": ObjectId("7fffffff0000000000000001"),
             "maxBsonObjectSize": 16 * 1024 * 1024, "maxMessageSizeBytes": 48_000_000,
             "maxWriteBatchSize": 100_000, "logicalSessionTimeoutMinutes": 30,
             "minWireVersion": 0, "maxWireVersion": MAX_WIRE_VERSION,
         }
+        if self.replica_set:
+            reply.update({
+                "setName": "rs0", "setVersion": 1, "hosts": [self.address], "primary": self.address,
+                "me": self.address, "electionId": ObjectId("7fffffff0000000000000001"),
+            })
+        return reply
 
     _cmd_ismaster = _cmd_hello
 
