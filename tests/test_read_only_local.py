@@ -62,16 +62,23 @@ def snapshot(path: Path) -> dict[str, bytes]:
     }
 
 
-def assert_every_read_works(path: Path, run: ToyRun, **options) -> None:
-    weights, stats = LocalWeightsStore(path, **options), LocalStatsStore(path, **options)
+def assert_reads_work(weights, stats, run: ToyRun) -> None:
+    """Every read of run ``r`` with checkpoints 1 and 2 scored 0.7 and 0.9 (dataset ``val``,
+    criterion ``dice``) returns what was stored."""
     assert weights.list_runs() == ["r"] and stats.list_runs() == ["r"]
     assert [c.iteration for c in weights.list_checkpoints("r")] == [1, 2]
     assert weights.latest_iteration("r") == 2
     assert weights.retrieve_best("r", "val", "dice") == 2
     assert_state_equal(weights.retrieve_weights("r", 2).model, run.model.state_dict())
     weights.verify("r", 1)
-    assert [s.iteration for s in stats.retrieve_training_stats("r")] == [0, 1, 2]
+    assert [s.value for s in stats.retrieve_validation_scores("r")] == [0.7, 0.9]
     assert stats.best_validation_score("r", "val", "dice").value == 0.9
+
+
+def assert_every_read_works(path: Path, run: ToyRun, **options) -> None:
+    weights, stats = LocalWeightsStore(path, **options), LocalStatsStore(path, **options)
+    assert_reads_work(weights, stats, run)
+    assert [s.iteration for s in stats.retrieve_training_stats("r")] == [0, 1, 2]
     assert LocalRunConfigStore(path, **options).retrieve_run_config("r") == {"name": "r", "depth": 2}
     assert weights.collect_garbage(older_than=3600, dry_run=True).items == ()
 

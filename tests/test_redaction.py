@@ -46,6 +46,11 @@ def every_log_record(caplog):
     return caplog
 
 
+def assert_records_hide(caplog, password: str) -> None:
+    for record in caplog.records:
+        assert_hidden(record.getMessage(), password)
+
+
 def assert_cli_hides(args: list[str], password: str, env: dict | None = None) -> str:
     result = CliRunner().invoke(main, args, env=env)
     assert result.exit_code == 1
@@ -98,8 +103,7 @@ def test_an_unescaped_password_is_refused_without_being_shown(password, every_lo
     assert_cli_hides(["runs", "--store", uri], password)
     monkeypatch.delenv("DACAPO_STORE_URI", raising=False)
     assert_cli_hides(["du"], password, env={"DACAPO_STORE_URI": uri})
-    for record in every_log_record.records:
-        assert_hidden(record.getMessage(), password)
+    assert_records_hide(every_log_record, password)
 
 
 @pytest.mark.parametrize("password", PASSWORDS)
@@ -113,8 +117,7 @@ def test_an_escaped_password_is_not_shown_when_the_server_is_unreachable(passwor
     assert_hidden(repr(caught.value), password)
     output = assert_cli_hides(["runs", "--store", uri], password)
     assert "trainer:***@" in output
-    for record in every_log_record.records:
-        assert_hidden(record.getMessage(), password)
+    assert_records_hide(every_log_record, password)
 
 
 @pytest.mark.parametrize("password", PASSWORDS)
@@ -129,8 +132,7 @@ def test_an_escaped_password_is_not_shown_when_authentication_fails(password, ev
         assert "authentication failed" in message and "trainer:***@" in message
         assert_hidden(message, password)
         assert_cli_hides(["runs", "--store", uri], password)
-        for record in every_log_record.records:
-            assert_hidden(record.getMessage(), password)
+        assert_records_hide(every_log_record, password)
 
 
 def test_reprs_and_locations_hide_the_password() -> None:

@@ -17,8 +17,9 @@ from dacapo_store import (
     TrainingIterationStats,
 )
 from dacapo_store.cli import main
-from dacapo_store.testing.contract import ToyRun, assert_state_equal
+from dacapo_store.testing.contract import ToyRun
 
+from ..test_read_only_local import assert_reads_work
 from .conftest import DATABASE, open_stats, open_weights
 
 WRITES = {"insert", "update", "delete", "findandmodify", "createindexes"}
@@ -41,16 +42,6 @@ def seeded(server, clock, run):
     server.role = "read"
     server.clear()
     return server
-
-
-def assert_reads_work(weights, stats, run) -> None:
-    assert weights.list_runs() == ["r"] and stats.list_runs() == ["r"]
-    assert [c.iteration for c in weights.list_checkpoints("r")] == [1, 2]
-    assert weights.latest_iteration("r") == 2
-    assert weights.retrieve_best("r", "val", "dice") == 2
-    assert_state_equal(weights.retrieve_weights("r", 2).model, run.model.state_dict())
-    weights.verify("r", 1)
-    assert [s.value for s in stats.retrieve_validation_scores("r")] == [0.7, 0.9]
 
 
 def test_a_read_only_store_checks_indexes_instead_of_creating_them(seeded, clock, run, caplog) -> None:
