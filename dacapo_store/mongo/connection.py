@@ -23,7 +23,7 @@ from ..errors import (
     WriteConcernFailedError,
 )
 from ..uri import check_credentials, redact_text, redact_uri
-from .retry import NO_RETRY, RetryPolicy, is_transient
+from .retry import RetryPolicy, is_transient
 
 logger = logging.getLogger(__name__)
 
@@ -217,9 +217,9 @@ class MongoDatabase:
         """Run the write ``step`` with retries (see :meth:`run`); it must be idempotent."""
         return self.run(action, step, write=True)
 
-    def run(self, action: str, step: Callable[[], T], write: bool, retry: bool = True) -> T:
-        """Run ``step`` (retrying transient errors under the store's policy unless ``retry``
-        is false) and translate the server's refusals.
+    def run(self, action: str, step: Callable[[], T], write: bool) -> T:
+        """Run ``step``, retrying transient errors under the store's policy, and translate the
+        server's refusals.
 
         Args:
             action: what the step does, for messages (``"storing checkpoint 3 of run 'a'"``).
@@ -235,21 +235,18 @@ class MongoDatabase:
         """
         if write:
             self.require_writable(action)
-        policy = self.retry if retry else NO_RETRY
         try:
-            return policy.call(step, action)
+            return self.retry.call(step, action)
         except PyMongoError as error:
-            self._raise_translated(error, action, write, policy.budget)
+            self._raise_translated(error, action, write, self.retry.budget)
 
     @contextmanager
-    def reporting_errors(self, action: str, write: bool = False) -> Iterator[None]:
-        """Translate errors of the enclosed operations as :meth:`run` does (without retrying)."""
-        if write:
-            self.require_writable(action)
+    def reporting_errors(self, action: str) -> Iterator[None]:
+        """Translate errors of the enclosed reads as :meth:`run` does (without retrying)."""
         try:
             yield
         except PyMongoError as error:
-            self._raise_translated(error, action, write, 0.0)
+            self._raise_translated(error, action, False, 0.0)
 
     def require_writable(self, action: str) -> None:
         """Raise ReadOnlyStoreError (nothing sent) if the store was opened read-only."""

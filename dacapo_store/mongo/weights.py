@@ -322,7 +322,7 @@ class MongoWeightsStore(WeightsStore):
             try:
                 self.database.write(f"undoing the commit of {where}", lambda: self._undo_commit(reservation))
             except Exception as error:
-                logger.warning("could not undo the commit of %s: %s", where, error)
+                logger.warning("the undo of the commit of %s is not confirmed: %s", where, error)
             raise
 
     def _commit_once(self, reservation: Reservation, parts: Mapping[str, PartInfo]) -> CheckpointInfo:

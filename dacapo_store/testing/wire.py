@@ -11,14 +11,15 @@ a user's role (``read`` refuses writes with code 13, Unauthorized, as a server d
 a retried write (same session and ``txnNumber``) with the first attempt's reply as a server
 does, and injects :class:`Fault` s: error replies (NotWritablePrimary, ExceededTimeLimit,
 Unauthorized), ``writeConcernError`` after executing, and closed connections before or after
-executing (a lost reply). The connected user is not authenticated: a URI with credentials
-gets AuthenticationFailed (code 18), as with a wrong password.
+executing (a lost reply). Authentication is not emulated: a URI with credentials gets
+AuthenticationFailed (code 18), as with a wrong password; without credentials, every client acts
+as the server's ``user`` with its ``role``.
 
 Typical use::
 
-    with WireServer() as server:
-        store = MongoWeightsStore(server.uri)
-        server.inject(Fault.error("insert", "checkpoints", NOT_WRITABLE_PRIMARY, times=3))
+    with quick_rediscovery(), WireServer() as server:
+        store = MongoWeightsStore(server.uri_with("labdb"))
+        server.inject(Fault.error("insert", store.checkpoints.name, NOT_WRITABLE_PRIMARY, times=3))
         store.store_weights(run, 1)
         print(server.sent("findAndModify"))
 
@@ -132,8 +133,10 @@ class Fault:
     times: int = 1
     skip: int = 0
     execute: bool = False
-    fired: int = 0
-    seen: int = 0
+    fired: int = field(default=0, init=False)
+    """How often the fault fired so far."""
+    seen: int = field(default=0, init=False)
+    """How many matching commands it saw (skipped ones among them)."""
 
     @classmethod
     def error(cls, command: str, collection: str | None = None, code: int = NOT_WRITABLE_PRIMARY,
@@ -191,11 +194,6 @@ class WireServer:
         self.address = f"localhost:{self._mock.port}"
 
     # ---- use -----------------------------------------------------------------------------------
-
-    @property
-    def uri(self) -> str:
-        """A URI for this server (add a path and options as needed)."""
-        return f"mongodb://{self.address}/"
 
     def uri_with(self, path: str = "", **options: Any) -> str:
         """``mongodb://host:port/<path>?<options>`` (``replicaSet=rs0`` added for a replica set)."""

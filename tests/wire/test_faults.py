@@ -243,6 +243,14 @@ def test_a_write_concern_error_fails_the_store_and_nothing_stays_visible(
     assert_consistent(server, weights, [])
 
 
+def test_a_write_concern_error_on_a_heartbeat_fails_the_store_and_nothing_stays(server, clock, run) -> None:
+    weights = open_weights(server, clock, stale_after=1e-9)  # a heartbeat on every write
+    server.inject(Fault.write_concern("update", weights.checkpoints.name))
+    with pytest.raises(WriteConcernFailedError, match="refreshing the reservation"):
+        weights.store_weights(run, 1)
+    assert_consistent(server, weights, [])
+
+
 def test_a_write_concern_error_on_an_overwrite_keeps_the_old_checkpoint(server, weights, run, clock) -> None:
     weights.store_weights(run, 1)
     old = run.model.state_dict()
