@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 import uuid
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -34,6 +36,8 @@ from dacapo_store import (
 )
 from dacapo_store.digests import DEFAULT_ALGORITHM, algorithm_of
 from dacapo_store.serialization import HashingWriter
+from dacapo_store.state_checks import MAX_STATE_DEPTH
+from dacapo_store.testing.state_values import LOADABLE_VALUES, REFUSED_VALUES, assert_loaded_equal
 
 
 class ToyRun:
@@ -289,6 +293,70 @@ class StoreContract:
             weights_store.retrieve_weights(run.name, 2)
         weights_store.store_weights(run, 2)  # the failed writer left no reservation behind
         assert weights_store.latest_iteration(run) == 2
+
+    # ---- every stored checkpoint loads -----------------------------------------------------
+
+    @pytest.mark.parametrize("make", LOADABLE_VALUES)
+    def test_every_value_a_weights_only_load_accepts_is_stored_and_read_back(
+        self, weights_store: WeightsStore, make: Any
+    ) -> None:
+        model = {"weight": torch.ones(2), "extra": make()}
+        optimizer = {"state": {}, "param_groups": [{"lr": 0.1, "params": [0], "extra": make()}]}
+        weights_store.put_weights("values", 1, Weights(model, optimizer))
+        loaded = weights_store.retrieve_weights("values", 1)
+        assert_loaded_equal(loaded.model, model)
+        assert_loaded_equal(loaded.optimizer, optimizer)
+
+    @pytest.mark.parametrize("part", ["model", "optimizer"])
+    @pytest.mark.parametrize("make", REFUSED_VALUES)
+    def test_a_value_a_weights_only_load_refuses_is_refused_before_anything_is_stored(
+        self, weights_store: WeightsStore, make: Any, part: str
+    ) -> None:
+        value = make()
+        state = {"weight": torch.ones(2), "extra": value}
+        weights = Weights(state, None) if part == "model" else Weights({"weight": torch.ones(2)}, state)
+        with pytest.raises(TypeError) as caught:
+            weights_store.put_weights("values", 1, weights)
+        message = str(caught.value)
+        assert f"weights.{part}" in message and "weights_only=True" in message and "nothing was stored" in message
+        self.assert_nothing_stored(weights_store, "values")
+        weights_store.put_weights("values", 1, Weights({"weight": torch.ones(2)}, None))  # the key is free
+
+    def test_a_numpy_learning_rate_is_refused_naming_its_path_and_the_fix(
+        self, weights_store: WeightsStore, run: ToyRun
+    ) -> None:
+        run.optimizer.param_groups[0]["lr"] = np.float64(0.01)  # as some LR schedules leave it
+        with pytest.raises(TypeError) as caught:
+            weights_store.store_weights(run, 1)
+        assert str(caught.value).startswith(
+            "weights.optimizer['param_groups'][0]['lr'] is a numpy.float64 (np.float64(0.01))"
+        )
+        assert "float(x)" in str(caught.value)
+        self.assert_nothing_stored(weights_store, run.name)
+        run.optimizer.param_groups[0]["lr"] = 0.01
+        weights_store.store_weights(run, 1)  # fixed: stored and read back
+        assert weights_store.retrieve_weights(run, 1).optimizer["param_groups"][0]["lr"] == 0.01
+
+    def test_a_state_nested_too_deep_is_refused_before_anything_is_stored(
+        self, weights_store: WeightsStore
+    ) -> None:
+        state: dict = {}
+        inner = state
+        for _ in range(MAX_STATE_DEPTH + 1):
+            inner["a"] = {}
+            inner = inner["a"]
+        with pytest.raises(ValueError, match="levels deep"):
+            weights_store.put_weights("values", 1, Weights(state, None))
+        self.assert_nothing_stored(weights_store, "values")
+
+    @staticmethod
+    def assert_nothing_stored(weights_store: WeightsStore, run: str) -> None:
+        """No checkpoint, no reservation and no payload of ``run`` (a garbage scan that would
+        count every pending upload as stale finds nothing)."""
+        assert weights_store.list_runs() == [] and weights_store.latest_iteration(run) is None
+        far_future = time.time() + 100 * weights_store.stale_after
+        report = weights_store.collect_garbage(older_than=weights_store.stale_after, dry_run=True, now=far_future)
+        assert report.items == ()
 
     # ---- integrity --------------------------------------------------------------------------------
 
