@@ -37,7 +37,12 @@ from dacapo_store import (
 from dacapo_store.digests import DEFAULT_ALGORITHM, algorithm_of
 from dacapo_store.serialization import HashingWriter
 from dacapo_store.state_checks import MAX_STATE_DEPTH
-from dacapo_store.testing.state_values import LOADABLE_VALUES, REFUSED_VALUES, assert_loaded_equal
+from dacapo_store.testing.state_values import (
+    FOREIGN_PAYLOADS,
+    LOADABLE_VALUES,
+    REFUSED_VALUES,
+    assert_loaded_equal,
+)
 
 
 class ToyRun:
@@ -369,6 +374,22 @@ class StoreContract:
         assert run.name in str(caught.value) and "6" in str(caught.value)
         with pytest.raises(CorruptCheckpointError):
             weights_store.verify(run.name, 6)
+
+    @pytest.mark.parametrize("make_payload", FOREIGN_PAYLOADS)
+    def test_a_foreign_payload_with_a_matching_digest_is_corrupt(
+        self, weights_store: WeightsStore, run: ToyRun, monkeypatch: pytest.MonkeyPatch, make_payload: Any
+    ) -> None:
+        payload = make_payload()
+
+        def planting_save(state: Any, file: Any) -> None:  # the catalog records its true digest
+            file.write(payload)
+
+        monkeypatch.setattr(torch, "save", planting_save)
+        weights_store.put_weights(run.name, 6, Weights(run.model.state_dict(), None))
+        monkeypatch.undo()
+        weights_store.verify(run.name, 6)  # size and digest match what was planted
+        with pytest.raises(CorruptCheckpointError, match=rf"checkpoint 6 of run '{run.name}' \(model part\)"):
+            weights_store.retrieve_weights(run.name, 6)
 
     # ---- best ---------------------------------------------------------------------------------
 

@@ -16,9 +16,12 @@ import datetime
 import decimal
 import enum
 import fractions
+import io
 import math
 import pathlib
+import pickle
 import uuid
+import zipfile
 from typing import Any, Callable
 
 import numpy as np
@@ -228,3 +231,51 @@ def _compare_tensors(actual: torch.Tensor, expected: torch.Tensor) -> None:
         assert torch.equal(actual.view(torch.uint8), expected.view(torch.uint8))
     else:
         assert torch.equal(actual, expected)
+
+
+def torch_archive(state: Any = None, deflated: bool = False, **changes: bytes | None) -> bytes:
+    """A ``torch.save`` archive of ``state`` (default: a small state dict), with the records
+    named in ``changes`` (by the end of their name) replaced, or removed where the value is
+    ``None``; every record compressed if ``deflated`` (``torch.save`` never compresses, and
+    torch still reads such an archive: a small file can expand without bound)."""
+    buffer = io.BytesIO()
+    torch.save({"weight": torch.zeros(1000)} if state is None else state, buffer)
+    with zipfile.ZipFile(io.BytesIO(buffer.getvalue())) as archive:
+        records = {name: archive.read(name) for name in archive.namelist()}
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED if deflated else zipfile.ZIP_STORED) as archive:
+        for name, data in records.items():
+            key = name.rsplit("/", 1)[-1]
+            if key in changes and changes[key] is None:
+                continue
+            archive.writestr(name, changes.get(key, data))
+    return out.getvalue()
+
+
+def _foreign_zip() -> bytes:
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as archive:
+        archive.writestr("notes.txt", "not a checkpoint")
+    return out.getvalue()
+
+
+def _legacy_torch_file() -> bytes:
+    buffer = io.BytesIO()
+    torch.save({"weight": torch.ones(2)}, buffer, _use_new_zipfile_serialization=False)
+    return buffer.getvalue()
+
+
+FOREIGN_PAYLOADS = [
+    pytest.param(lambda: b"", id="empty"),
+    pytest.param(lambda: b"\x00garbage" * 100, id="garbage"),
+    pytest.param(lambda: pickle.dumps({"weight": [1.0]}), id="plain pickle"),
+    pytest.param(lambda: pickle.dumps(12345), id="pickled int"),
+    pytest.param(_legacy_torch_file, id="pre-zip torch file"),
+    pytest.param(_foreign_zip, id="foreign zip"),
+    pytest.param(lambda: torch_archive(**{"data.pkl": b"garbage"}), id="garbage pickle in archive"),
+    pytest.param(lambda: torch_archive(version=None), id="archive without version"),
+    pytest.param(lambda: torch_archive(byteorder=b"middle"), id="archive with bad byteorder"),
+    pytest.param(lambda: torch_archive(**{"0": b"short"}), id="archive with short tensor data"),
+]
+"""Payloads that are not what ``torch.save`` writes for a state dict: a store that finds one
+(planted with a matching digest) must report it as corrupt, and ``import`` must refuse it."""
