@@ -101,8 +101,21 @@ BAD_NAMES = [
     (42, TypeError),
     (b"bytes", TypeError),
     ({"$gt": ""}, TypeError),
+    ("lone\ud800surrogate", ValueError),
 ]
 BAD_ITERATIONS = [(-1, ValueError), (True, TypeError), (1.5, TypeError), ("3", TypeError), (2**63, ValueError)]
+
+
+def _nested(leaf: Any, depth: int) -> Any:
+    for _ in range(depth):
+        leaf = {"a": leaf}
+    return leaf
+
+
+def _self_referencing() -> dict:
+    parameters: dict = {"threshold": 0.5}
+    parameters["again"] = parameters
+    return parameters
 
 
 class StoreContract:
@@ -590,13 +603,21 @@ class StoreContract:
             ({"c": 0.5}, {"c": True}, {1: 0.5}, TypeError),
             ({"c": 0.5}, {"c": True}, [("t", 0.5)], TypeError),
             ({"ok": 0.5, "c": "bad"}, {"ok": True, "c": True}, None, TypeError),
+            ({"ok": 0.5, "\udc80": 0.5}, {"ok": True, "\udc80": True}, None, ValueError),
+            ({"c": 0.5}, {"c": True}, {"t\ud800": 1}, ValueError),
+            ({"c": 0.5}, {"c": True}, {"t": ["ok", "\ud800"]}, ValueError),
+            ({"c": 0.5}, {"c": True}, _nested({}, 200), ValueError),
+            ({"c": 0.5}, {"c": True}, _self_referencing(), ValueError),
         ],
+        ids=lambda value: repr(value)[:30],
     )
     def test_bad_scores_and_parameters_are_refused_and_nothing_is_written(
         self, stats_store: StatsStore, run: ToyRun, scores: Any, higher_is_better: Any, parameters: Any, error: type
     ) -> None:
-        with pytest.raises(error):
+        with pytest.raises(error) as caught:
             stats_store.store_validation_scores(run, 1, "d", scores, higher_is_better, parameters)
+        assert type(caught.value) in (TypeError, ValueError)  # never RecursionError, UnicodeEncodeError
+        assert any(field in str(caught.value) for field in ("criterion", "parameters", "higher_is_better", "score"))
         assert stats_store.retrieve_validation_scores(run) == []
 
     def test_store_weights_needs_a_run_object(self, weights_store: WeightsStore) -> None:
