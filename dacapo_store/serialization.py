@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Callable
+import zipfile
+from typing import Any, BinaryIO, Callable
 
 import torch
 from torch.serialization import default_restore_location
@@ -217,6 +218,39 @@ def load_state(source: Any, map_location: Any, describe: str, mmap: bool = False
             f"{describe}: refused to load the payload, it is not a plain torch state dict "
             f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})"
         ) from error
+
+
+def check_uncompressed_archive(file: BinaryIO, describe: str) -> None:
+    """Check that ``file`` (seekable; left at its start) is a zip archive whose records are
+    stored uncompressed and fit in the file, as ``torch.save`` writes them.
+
+    ``torch.load`` also reads compressed records, so a small hostile file (a "zip bomb") could
+    otherwise expand into any amount of memory; stored records cannot be larger than the file.
+
+    Raises:
+        CorruptCheckpointError: not a zip archive, compressed records, or records declaring
+            more bytes than the file holds.
+    """
+    size = file.seek(0, os.SEEK_END)
+    file.seek(0)
+    try:
+        with zipfile.ZipFile(file) as archive:
+            records = archive.infolist()
+    except (zipfile.BadZipFile, EOFError, ValueError) as error:
+        raise CorruptCheckpointError(f"{describe}: refused, it is not a valid zip archive ({error})") from None
+    finally:
+        file.seek(0)
+    compressed = [record.filename for record in records if record.compress_type != zipfile.ZIP_STORED]
+    if compressed:
+        raise CorruptCheckpointError(
+            f"{describe}: refused, {len(compressed)} of its records are compressed (e.g. "
+            f"{compressed[0]!r}), which torch.save never does: it could expand without bound"
+        )
+    declared = sum(record.file_size for record in records)
+    if declared > size:
+        raise CorruptCheckpointError(
+            f"{describe}: refused, its records declare {declared} bytes, more than its {size}"
+        )
 
 
 def _read_head(source: Any, size: int) -> bytes:

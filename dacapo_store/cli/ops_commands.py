@@ -14,9 +14,9 @@ import json
 import math
 import os
 import re
+import sqlite3
 import sys
 import tempfile
-import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, is_dataclass
 from datetime import datetime
@@ -28,12 +28,14 @@ from pymongo.errors import PyMongoError
 
 from ..config import create_stats_store, create_weights_store, resolve_store
 from ..errors import CheckpointNotFoundError, DacapoStoreError
+from ..local.catalog import CATALOG_FILENAME
 from ..local.weights import fsync_directory
 from ..maintenance.retention import prune
 from ..maintenance.summary import known_runs, summarize_run
 from ..maintenance.verification import verify_checkpoints
 from ..records import Weights
-from ..serialization import load_state
+from ..safe_files import open_regular_file
+from ..serialization import check_uncompressed_archive, fd_path, load_state
 from ..stats_store import StatsStore
 from ..uri import redact_text
 from ..weights_store import WeightsStore
@@ -92,24 +94,44 @@ class CliError(click.ClickException):
 
 
 def _one_line(error: BaseException, store: str | None) -> str:
-    """The error's message on one line, without pymongo's topology dump or any password."""
+    """The error's message on one line, without pymongo's topology dump or any password; an
+    SQLite error names the local catalog it came from."""
     message = " ".join(str(error).split()) or type(error).__name__
     message = message.split(", Topology Description:")[0]
     try:
         location = resolve_store(store)
     except DacapoStoreError:
         return message
-    return redact_text(message, location.target) if location.kind == "mongo" else message
+    if location.kind == "mongo":
+        return redact_text(message, location.target)
+    if isinstance(error, sqlite3.Error):
+        return _catalog_problem(Path(location.target) / CATALOG_FILENAME, message)
+    return message
+
+
+def _catalog_problem(catalog: Path, message: str) -> str:
+    """What an SQLite error says about the local store's ``catalog`` file."""
+    if catalog.is_dir():
+        return f"the store's catalog {catalog} is a directory, not an SQLite database file"
+    if "not a database" in message:
+        return f"the store's catalog {catalog} is not an SQLite database (damaged or foreign): {message}"
+    if "readonly" in message or "read-only" in message:
+        return f"the store's catalog {catalog} cannot be written (read-only): {message}"
+    return f"the store's catalog {catalog} cannot be used: {message}"
 
 
 def reporting_errors(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn store, value and connection errors into :class:`CliError` (exit status 1)."""
+    """Turn store, value, connection, file-system and catalog errors into :class:`CliError`
+    (exit status 1). A closed standard output (``BrokenPipeError``) is left to the command
+    group, which exits quietly (see :mod:`dacapo_store.cli`)."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
-        except (DacapoStoreError, ValueError, TypeError, OSError, PyMongoError) as error:
+        except BrokenPipeError:
+            raise
+        except (DacapoStoreError, ValueError, TypeError, OSError, PyMongoError, sqlite3.Error) as error:
             raise CliError(_one_line(error, kwargs.get("store"))) from error
 
     return wrapper
@@ -410,6 +432,24 @@ def _umask() -> int:
 CHECKPOINT_FILE_KEYS = frozenset({"model", "optimizer"})
 
 
+def load_checkpoint_file(path: Path) -> Any:
+    """Load a checkpoint file a user names, weights only, memory-mapped (tensors are not
+    copied into memory).
+
+    Only a regular file is opened (not ``/dev/zero``, a FIFO or a directory), and only an
+    archive as ``torch.save`` writes it (uncompressed records that fit in the file) is loaded.
+
+    Raises:
+        ValueError: not a regular file.
+        CorruptCheckpointError: not a torch archive, compressed records, or not a plain state dict.
+        OSError: the file cannot be read.
+    """
+    describe = f"file {path}"
+    with open_regular_file(path) as file:
+        check_uncompressed_archive(file, describe)
+        return load_state(fd_path(file.fileno(), path), "cpu", describe, mmap=True)
+
+
 def weights_from_file_state(state: Any, path: Path) -> Weights:
     """Interpret a loaded file: ``{"model": ..., "optimizer": ...}`` (optimizer optional or
     ``None``) or a bare model state dict (a dict without a dict under ``"model"``).
@@ -442,8 +482,7 @@ def weights_from_file_state(state: Any, path: Path) -> Weights:
 def import_command(file: Path, run: str, iteration: int, store: str | None) -> None:
     """Store FILE (a checkpoint as `export` writes it, or a bare model state dict) as
     checkpoint ITERATION of RUN. The file must load with torch.load(weights_only=True)."""
-    # memory-mapped where torch allows it (zip archives), so the tensors are not copied into memory
-    state = load_state(file, "cpu", f"file {file}", mmap=zipfile.is_zipfile(file))
+    state = load_checkpoint_file(file)
     weights = weights_from_file_state(state, file)
     info = open_stores(store).weights.put_weights(run, iteration, weights)
     parts = "model and optimizer" if weights.optimizer is not None else "model only"
