@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from typing import Any
 
 import click
 
+from ..errors import ConfigurationWarning
 from . import experiment_commands, ops_commands
 
 BROKEN_PIPE_EXIT_CODE = 141
@@ -43,10 +45,21 @@ def _silence_stdout() -> None:
         pass
 
 
+_python_format_warning = warnings.formatwarning
+
+
+def _format_warning(message: Any, category: type[Warning], *args: Any, **kwargs: Any) -> str:
+    """A configuration warning as one line ``warning: ...`` (others as Python shows them)."""
+    if issubclass(category, ConfigurationWarning):
+        return f"warning: {message}\n"
+    return _python_format_warning(message, category, *args, **kwargs)
+
+
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="dacapo-store")
 def main() -> None:
     """Training checkpoints and validation scores in MongoDB or a local store."""
+    warnings.formatwarning = _format_warning
 
 
 for _module in (experiment_commands, ops_commands):

@@ -137,6 +137,15 @@ def reporting_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def say_which_store(store: str | None) -> None:
+    """Name the store a listing reads, on stderr (standard output stays the listing alone).
+
+    Raises:
+        ConfigurationError: as :func:`~dacapo_store.config.resolve_store`.
+    """
+    click.echo(f"store: {resolve_store(store)}", err=True)
+
+
 def store_option(command: Callable[..., Any]) -> Callable[..., Any]:
     """Add ``--store PATH|URI`` (passed to the command as ``store``, default ``None``)."""
     return click.option(
@@ -243,6 +252,7 @@ class Duration(click.ParamType):
 @reporting_errors
 def runs_command(store: str | None, as_json: bool) -> None:
     """Every run: checkpoints, latest iteration, bytes, best iteration per (dataset, criterion)."""
+    say_which_store(store)
     stores = open_stores(store)
     names = known_runs(stores.weights, stores.stats)
     with progress(len(names), "scanning runs", unit="run") as bar:
@@ -350,6 +360,7 @@ def best_command(run: str, dataset: str, criterion: str, store: str | None, as_j
 @reporting_errors
 def du_command(store: str | None, as_json: bool) -> None:
     """Bytes of checkpoints per run and in total."""
+    say_which_store(store)
     weights = open_stores(store).weights
     usage = [
         {"run": run, "checkpoints": len(checkpoints), "bytes": sum(c.size for c in checkpoints)}

@@ -18,8 +18,9 @@ from .test_gc import HOUR, live_upload, orphan_chunks, orphan_payload, payload_e
 
 
 def ok(result, code: int = 0) -> str:
+    """Standard output of a command that ended with ``code``."""
     assert result.exit_code == code, result.output
-    return result.output
+    return result.stdout
 
 
 def error_line(result, code: int = 1) -> str:
