@@ -4,12 +4,14 @@ bad values name the setting and where it came from, never a password."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
 import mongomock
 import pytest
-from click.testing import CliRunner
 
 from dacapo_store import (
     ConfigurationError,
@@ -18,7 +20,6 @@ from dacapo_store import (
     MongoStatsStore,
     MongoWeightsStore,
 )
-from dacapo_store.cli import main
 from dacapo_store.config import create_stats_store, create_weights_store, resolve_store
 from dacapo_store.testing.mongomock_support import patch_mongomock
 
@@ -163,10 +164,16 @@ def test_an_unknown_key_warns_listing_the_known_ones(isolated) -> None:
 
 
 def test_the_cli_shows_the_warning_as_one_line_and_names_the_store(isolated) -> None:
-    write_options(isolated / "work/dacapo.yaml", "runs_base_dir: store\nmongo_host: mongodb://x\n")
-    result = CliRunner().invoke(main, ["du", "--json"])
-    assert result.exit_code == 0, result.output
-    lines = result.stderr.splitlines()
-    assert lines[0].startswith("warning: options file ") and "unknown key 'mongo_host'" in lines[0]
-    assert lines[1] == f"store: store (from options file {isolated / 'work/dacapo.yaml'} (runs_base_dir))"
+    options = write_options(isolated / "work/dacapo.yaml", "runs_base_dir: store\nmongo_host: mongodb://x\n")
+    environment = {**os.environ, "HOME": str(isolated / "home")}
+    result = subprocess.run(
+        [sys.executable, "-c", "from dacapo_store.cli import main; main()", "du", "--json"],
+        cwd=isolated / "work", env=environment, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == [
+        f"warning: options file {options}: unknown key 'mongo_host' is ignored (did you mean 'mongo_db_host'?); "
+        "the known keys are compute_context, compute_context_config, mongo_db_host, mongo_db_name, runs_base_dir, type",
+        f"store: store (from options file {options} (runs_base_dir))",
+    ]
     assert json.loads(result.stdout) == {"runs": [], "total": {"checkpoints": 0, "bytes": 0}}
