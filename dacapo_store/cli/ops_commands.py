@@ -31,7 +31,7 @@ from ..errors import CheckpointNotFoundError, DacapoStoreError
 from ..local.catalog import CATALOG_FILENAME
 from ..local.weights import fsync_directory
 from ..maintenance.retention import prune
-from ..maintenance.summary import known_runs, summarize_run
+from ..maintenance.summary import RunSummary, known_runs, summarize_run
 from ..maintenance.verification import verify_checkpoints
 from ..records import Weights
 from ..safe_files import open_regular_file
@@ -190,10 +190,14 @@ def human_bytes(size: int) -> str:
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A plain text table: numbers right-aligned, text left-aligned."""
+    """A plain text table: numbers right-aligned, text left-aligned ("" cells are blank)."""
     cells = [[str(cell) for cell in row] for row in rows]
     widths = [max([len(h)] + [len(row[i]) for row in cells]) for i, h in enumerate(headers)]
-    numeric = [bool(rows) and all(isinstance(row[i], (int, float)) for row in rows) for i in range(len(headers))]
+    numeric = [  # a column of numbers (blank cells of continuation lines aside)
+        any(isinstance(row[i], (int, float)) for row in rows)
+        and all(isinstance(row[i], (int, float)) or row[i] == "" for row in rows)
+        for i in range(len(headers))
+    ]
 
     def line(values: Sequence[str]) -> str:
         return "  ".join(
@@ -249,9 +253,11 @@ class Duration(click.ParamType):
 @click.command("runs")
 @store_option
 @json_option
+@click.option("--wide", is_flag=True, help="One line per run, listing every (dataset, criterion).")
 @reporting_errors
-def runs_command(store: str | None, as_json: bool) -> None:
-    """Every run: checkpoints, latest iteration, bytes, best iteration per (dataset, criterion)."""
+def runs_command(store: str | None, as_json: bool, wide: bool) -> None:
+    """Every run: checkpoints, latest iteration, bytes, best iteration per criterion (and
+    dataset): one line per criterion, or one line per run with --wide."""
     say_which_store(store)
     stores = open_stores(store)
     names = known_runs(stores.weights, stores.stats)
@@ -264,15 +270,42 @@ def runs_command(store: str | None, as_json: bool) -> None:
         return echo_json(summaries)
     if not summaries:
         return click.echo("no runs")
-    rows = [
-        [
-            s.run, s.checkpoints, "-" if s.latest_iteration is None else s.latest_iteration,
-            human_bytes(s.bytes),
-            ", ".join(f"{b.dataset}/{b.criterion}: {b.iteration}" for b in s.best) or "-",
+    if wide:
+        rows = [
+            [*_run_cells(s), ", ".join(f"{b.dataset}/{b.criterion}: {b.iteration}" for b in s.best) or "-"]
+            for s in summaries
         ]
-        for s in summaries
+        return click.echo(format_table(["RUN", "CHECKPOINTS", "LATEST", "SIZE", "BEST ITERATION"], rows))
+    rows = []
+    for summary in summaries:
+        best = _best_per_criterion(summary) or [("-", "-")]
+        rows.append([*_run_cells(summary), *best[0]])
+        rows.extend(["", "", "", "", *line] for line in best[1:])
+    click.echo(format_table(["RUN", "CHECKPOINTS", "LATEST", "SIZE", "CRITERION", "BEST ITERATION (DATASET)"], rows))
+
+
+def _run_cells(summary: RunSummary) -> list[Any]:
+    """A run's name, checkpoints, latest iteration and size, as table cells."""
+    latest = "-" if summary.latest_iteration is None else summary.latest_iteration
+    return [summary.run, summary.checkpoints, latest, human_bytes(summary.bytes)]
+
+
+def _best_per_criterion(summary: RunSummary) -> list[tuple[str, str]]:
+    """``(criterion, "600 (validate_0, validate_1), 500 (validate_2)")`` per criterion: its
+    best iterations, each with the datasets where it is best."""
+    by_criterion: dict[str, dict[int, list[str]]] = {}
+    for best in summary.best:
+        by_criterion.setdefault(best.criterion, {}).setdefault(best.iteration, []).append(best.dataset)
+    return [
+        (
+            criterion,
+            ", ".join(
+                f"{iteration} ({', '.join(sorted(datasets))})"
+                for iteration, datasets in sorted(iterations.items(), key=lambda item: (-len(item[1]), item[0]))
+            ),
+        )
+        for criterion, iterations in sorted(by_criterion.items())
     ]
-    click.echo(format_table(["RUN", "CHECKPOINTS", "LATEST", "SIZE", "BEST ITERATION"], rows))
 
 
 @click.command("checkpoints")
@@ -505,8 +538,9 @@ def import_command(file: Path, run: str, iteration: int, store: str | None) -> N
 
 @click.command("prune")
 @click.argument("run")
-@click.option("--keep-last", type=click.IntRange(min=1), default=None, help="Keep the N latest checkpoints.")
-@click.option("--keep-every", type=click.IntRange(min=1), default=None,
+@click.option("--keep-last", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Keep the N latest checkpoints.")
+@click.option("--keep-every", type=click.IntRange(min=1), default=None, metavar="M",
               help="Keep checkpoints whose iteration is a multiple of M.")
 @click.option("--keep-best", is_flag=True,
               help="Also keep the best checkpoint of every post-processing parameter set.")
