@@ -5,7 +5,9 @@ Both store the run config by name, train the run (resuming whatever the store al
 validation dataset and criterion, each read back from the store and re-scored, and check that
 ``load_best`` loads the same weights. Interrupted (Ctrl-C) at any point, they print one line and
 exit with status 130; running the same command again continues the run. Failures print one
-line ``error: ...`` and exit with status 1.
+line ``error: ...`` and exit with status 1. On the CPU they use one torch thread unless
+``--threads`` or ``$OMP_NUM_THREADS`` says otherwise; a progress bar shows on a terminal, and
+one line per stored and validated checkpoint where there is none.
 """
 
 from __future__ import annotations
