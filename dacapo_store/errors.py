@@ -1,4 +1,4 @@
-"""Exceptions raised by dacapo-store.
+"""Exceptions (and the one warning) raised by dacapo-store.
 
 Every error derives from :class:`DacapoStoreError`, and also from the built-in exception a
 caller would naturally catch (``ValueError``, ``FileNotFoundError``, ``LookupError``,
@@ -72,3 +72,7 @@ class CheckpointNotStoredError(DacapoStoreError, RuntimeError):
 
 class ConfigurationError(DacapoStoreError, ValueError):
     """A store setting is invalid; the message names the setting and where it came from."""
+
+
+class ConfigurationWarning(UserWarning):
+    """A store setting looks wrong but is not fatal (e.g. an unknown key in ``dacapo.yaml``)."""

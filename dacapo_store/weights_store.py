@@ -36,6 +36,7 @@ from .checks import check_iteration, check_name, run_name_of
 from .errors import CheckpointNotFoundError, ReservationLostError, CorruptCheckpointError
 from .owner import current_owner, owner_is_dead, upload_ended, upload_started
 from .records import PARTS, CheckpointInfo, PartInfo, Weights
+from .state_checks import check_loadable_weights
 
 logger = logging.getLogger(__name__)
 
@@ -271,7 +272,10 @@ class WeightsStore(ABC):
         is returned: it is complete and verified like any other.
 
         Raises:
-            TypeError / ValueError / CheckpointExistsError: as :meth:`store_weights`.
+            TypeError / ValueError / CheckpointExistsError: as :meth:`store_weights`; also a
+                ``TypeError`` naming any value that ``torch.load(weights_only=True)`` would
+                refuse (a numpy number, a module, ...), before anything is stored
+                (:func:`~dacapo_store.state_checks.check_loadable_weights`).
             ReservationLostError: the upload stalled beyond ``stale_after`` and another writer
                 took ``(run, iteration)`` over, or the replaced checkpoint was removed while
                 the new one was uploaded; nothing of this upload stays.
@@ -287,6 +291,7 @@ class WeightsStore(ABC):
             raise TypeError(
                 f"weights.optimizer must be a state dict or None, got {type(weights.optimizer).__name__}"
             )
+        check_loadable_weights(weights)
         self._retry_failed_drops()
         reservation = Reservation.new(name, iteration)
         try:

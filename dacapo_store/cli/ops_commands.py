@@ -17,9 +17,9 @@ import json
 import math
 import os
 import re
+import sqlite3
 import sys
 import tempfile
-import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, is_dataclass
 from datetime import datetime
@@ -31,12 +31,14 @@ from pymongo.errors import PyMongoError
 
 from ..config import create_stats_store, create_weights_store, resolve_store
 from ..errors import CheckpointNotFoundError, DacapoStoreError
+from ..local.catalog import CATALOG_FILENAME
 from ..local.weights import fsync_directory
 from ..maintenance.retention import prune
-from ..maintenance.summary import known_runs, summarize_run
+from ..maintenance.summary import RunSummary, known_runs, summarize_run
 from ..maintenance.verification import verify_checkpoints
 from ..records import Weights
-from ..serialization import load_state
+from ..safe_files import open_regular_file
+from ..serialization import check_uncompressed_archive, fd_path, load_state
 from ..stats_store import StatsStore
 from ..uri import redact_text
 from ..weights_store import WeightsStore
@@ -99,27 +101,55 @@ class CliError(click.ClickException):
 
 def _one_line(error: BaseException, store: str | None) -> str:
     """The error's message on one line, without pymongo's topology dump or any password (of
-    the store's URI in every form, and of any MongoDB URI in the message)."""
+    the store's URI in every form, and of any MongoDB URI in the message); an SQLite error
+    names the local catalog it came from."""
     message = str(error).split(", Topology Description:")[0]
     try:
         location = resolve_store(store)
     except DacapoStoreError:
         location = None
     uri = location.target if location is not None and location.kind == "mongo" else None
-    return " ".join(redact_text(message, uri).split()) or type(error).__name__
+    message = " ".join(redact_text(message, uri).split()) or type(error).__name__
+    if location is not None and location.kind == "local" and isinstance(error, sqlite3.Error):
+        return _catalog_problem(Path(location.target) / CATALOG_FILENAME, message)
+    return message
+
+
+def _catalog_problem(catalog: Path, message: str) -> str:
+    """What an SQLite error says about the local store's ``catalog`` file."""
+    if catalog.is_dir():
+        return f"the store's catalog {catalog} is a directory, not an SQLite database file"
+    if "not a database" in message:
+        return f"the store's catalog {catalog} is not an SQLite database (damaged or foreign): {message}"
+    if "readonly" in message or "read-only" in message:
+        return f"the store's catalog {catalog} cannot be written (read-only): {message}"
+    return f"the store's catalog {catalog} cannot be used: {message}"
 
 
 def reporting_errors(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn store, value and connection errors into :class:`CliError` (exit status 1)."""
+    """Turn store, value, connection, file-system and catalog errors into :class:`CliError`
+    (exit status 1). A closed standard output (``BrokenPipeError``) is left to the command
+    group, which exits quietly (see :mod:`dacapo_store.cli`)."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
-        except (DacapoStoreError, ValueError, TypeError, OSError, PyMongoError) as error:
+        except BrokenPipeError:
+            raise
+        except (DacapoStoreError, ValueError, TypeError, OSError, PyMongoError, sqlite3.Error) as error:
             raise CliError(_one_line(error, kwargs.get("store"))) from error
 
     return wrapper
+
+
+def say_which_store(store: str | None) -> None:
+    """Name the store a listing reads, on stderr (standard output stays the listing alone).
+
+    Raises:
+        ConfigurationError: as :func:`~dacapo_store.config.resolve_store`.
+    """
+    click.echo(f"store: {resolve_store(store)}", err=True)
 
 
 def store_option(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -166,10 +196,14 @@ def human_bytes(size: int) -> str:
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A plain text table: numbers right-aligned, text left-aligned."""
+    """A plain text table: numbers right-aligned, text left-aligned ("" cells are blank)."""
     cells = [[str(cell) for cell in row] for row in rows]
     widths = [max([len(h)] + [len(row[i]) for row in cells]) for i, h in enumerate(headers)]
-    numeric = [bool(rows) and all(isinstance(row[i], (int, float)) for row in rows) for i in range(len(headers))]
+    numeric = [  # a column of numbers (blank cells of continuation lines aside)
+        any(isinstance(row[i], (int, float)) for row in rows)
+        and all(isinstance(row[i], (int, float)) or row[i] == "" for row in rows)
+        for i in range(len(headers))
+    ]
 
     def line(values: Sequence[str]) -> str:
         return "  ".join(
@@ -225,9 +259,12 @@ class Duration(click.ParamType):
 @click.command("runs")
 @store_option
 @json_option
+@click.option("--wide", is_flag=True, help="One line per run, listing every (dataset, criterion).")
 @reporting_errors
-def runs_command(store: str | None, as_json: bool) -> None:
-    """Every run: checkpoints, latest iteration, bytes, best iteration per (dataset, criterion)."""
+def runs_command(store: str | None, as_json: bool, wide: bool) -> None:
+    """Every run: checkpoints, latest iteration, bytes, best iteration per criterion (and
+    dataset): one line per criterion, or one line per run with --wide."""
+    say_which_store(store)
     stores = open_stores(store, read_only=True)
     names = known_runs(stores.weights, stores.stats)
     with progress(len(names), "scanning runs", unit="run") as bar:
@@ -239,15 +276,42 @@ def runs_command(store: str | None, as_json: bool) -> None:
         return echo_json(summaries)
     if not summaries:
         return click.echo("no runs")
-    rows = [
-        [
-            s.run, s.checkpoints, "-" if s.latest_iteration is None else s.latest_iteration,
-            human_bytes(s.bytes),
-            ", ".join(f"{b.dataset}/{b.criterion}: {b.iteration}" for b in s.best) or "-",
+    if wide:
+        rows = [
+            [*_run_cells(s), ", ".join(f"{b.dataset}/{b.criterion}: {b.iteration}" for b in s.best) or "-"]
+            for s in summaries
         ]
-        for s in summaries
+        return click.echo(format_table(["RUN", "CHECKPOINTS", "LATEST", "SIZE", "BEST ITERATION"], rows))
+    rows = []
+    for summary in summaries:
+        best = _best_per_criterion(summary) or [("-", "-")]
+        rows.append([*_run_cells(summary), *best[0]])
+        rows.extend(["", "", "", "", *line] for line in best[1:])
+    click.echo(format_table(["RUN", "CHECKPOINTS", "LATEST", "SIZE", "CRITERION", "BEST ITERATION (DATASET)"], rows))
+
+
+def _run_cells(summary: RunSummary) -> list[Any]:
+    """A run's name, checkpoints, latest iteration and size, as table cells."""
+    latest = "-" if summary.latest_iteration is None else summary.latest_iteration
+    return [summary.run, summary.checkpoints, latest, human_bytes(summary.bytes)]
+
+
+def _best_per_criterion(summary: RunSummary) -> list[tuple[str, str]]:
+    """``(criterion, "600 (validate_0, validate_1), 500 (validate_2)")`` per criterion: its
+    best iterations, each with the datasets where it is best."""
+    by_criterion: dict[str, dict[int, list[str]]] = {}
+    for best in summary.best:
+        by_criterion.setdefault(best.criterion, {}).setdefault(best.iteration, []).append(best.dataset)
+    return [
+        (
+            criterion,
+            ", ".join(
+                f"{iteration} ({', '.join(sorted(datasets))})"
+                for iteration, datasets in sorted(iterations.items(), key=lambda item: (-len(item[1]), item[0]))
+            ),
+        )
+        for criterion, iterations in sorted(by_criterion.items())
     ]
-    click.echo(format_table(["RUN", "CHECKPOINTS", "LATEST", "SIZE", "BEST ITERATION"], rows))
 
 
 @click.command("checkpoints")
@@ -335,6 +399,7 @@ def best_command(run: str, dataset: str, criterion: str, store: str | None, as_j
 @reporting_errors
 def du_command(store: str | None, as_json: bool) -> None:
     """Bytes of checkpoints per run and in total."""
+    say_which_store(store)
     weights = open_stores(store, read_only=True).weights
     usage = [
         {"run": run, "checkpoints": len(checkpoints), "bytes": sum(c.size for c in checkpoints)}
@@ -417,6 +482,24 @@ def _umask() -> int:
 CHECKPOINT_FILE_KEYS = frozenset({"model", "optimizer"})
 
 
+def load_checkpoint_file(path: Path) -> Any:
+    """Load a checkpoint file a user names, weights only, memory-mapped (tensors are not
+    copied into memory).
+
+    Only a regular file is opened (not ``/dev/zero``, a FIFO or a directory), and only an
+    archive as ``torch.save`` writes it (uncompressed records that fit in the file) is loaded.
+
+    Raises:
+        ValueError: not a regular file.
+        CorruptCheckpointError: not a torch archive, compressed records, or not a plain state dict.
+        OSError: the file cannot be read.
+    """
+    describe = f"file {path}"
+    with open_regular_file(path) as file:
+        check_uncompressed_archive(file, describe)
+        return load_state(fd_path(file.fileno(), path), "cpu", describe, mmap=True)
+
+
 def weights_from_file_state(state: Any, path: Path) -> Weights:
     """Interpret a loaded file: ``{"model": ..., "optimizer": ...}`` (optimizer optional or
     ``None``) or a bare model state dict (a dict without a dict under ``"model"``).
@@ -449,8 +532,7 @@ def weights_from_file_state(state: Any, path: Path) -> Weights:
 def import_command(file: Path, run: str, iteration: int, store: str | None) -> None:
     """Store FILE (a checkpoint as `export` writes it, or a bare model state dict) as
     checkpoint ITERATION of RUN. The file must load with torch.load(weights_only=True)."""
-    # memory-mapped where torch allows it (zip archives), so the tensors are not copied into memory
-    state = load_state(file, "cpu", f"file {file}", mmap=zipfile.is_zipfile(file))
+    state = load_checkpoint_file(file)
     weights = weights_from_file_state(state, file)
     info = open_stores(store).weights.put_weights(run, iteration, weights)
     parts = "model and optimizer" if weights.optimizer is not None else "model only"
@@ -462,8 +544,9 @@ def import_command(file: Path, run: str, iteration: int, store: str | None) -> N
 
 @click.command("prune")
 @click.argument("run")
-@click.option("--keep-last", type=click.IntRange(min=1), default=None, help="Keep the N latest checkpoints.")
-@click.option("--keep-every", type=click.IntRange(min=1), default=None,
+@click.option("--keep-last", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Keep the N latest checkpoints.")
+@click.option("--keep-every", type=click.IntRange(min=1), default=None, metavar="M",
               help="Keep checkpoints whose iteration is a multiple of M.")
 @click.option("--keep-best", is_flag=True,
               help="Also keep the best checkpoint of every post-processing parameter set.")

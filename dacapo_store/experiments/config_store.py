@@ -18,7 +18,7 @@ from pymongo import ASCENDING
 from pymongo.errors import DuplicateKeyError
 from pymongo.write_concern import WriteConcern
 
-from ..checks import check_name
+from ..checks import check_json_value, check_name
 from ..config import open_store
 from ..errors import DacapoStoreError
 from ..local.catalog import Catalog
@@ -72,11 +72,13 @@ class RunConfigStore(ABC):
 
         Raises:
             RunConfigConflictError: a different config is stored under that name (a ValueError).
-            TypeError / ValueError: no valid ``name``, or the config is not JSON-able.
+            TypeError / ValueError: no valid ``name``, or the config is not JSON-able (as
+                :func:`~dacapo_store.checks.check_json_value`: the message names the field).
         """
         if not isinstance(config, Mapping):
             raise TypeError(f"a run config must be a mapping, got {type(config).__name__}")
         name = check_name(config.get("name"), "run")
+        check_json_value(config, "run config")
         text = canonical_json(config)
         existing = self._insert(name, text)
         if existing is not None and existing != text:

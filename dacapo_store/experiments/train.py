@@ -106,6 +106,18 @@ def attempt_store(what: str, retry: StoreRetry, step: Callable[[int], None]) -> 
             retry.sleep(retry.wait)
 
 
+@dataclass(frozen=True)
+class CheckpointProgress:
+    """Where training stands once checkpoint ``iteration`` of ``total`` is stored and validated:
+    the mean ``loss`` of the iterations since the previous checkpoint and their rate
+    (``iterations_per_second``, training time only)."""
+
+    iteration: int
+    total: int
+    loss: float
+    iterations_per_second: float
+
+
 def train_run(
     run: Run,
     weights_store: WeightsStore,
@@ -114,6 +126,7 @@ def train_run(
     progress: bool = True,
     retention: RetentionPolicy | None = None,
     store_retry: StoreRetry = StoreRetry(),
+    on_checkpoint: Callable[[CheckpointProgress], None] | None = None,
 ) -> ResumePoint:
     """Train ``run`` until ``run.train_until``, resuming from what the stores hold.
 
@@ -123,7 +136,9 @@ def train_run(
     its scores are stored. On (re)start, stats and weights are reconciled (see :mod:`.resume`)
     and every stored checkpoint that lacks a score (a run killed after storing weights) is
     validated first, so no score is lost. ``device`` defaults to CUDA when available;
-    ``progress`` shows a progress bar. With a ``retention`` policy, on (re)start and every time
+    ``progress`` shows a progress bar while there is training to do (none for a complete run);
+    ``on_checkpoint`` is called after each new checkpoint is stored and validated (e.g. to log a
+    line where no progress bar can show). With a ``retention`` policy, on (re)start and every time
     a checkpoint's scores are stored, the checkpoints it does not keep are removed
     (:func:`~dacapo_store.maintenance.retention.apply_retention`; the latest checkpoint and the
     best of every (dataset, criterion) are always kept). While the store is unavailable, storing
@@ -160,11 +175,16 @@ def train_run(
 
     iteration = point.iteration
     with tqdm(
-        total=run.train_until, initial=min(iteration, run.train_until), desc=run.name, unit="it", disable=not progress
+        total=run.train_until,
+        initial=min(iteration, run.train_until),
+        desc=run.name,
+        unit="it",
+        disable=not progress or iteration >= run.train_until,
     ) as bar:
         while iteration < run.train_until:
             stop = min((iteration // run.validation_interval + 1) * run.validation_interval, run.train_until)
             new_stats = []
+            started = time.perf_counter()
             for stats in run.trainer.iterate(
                 range(iteration, stop), run.model, run.optimizer, run.task, run.datasplit.train, device
             ):
@@ -172,6 +192,7 @@ def train_run(
                 new_stats.append(stats)
                 bar.set_postfix(loss=f"{stats.loss:.4f}", refresh=False)
                 bar.update()
+            seconds = time.perf_counter() - started
             attempt_store(
                 f"store the training stats of run {run.name!r} up to iteration {stop}", store_retry,
                 lambda attempt: stats_store.store_training_stats(run, new_stats),
@@ -179,5 +200,8 @@ def train_run(
             store_checkpoint(run, stop, weights_store, store_retry)
             validate_run(run, stop, weights_store, stats_store, device)
             retain()
+            if on_checkpoint is not None:
+                loss = sum(stats.loss for stats in new_stats) / len(new_stats)
+                on_checkpoint(CheckpointProgress(stop, run.train_until, loss, len(new_stats) / max(seconds, 1e-9)))
             iteration = stop
     return point
