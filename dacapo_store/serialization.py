@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from typing import Any, BinaryIO, Callable
 
 import torch
+from torch.serialization import default_restore_location
 
 from .digests import DEFAULT_ALGORITHM, algorithm_of, format_digest, new_hash
 from .errors import CorruptCheckpointError
@@ -199,36 +200,60 @@ def check_payload(size: int, digest: str, expected: PartInfo, describe: str) -> 
         )
 
 
-_NOT_AN_ARCHIVE = "PytorchStreamReader"
-"""torch's reader names itself in every error about a damaged or foreign archive."""
-
-
-@contextmanager
-def _refusing_foreign_payloads(describe: str) -> Iterator[None]:
-    """Turn torch's errors about a payload that is not a plain state dict (a pickle that would
-    run code, not a torch archive) into CorruptCheckpointError; other errors pass unchanged."""
-    try:
-        yield
-    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError) as error:
-        if isinstance(error, RuntimeError) and _NOT_AN_ARCHIVE not in str(error):
-            raise
-        raise CorruptCheckpointError(
-            f"{describe}: refused to load the payload, it is not a plain torch state dict "
-            f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})"
-        ) from error
+ZIP_MAGIC = b"PK\x03\x04"
+"""The first bytes of every payload: ``torch.save`` writes a zip archive."""
 
 
 def load_state(source: Any, map_location: Any, describe: str, mmap: bool = False) -> Any:
     """``torch.load`` a payload (a path, or a readable seekable file), weights only.
 
+    A payload that is not a torch zip archive is refused before torch reads it. Any error
+    torch raises while reading the archive is the payload's fault (a foreign or damaged
+    archive makes torch fail in many ways: RuntimeError, KeyError, ValueError,
+    UnicodeDecodeError...), except errors in placing a storage on ``map_location``, running
+    out of memory, and I/O errors of ``source``.
+
     Raises:
         CorruptCheckpointError: the payload is not a plain state dict (e.g. a pickle that would
-            run code) or not a torch archive: it is refused and nothing of it is executed.
+            run code) or not a valid torch archive: it is refused and nothing of it is executed.
         RuntimeError and others: as ``torch.load`` for a valid payload it cannot place (an
             unavailable ``map_location`` device, out of memory): the checkpoint is not blamed.
+        OSError: reading ``source`` failed.
     """
-    with _refusing_foreign_payloads(describe):
-        return torch.load(source, map_location=map_location, weights_only=True, mmap=mmap)
+    _check_head(_read_head(source, len(ZIP_MAGIC)), describe)
+    placement = _Placement(map_location)
+    with _blaming_the_payload(placement, describe):
+        return torch.load(source, map_location=placement.map_location, weights_only=True, mmap=mmap)
+
+
+def _check_head(head: bytes, describe: str) -> None:
+    """Refuse a payload whose first bytes are not a zip archive's, before torch reads it.
+
+    Raises:
+        CorruptCheckpointError: ``head`` is not :data:`ZIP_MAGIC`.
+    """
+    if head != ZIP_MAGIC:
+        raise CorruptCheckpointError(
+            f"{describe}: refused to load the payload, it is not a torch archive "
+            f"(it starts with {head!r}, torch.save writes {ZIP_MAGIC!r})"
+        )
+
+
+@contextmanager
+def _blaming_the_payload(placement: _Placement, describe: str) -> Iterator[None]:
+    """Turn any error torch raises while reading a payload into CorruptCheckpointError, except
+    running out of memory, I/O errors and errors in placing a storage (see :func:`load_state`)."""
+    try:
+        yield
+    except (MemoryError, OSError, torch.OutOfMemoryError):
+        raise  # not the payload's content (CorruptCheckpointError is an OSError: kept as it is)
+    except Exception as error:
+        if placement.failed:
+            raise
+        raise CorruptCheckpointError(
+            f"{describe}: refused to load the payload, it is not a plain torch state dict "
+            f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})"
+        ) from error
 
 
 class _MemoryFile(io.RawIOBase):
@@ -307,18 +332,101 @@ def load_state_from_memory(memory: Any, map_location: Any, describe: str) -> Any
         as :func:`load_state`.
     """
     view = memoryview(memory).cast("B")
-    with _refusing_foreign_payloads(describe):
-        if not LOADS_IN_PLACE or len(view) == 0:
-            return torch.load(_MemoryFile(view), map_location=map_location, weights_only=True)
+    _check_head(bytes(view[: len(ZIP_MAGIC)]), describe)
+    placement = _Placement(map_location)
+    with _blaming_the_payload(placement, describe):
+        if not LOADS_IN_PLACE:
+            return torch.load(_MemoryFile(view), map_location=placement.map_location, weights_only=True)
         storage = torch.frombuffer(memory, dtype=torch.uint8).untyped_storage()
         with torch.serialization._open_zipfile_reader(_MemoryFile(view)) as archive:
             return torch.serialization._load(
                 archive,
-                map_location,
+                placement.map_location,
                 torch.serialization._weights_only_unpickler,
                 overall_storage=storage,
                 encoding="utf-8",  # as torch.load passes it
             )
+
+
+def check_uncompressed_archive(file: BinaryIO, describe: str) -> None:
+    """Check that ``file`` (seekable; left at its start) is a zip archive whose records are
+    stored uncompressed and fit in the file, as ``torch.save`` writes them.
+
+    ``torch.load`` also reads compressed records, so a small hostile file (a "zip bomb") could
+    otherwise expand into any amount of memory; stored records cannot be larger than the file.
+
+    Raises:
+        CorruptCheckpointError: not a zip archive, compressed records, or records declaring
+            more bytes than the file holds.
+    """
+    size = file.seek(0, os.SEEK_END)
+    file.seek(0)
+    try:
+        with zipfile.ZipFile(file) as archive:
+            records = archive.infolist()
+    except (zipfile.BadZipFile, EOFError, ValueError) as error:
+        raise CorruptCheckpointError(f"{describe}: refused, it is not a valid zip archive ({error})") from None
+    finally:
+        file.seek(0)
+    compressed = [record.filename for record in records if record.compress_type != zipfile.ZIP_STORED]
+    if compressed:
+        raise CorruptCheckpointError(
+            f"{describe}: refused, {len(compressed)} of its records are compressed (e.g. "
+            f"{compressed[0]!r}), which torch.save never does: it could expand without bound"
+        )
+    declared = sum(record.file_size for record in records)
+    if declared > size:
+        raise CorruptCheckpointError(
+            f"{describe}: refused, its records declare {declared} bytes, more than its {size}"
+        )
+
+
+def _read_head(source: Any, size: int) -> bytes:
+    """The first ``size`` bytes of ``source`` (a path, or a seekable file left where it was)."""
+    if isinstance(source, (str, os.PathLike)):
+        with open(source, "rb") as file:
+            return file.read(size)
+    start = source.tell()
+    try:
+        return source.read(size)
+    finally:
+        source.seek(start)
+
+
+class _Placement:
+    """What ``torch.load`` gets as ``map_location``: the caller's, placed by torch's own
+    ``default_restore_location``, noting whether placing a storage failed (an unavailable
+    device), so that such an error is not blamed on the payload. A meta ``map_location`` is
+    passed on as it is (torch then reads no tensor data, and places nothing)."""
+
+    def __init__(self, map_location: Any) -> None:
+        self.failed = False
+        self._map_location = map_location
+        is_meta = (isinstance(map_location, str) and map_location == "meta") or (
+            isinstance(map_location, torch.device) and map_location.type == "meta"
+        )
+        self.map_location = map_location if is_meta else self._restore
+
+    def _restore(self, storage: Any, location: str) -> Any:
+        try:
+            return self._place(storage, location)
+        except BaseException:
+            self.failed = True
+            raise
+
+    def _place(self, storage: Any, location: str) -> Any:
+        """``torch.load``'s placement for each kind of ``map_location``."""
+        map_location = self._map_location
+        if map_location is None:
+            return default_restore_location(storage, location)
+        if isinstance(map_location, dict):
+            return default_restore_location(storage, map_location.get(location, location))
+        if isinstance(map_location, (str, bytes)):
+            return default_restore_location(storage, map_location)
+        if isinstance(map_location, torch.device):
+            return default_restore_location(storage, str(map_location))
+        placed = map_location(storage, location)
+        return default_restore_location(storage, location) if placed is None else placed
 
 
 _FD_DIRECTORY = next((d for d in ("/proc/self/fd", "/dev/fd") if os.path.isdir(d)), None)
