@@ -35,6 +35,7 @@ from dacapo_store import (
     Weights,
     WeightsStore,
 )
+from dacapo_store import serialization
 from dacapo_store.digests import DEFAULT_ALGORITHM, algorithm_of
 from dacapo_store.errors import ReservationLostError
 from dacapo_store.serialization import HashingWriter
@@ -609,7 +610,7 @@ class StoreContract:
         def planting_save(state: Any, file: Any) -> None:  # the catalog records its true digest
             file.write(payload)
 
-        monkeypatch.setattr(torch, "save", planting_save)
+        monkeypatch.setattr(serialization, "_save", planting_save)  # how a payload is written
         weights_store.put_weights(run.name, 6, Weights(run.model.state_dict(), None))
         monkeypatch.undo()
         weights_store.verify(run.name, 6)  # size and digest match what was planted
