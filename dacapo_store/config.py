@@ -67,7 +67,8 @@ def options_file_candidates() -> list[Path]:
 
 
 def location_from_value(value: str, source: str, db_name: str | None = None) -> StoreLocation:
-    """Interpret a store setting (a MongoDB URI or a directory).
+    """Interpret a store setting (a MongoDB URI or a directory; a relative directory is taken
+    relative to the current directory, as DaCapo takes its ``runs_base_dir``).
 
     Raises:
         ConfigurationError: empty value, naming ``source``.
@@ -82,7 +83,8 @@ def location_from_value(value: str, source: str, db_name: str | None = None) -> 
             f"store setting from {source} is neither a directory nor a mongodb:// URI: "
             f"{redact_uri(value)!r}"
         )
-    return StoreLocation("local", str(Path(value).expanduser()), DEFAULT_DB_NAME, source)
+    # absolute now, so that a later change of directory does not move the store
+    return StoreLocation("local", os.path.abspath(Path(value).expanduser()), DEFAULT_DB_NAME, source)
 
 
 def _database_in_uri(uri: str, source: str) -> str:
