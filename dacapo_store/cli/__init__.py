@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from . import experiment_commands, ops_commands
+from . import dacapo_commands, experiment_commands, ops_commands
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -13,5 +13,5 @@ def main() -> None:
     """Training checkpoints and validation scores in MongoDB or a local store."""
 
 
-for _module in (experiment_commands, ops_commands):
+for _module in (experiment_commands, ops_commands, dacapo_commands):
     _module.register(main)
