@@ -33,14 +33,12 @@ STAND_INS = Path(__file__).parent / "stand_ins"
 if any(importlib.util.find_spec(name) is None for name in ("fibsem_tools", "cellmap_models")):
     sys.path.append(str(STAND_INS))
 
-
 def require_dacapo() -> types.ModuleType:
     """Import DaCapo for a test module: skip the module without it, fail it instead when
     ``DACAPO_STORE_REQUIRE_DACAPO=1``."""
     if os.environ.get(REQUIRE_DACAPO_ENV) == "1":
         return importlib.import_module("dacapo")
     return pytest.importorskip("dacapo", reason="DaCapo (pip install 'dacapo-store[dacapo]') is not installed")
-
 
 @dataclass
 class Stores:
@@ -51,7 +49,6 @@ class Stores:
     stats: StatsStore
     location: str | None  # the --store value of a local store; None for mongomock
 
-
 def make_stores(kind: str, tmp_path: Path) -> Stores:
     """Fresh, empty stores of ``kind`` (``local`` or ``mongomock``)."""
     if kind == "local":
@@ -60,12 +57,10 @@ def make_stores(kind: str, tmp_path: Path) -> Stores:
     client = mongomock_client()
     return Stores(kind, MongoWeightsStore(client), MongoStatsStore(client), None)
 
-
 @pytest.fixture(params=["local", "mongomock"])
 def stores(request, tmp_path) -> Stores:
     """Fresh dacapo-store stores, on each backend."""
     return make_stores(request.param, tmp_path)
-
 
 @pytest.fixture
 def dacapo_options(tmp_path, monkeypatch) -> Path:
@@ -88,7 +83,6 @@ def dacapo_options(tmp_path, monkeypatch) -> Path:
     monkeypatch.chdir(tmp_path)
     return runs
 
-
 @pytest.fixture
 def installed(stores: Stores, dacapo_options: Path) -> Iterator[Stores]:
     """The integration installed with ``stores``; uninstalled afterwards."""
@@ -101,7 +95,6 @@ def installed(stores: Stores, dacapo_options: Path) -> Iterator[Stores]:
     finally:
         integration.uninstall()
 
-
 def write_volume(container: Path, name: str, seed: int) -> None:
     """A small raw/ground-truth pair in a zarr container, as DaCapo's ZarrArrayConfig reads it."""
     import zarr
@@ -112,7 +105,6 @@ def write_volume(container: Path, name: str, seed: int) -> None:
     for key, data in (("raw", raw), ("gt", (raw > 0.5).astype(np.uint8))):
         array = root.create_dataset(f"{name}/{key}", data=data, overwrite=True)
         array.attrs.update(offset=(0, 0, 0), voxel_size=(2, 2, 2), axis_names=("z", "y", "x"))
-
 
 def small_run_config(data_dir: Path, name: str = "small_run", num_iterations: int = 6, validation_interval: int = 3):
     """A DaCapo RunConfig that trains in seconds: a one-layer model, two classes, Gunpowder
@@ -150,7 +142,6 @@ def small_run_config(data_dir: Path, name: str = "small_run", num_iterations: in
         num_iterations=num_iterations,
         validation_interval=validation_interval,
     )
-
 
 def train_run():
     """DaCapo's ``train_run`` (``dacapo.train`` the module is shadowed by the function)."""
