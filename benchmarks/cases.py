@@ -157,7 +157,7 @@ def mongo_throughput(size: int, repeat: int) -> tuple[Row, Row, Row]:
     )
     with mongomock_find_spy() as calls:
         fresh["store"].retrieve_weights("run", 1, optimizer=False)
-    chunk_queries = calls["weights.chunks"]
+    chunk_queries = calls["dacapo_store.weights.chunks"]
     allowed = math.ceil(size / MAX_CHUNK_QUERY_BATCH) + 3
     label = f"mongomock {size // MB} MB"
     return (

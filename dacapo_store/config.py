@@ -30,6 +30,7 @@ from .weights_store import WeightsStore
 T = TypeVar("T")
 
 STORE_ENV = "DACAPO_STORE_URI"
+PREFIX_ENV = "DACAPO_STORE_COLLECTION_PREFIX"
 OPTIONS_FILE_ENV = "DACAPO_OPTIONS_FILE"
 DEFAULT_DB_NAME = "dacapo"
 
@@ -154,13 +155,17 @@ def open_store(
     store: str | os.PathLike | None, local: Callable[..., T], mongo: Callable[..., T], **options: Any
 ) -> T:
     """Resolve ``store`` and build ``local(basedir, **options)`` or
-    ``mongo(uri, db_name, **options)`` for it: how every kind of store is opened.
+    ``mongo(uri, db_name, **options)`` for it: how every kind of store is opened. A MongoDB
+    store's collection prefix comes from ``$DACAPO_STORE_COLLECTION_PREFIX`` when set (and not
+    given in ``options``).
 
     Raises:
         ConfigurationError, StoreConnectionError.
     """
     location = resolve_store(store)
     if location.kind == "mongo":
+        if PREFIX_ENV in os.environ:
+            options.setdefault("collection_prefix", os.environ[PREFIX_ENV])
         return mongo(location.target, location.db_name, **options)
     return local(location.target, **options)
 

@@ -9,16 +9,24 @@ A checkpoint is written in three steps, so that it is all or nothing and one wri
 
 Only complete checkpoints are visible. An exception anywhere aborts the upload, deletes what was
 written and drops the reservation. A writer killed outright leaves a reservation whose heartbeat
-goes stale: a later writer may take it over after ``stale_after`` seconds, and garbage
-collection reclaims its payloads. A remove deletes the catalog entry first (the checkpoint is
-gone at once), then the payloads.
+goes stale: a later writer may take it over after ``stale_after`` seconds, at once if the owner
+is verifiably dead (see :mod:`dacapo_store.owner`), and garbage collection reclaims its payloads.
+A remove deletes the catalog entry first (the checkpoint is gone at once), then the payloads.
+
+**Overwrite.** ``put_weights(..., overwrite=True)`` on a stored checkpoint reserves a
+*replacement* on its catalog entry instead of a new entry: the stored checkpoint stays visible
+while the new parts are streamed, the commit swaps the entry's parts in one atomic update, and
+only then are the old payloads deleted. A reader sees the old checkpoint or the new one; one
+whose old payloads vanish under it reads the new one.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
+import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -26,6 +34,7 @@ from typing import Any
 
 from .checks import check_iteration, check_name, dataset_name_of, run_name_of
 from .errors import CheckpointNotFoundError, ReservationLostError, CorruptCheckpointError
+from .owner import current_owner, owner_is_dead, upload_ended, upload_started
 from .records import PARTS, CheckpointInfo, PartInfo, Weights
 
 logger = logging.getLogger(__name__)
@@ -37,14 +46,39 @@ RunLike = Any
 """A run object (with ``.name``, ``.model``, ``.optimizer``) or, where only the name is needed, a name."""
 
 
+READ_ATTEMPTS = 3
+"""How often a read follows a checkpoint that was replaced while it was being read."""
+
+
 @dataclass
 class Reservation:
-    """A writer's claim on ``(run, iteration)``; ``payloads`` lists what it has written so far."""
+    """A writer's claim on ``(run, iteration)``; ``payloads`` lists what it has written so far.
+
+    ``replaces`` is the stored checkpoint this upload replaces (``overwrite=True``), else
+    ``None``; ``owner`` is the writer's :func:`~dacapo_store.owner.current_owner` record.
+    """
 
     run: str
     iteration: int
     token: str
     payloads: list[str] = field(default_factory=list)
+    replaces: CheckpointInfo | None = None
+    owner: dict[str, Any] = field(default_factory=current_owner)
+
+    @classmethod
+    def new(cls, run: str, iteration: int) -> "Reservation":
+        """A reservation with a fresh token, recorded as an upload this process runs until
+        :func:`~dacapo_store.owner.upload_ended` (so that it is never judged abandoned while
+        this process may still write it)."""
+        reservation = cls(run, iteration, uuid.uuid4().hex)
+        upload_started(reservation.token)
+        return reservation
+
+
+def claim_abandoned(heartbeat: float, owner: Any, token: str, cutoff: float) -> bool:
+    """Whether an upload's claim may be taken over: its heartbeat is older than ``cutoff``
+    (POSIX time) or its owner is verifiably dead (:func:`~dacapo_store.owner.owner_is_dead`)."""
+    return heartbeat < cutoff or owner_is_dead(owner, token)
 
 
 STALE_RESERVATION = "stale-reservation"
@@ -107,12 +141,18 @@ class StoredPayload:
 
 @dataclass(frozen=True)
 class PendingUpload:
-    """A pending reservation in the catalog: whose upload it is and when it last beat."""
+    """An upload's claim in the catalog (a pending reservation, or a replacement of a stored
+    checkpoint): whose upload it is, when it last beat, and the writer who owns it."""
 
     token: str
     run: str
     iteration: int
     heartbeat: float
+    owner: Any = None
+
+    def abandoned(self, cutoff: float) -> bool:
+        """Whether the claim may be taken over (see :func:`claim_abandoned`)."""
+        return claim_abandoned(self.heartbeat, self.owner, self.token, cutoff)
 
 
 def classify_garbage(
@@ -124,12 +164,13 @@ def classify_garbage(
     """Sort the payloads of a scan into garbage, the same way for every backend.
 
     A payload is kept when a complete checkpoint references it or its upload is live (a
-    heartbeat at or after ``cutoff``). A stale upload becomes one STALE_RESERVATION item with
-    all its payloads; any other payload is an ORPHAN_PAYLOAD (or PARTIAL_FILE if unfinished).
+    heartbeat at or after ``cutoff`` and an owner not known to be dead). An abandoned upload
+    becomes one STALE_RESERVATION item with all its payloads; any other payload is an
+    ORPHAN_PAYLOAD (or PARTIAL_FILE if unfinished).
     """
     pending = list(pending)
-    live = {upload.token for upload in pending if upload.heartbeat >= cutoff}
-    stale = {upload.token: upload for upload in pending if upload.heartbeat < cutoff}
+    stale = {upload.token: upload for upload in pending if upload.abandoned(cutoff)}
+    live = {upload.token for upload in pending if upload.token not in stale}
     owned: dict[str, list[StoredPayload]] = {token: [] for token in stale}
     items = []
     for payload in sorted(payloads, key=lambda payload: payload.location):
@@ -174,12 +215,23 @@ class WeightsStore(ABC):
 
     Subclasses implement the storage primitives (the ``_``-prefixed abstract methods and the
     one-query look-ups); the DaCapo methods are implemented here on top of them.
+
+    Args:
+        stale_after: seconds without a heartbeat after which a pending upload may be taken over.
     """
+
+    def __init__(self, stale_after: float = DEFAULT_STALE_AFTER) -> None:
+        self.stale_after = stale_after
+        self._failed_drops: list[Reservation] = []
+        self._failed_drops_lock = threading.Lock()
 
     # ---- DaCapo API -------------------------------------------------------------------------
 
-    def store_weights(self, run: RunLike, iteration: int) -> CheckpointInfo:
+    def store_weights(self, run: RunLike, iteration: int, overwrite: bool = False) -> CheckpointInfo:
         """Store ``run.model`` and ``run.optimizer`` state as checkpoint ``iteration``.
+
+        With ``overwrite=True`` a stored checkpoint ``iteration`` is replaced atomically (see
+        :meth:`put_weights`).
 
         Returns:
             The stored checkpoint's :class:`CheckpointInfo`.
@@ -187,8 +239,9 @@ class WeightsStore(ABC):
         Raises:
             TypeError: ``run`` has no ``model``/``optimizer``, or a bad name/iteration type.
             ValueError: a bad run name or iteration.
-            CheckpointExistsError: ``(run, iteration)`` is stored or being stored (nothing is
-                uploaded and the stored checkpoint stays intact).
+            CheckpointExistsError: ``(run, iteration)`` is stored (and ``overwrite`` is false)
+                or being stored or replaced by another writer (nothing is uploaded and the
+                stored checkpoint stays intact).
         """
         name = run_name_of(run)
         iteration = check_iteration(iteration)
@@ -198,12 +251,21 @@ class WeightsStore(ABC):
             raise TypeError(
                 f"store_weights needs a run object with .model and .optimizer, got {type(run).__name__}"
             )
-        return self.put_weights(name, iteration, Weights(model.state_dict(), optimizer.state_dict()))
+        weights = Weights(model.state_dict(), optimizer.state_dict())
+        return self.put_weights(name, iteration, weights, overwrite=overwrite)
 
-    def put_weights(self, run: RunLike, iteration: int, weights: Weights) -> CheckpointInfo:
+    def put_weights(
+        self, run: RunLike, iteration: int, weights: Weights, overwrite: bool = False
+    ) -> CheckpointInfo:
         """Store the state dicts of ``weights`` as checkpoint ``iteration`` of ``run``.
 
         ``weights.optimizer`` may be ``None`` (a model-only checkpoint).
+
+        With ``overwrite=True`` an already stored checkpoint ``iteration`` is replaced: it stays
+        readable while the new one is streamed, the catalog switches to the new one in one
+        atomic update, and the old payloads are deleted after. Readers see the old checkpoint
+        or the new one, never neither and never a mix. If no checkpoint is stored, it is a
+        plain store.
 
         If the catalog commit lands but reports an error (a lost reply), the stored checkpoint
         is returned: it is complete and verified like any other.
@@ -211,10 +273,13 @@ class WeightsStore(ABC):
         Raises:
             TypeError / ValueError / CheckpointExistsError: as :meth:`store_weights`.
             ReservationLostError: the upload stalled beyond ``stale_after`` and another writer
-                took ``(run, iteration)`` over; nothing of this upload stays.
+                took ``(run, iteration)`` over, or the replaced checkpoint was removed while
+                the new one was uploaded; nothing of this upload stays.
         """
         name = run_name_of(run)
         iteration = check_iteration(iteration)
+        if not isinstance(overwrite, bool):
+            raise TypeError(f"overwrite must be a bool, got {type(overwrite).__name__}")
         states = {"model": weights.model, "optimizer": weights.optimizer}
         if not isinstance(weights.model, Mapping):
             raise TypeError(f"weights.model must be a state dict, got {type(weights.model).__name__}")
@@ -222,25 +287,45 @@ class WeightsStore(ABC):
             raise TypeError(
                 f"weights.optimizer must be a state dict or None, got {type(weights.optimizer).__name__}"
             )
-        reservation = self._reserve(name, iteration)
+        self._retry_failed_drops()
+        reservation = Reservation.new(name, iteration)
+        try:
+            self._reserve(reservation, overwrite)
+            info = self._upload(reservation, states)
+        finally:
+            upload_ended(reservation.token)
+        if reservation.replaces is not None:
+            kept = {part.location for part in info.parts.values()}
+            self._delete_payloads(
+                reservation.replaces, [p.location for p in reservation.replaces.parts.values() if p.location not in kept]
+            )
+        logger.info(
+            "%s %s (%d bytes)", "replaced" if reservation.replaces else "stored", describe(name, iteration), info.size
+        )
+        return info
+
+    def _upload(self, reservation: Reservation, states: Mapping[str, Any]) -> CheckpointInfo:
+        """Stream the parts of the reserved checkpoint and commit it; clean up on failure
+        (returning the checkpoint if its commit landed although it reported an error)."""
         try:
             parts = {
                 part: self._write_part(reservation, part, states[part])
                 for part in PARTS
                 if states[part] is not None
             }
-            info = self._commit(reservation, parts)
+            return self._commit(reservation, parts)
         except Exception:
             landed = self._clean_up_failed_write(reservation)
             if landed is None:
                 raise
-            logger.warning("the commit of %s landed although it reported an error", describe(name, iteration))
-            info = landed
+            logger.warning(
+                "the commit of %s landed although it reported an error",
+                describe(reservation.run, reservation.iteration),
+            )
+            return landed
         except BaseException:  # KeyboardInterrupt, SystemExit: clean up, never swallow
             self._clean_up_failed_write(reservation)
             raise
-        logger.info("stored %s (%d bytes)", describe(name, iteration), info.size)
-        return info
 
     def retrieve_weights(
         self, run: RunLike, iteration: int, map_location: Any = "cpu", optimizer: bool = True
@@ -248,20 +333,25 @@ class WeightsStore(ABC):
         """Return checkpoint ``iteration`` of ``run``, verified, loaded onto ``map_location``.
 
         With ``optimizer=False`` only the model part is transferred and ``Weights.optimizer``
-        is ``None`` (also for model-only checkpoints).
+        is ``None`` (also for model-only checkpoints). A checkpoint replaced while it is read
+        is read again, whole, in its new version.
 
         Raises:
             CheckpointNotFoundError: no complete checkpoint (a ``FileNotFoundError`` and ``ValueError``).
             CorruptCheckpointError: the payload is missing, corrupt or not a plain state dict.
         """
         info = self.checkpoint_info(run, iteration)
-        wanted = [part for part in PARTS if part in info.parts and (optimizer or part == "model")]
-        try:
-            states = {part: self._load_part(info, part, map_location) for part in wanted}
-        except (CorruptCheckpointError, FileNotFoundError) as error:
-            self._raise_if_removed(info, error)
-            raise
-        return Weights(states.get("model"), states.get("optimizer"))
+        for _ in range(READ_ATTEMPTS):
+            wanted = [part for part in PARTS if part in info.parts and (optimizer or part == "model")]
+            try:
+                states = {part: self._load_part(info, part, map_location) for part in wanted}
+            except (CorruptCheckpointError, FileNotFoundError) as error:
+                info = self._current_version(info, error)
+                continue
+            return Weights(states.get("model"), states.get("optimizer"))
+        raise CorruptCheckpointError(
+            f"{describe(info.run, info.iteration)} was replaced {READ_ATTEMPTS} times while it was being read"
+        )
 
     def load_weights(self, run: RunLike, iteration: int) -> None:
         """Load checkpoint ``iteration`` into ``run.model`` and ``run.optimizer``.
@@ -313,6 +403,10 @@ class WeightsStore(ABC):
     def remove(self, run: RunLike, iteration: int) -> None:
         """Remove checkpoint ``iteration`` of ``run``: it is invisible at once, then deleted.
 
+        Once the catalog entry is gone the remove is complete: a payload that cannot be
+        deleted then (no permission, a lost connection) is logged as a warning and left to
+        :meth:`collect_garbage`, never raised.
+
         Raises:
             CheckpointNotFoundError: no such complete checkpoint.
         """
@@ -321,9 +415,23 @@ class WeightsStore(ABC):
         info = self._unlist(name, iteration)
         if info is None:
             raise CheckpointNotFoundError(f"no {describe(name, iteration)} is stored")
-        for part in info.parts.values():
-            self._delete_payload(part.location)
+        self._delete_payloads(info, [part.location for part in info.parts.values()])
         logger.info("removed %s", describe(name, iteration))
+
+    def _delete_payloads(self, info: CheckpointInfo, locations: Iterable[str]) -> None:
+        """Delete the payloads at ``locations`` of the unlisted (or replaced) checkpoint
+        ``info``; failures are logged for ``collect_garbage``, not raised."""
+        for location in locations:
+            try:
+                self._delete_payload(location)
+            except Exception as error:
+                logger.warning(
+                    "%s is no longer listed, but its payload %s could not be deleted (%s); "
+                    "`dacapo-store gc` reclaims it",
+                    describe(info.run, info.iteration),
+                    location,
+                    error,
+                )
 
     # ---- listing and verification -----------------------------------------------------------
 
@@ -347,22 +455,31 @@ class WeightsStore(ABC):
             CheckpointNotFoundError, CorruptCheckpointError.
         """
         info = self.checkpoint_info(run, iteration)
-        try:
-            for part in info.parts:
-                self._verify_part(info, part)
-        except CorruptCheckpointError as error:
-            self._raise_if_removed(info, error)
-            raise
-        return info
+        for _ in range(READ_ATTEMPTS):
+            try:
+                for part in info.parts:
+                    self._verify_part(info, part)
+            except CorruptCheckpointError as error:
+                info = self._current_version(info, error)
+                continue
+            return info
+        raise CorruptCheckpointError(
+            f"{describe(info.run, info.iteration)} was replaced {READ_ATTEMPTS} times while it was being read"
+        )
 
-    def _raise_if_removed(self, info: CheckpointInfo, error: BaseException) -> None:
-        """After a read of ``info``'s payloads failed: raise CheckpointNotFoundError if the
-        checkpoint was removed (or replaced) since it was looked up, so that a reader racing a
-        remove sees "not found", never "corrupt". Returns if the checkpoint is still the same."""
-        if self._find(info.run, info.iteration) != info:
+    def _current_version(self, info: CheckpointInfo, error: BaseException) -> CheckpointInfo:
+        """After a read of ``info``'s payloads failed with ``error``: return the checkpoint's
+        current entry if it was replaced since (read that instead); raise
+        CheckpointNotFoundError if it was removed, so that a reader racing a remove sees "not
+        found", never "corrupt"; re-raise ``error`` if the checkpoint is unchanged."""
+        current = self._find(info.run, info.iteration)
+        if current is None:
             raise CheckpointNotFoundError(
                 f"{describe(info.run, info.iteration)} was removed while it was being read"
             ) from error
+        if current == info:
+            raise error
+        return current
 
     @abstractmethod
     def list_checkpoints(self, run: RunLike) -> list[CheckpointInfo]:
@@ -374,9 +491,9 @@ class WeightsStore(ABC):
 
     # ---- garbage collection -----------------------------------------------------------------
 
-    stale_after: float = DEFAULT_STALE_AFTER
-    """Seconds without a heartbeat after which a pending upload may be taken over (backends
-    set it from their constructor); also the smallest ``older_than`` garbage collection takes."""
+    stale_after: float
+    """Seconds without a heartbeat after which a pending upload may be taken over; also the
+    smallest ``older_than`` garbage collection takes."""
 
     def collect_garbage(
         self, older_than: float = 3600.0, dry_run: bool = False, now: float | None = None
@@ -412,6 +529,7 @@ class WeightsStore(ABC):
                 f"got {older_than:g} s: a younger upload may still be alive"
             )
         cutoff = (time.time() if now is None else now) - older_than
+        self._retry_failed_drops()
         found = self._find_garbage(cutoff)
         if dry_run:
             return GarbageReport(tuple(found), dry_run=True)
@@ -423,14 +541,18 @@ class WeightsStore(ABC):
     def _remove_garbage(self, item: GarbageItem, cutoff: float) -> bool:
         """Delete one item found by :meth:`_find_garbage`; return whether it was removed.
 
-        A stale reservation is dropped first (only if still stale), so its payloads are
-        deleted only once no writer can commit them.
+        A stale reservation is dropped first (only if still abandoned), so its payloads are
+        deleted only once no writer can commit them. Any other item counts as removed only if
+        something of it was still there to delete (a ``.partial`` file renamed into a
+        committed checkpoint since the scan was not).
         """
-        if item.kind == STALE_RESERVATION and not self._drop_stale_reservation(item, cutoff):
-            return False
-        for location in item.payloads:
-            self._delete_payload(location)
-        return True
+        if item.kind == STALE_RESERVATION:
+            if not self._drop_stale_reservation(item, cutoff):
+                return False
+            for location in item.payloads:
+                self._delete_payload(location)
+            return True
+        return any([self._delete_payload(location) for location in item.payloads])
 
     @abstractmethod
     def _find_garbage(self, cutoff: float) -> list[GarbageItem]:
@@ -440,8 +562,9 @@ class WeightsStore(ABC):
 
     @abstractmethod
     def _drop_stale_reservation(self, item: GarbageItem, cutoff: float) -> bool:
-        """Delete the pending reservation ``(item.run, item.iteration, item.token)`` if its
-        heartbeat is still older than ``cutoff``; return whether it was deleted."""
+        """Drop the upload claim ``(item.run, item.iteration, item.token)`` (a pending
+        reservation, or a replacement on a stored checkpoint) if it is still abandoned
+        (:func:`claim_abandoned` with ``cutoff``); return whether it was dropped."""
 
     # ---- backend primitives -----------------------------------------------------------------
 
@@ -451,8 +574,16 @@ class WeightsStore(ABC):
         return self.stale_after / 4
 
     @abstractmethod
-    def _reserve(self, run: str, iteration: int) -> Reservation:
-        """Claim ``(run, iteration)``; raise CheckpointExistsError if stored or being stored."""
+    def _reserve(self, reservation: Reservation, replace: bool) -> None:
+        """Claim ``(reservation.run, reservation.iteration)`` for ``reservation``: a new pending
+        entry, or with ``replace`` a replacement claim on a stored checkpoint (then set
+        ``reservation.replaces``). A claim that is abandoned (:func:`claim_abandoned`, with
+        ``now - stale_after``) is taken over.
+
+        Raises:
+            CheckpointExistsError: stored (without ``replace``), or being stored or replaced
+                by another writer.
+        """
 
     @abstractmethod
     def _write_part(self, reservation: Reservation, part: str, state: Any) -> PartInfo:
@@ -461,11 +592,13 @@ class WeightsStore(ABC):
 
     @abstractmethod
     def _commit(self, reservation: Reservation, parts: Mapping[str, PartInfo]) -> CheckpointInfo:
-        """Mark the reserved checkpoint complete; raise ReservationLostError if it was taken over."""
+        """Mark the reserved checkpoint complete with ``parts`` (for a replacement: swap the
+        stored entry's parts for ``parts`` in one update); raise ReservationLostError if the
+        claim was taken over (or the replaced checkpoint removed)."""
 
     @abstractmethod
     def _abandon(self, reservation: Reservation) -> None:
-        """Delete the reservation's payloads and drop the reservation (if still ours)."""
+        """Delete the reservation's payloads and drop its claim (if still ours)."""
 
     @abstractmethod
     def _find(self, run: str, iteration: int) -> CheckpointInfo | None:
@@ -489,8 +622,14 @@ class WeightsStore(ABC):
         """Atomically delete the complete checkpoint's catalog entry; return it, or ``None``."""
 
     @abstractmethod
-    def _delete_payload(self, location: str) -> None:
-        """Delete one payload; a missing one is not an error."""
+    def _delete_payload(self, location: str) -> bool:
+        """Delete one payload; return whether anything of it was there (a missing one is not
+        an error).
+
+        Raises:
+            CorruptCheckpointError: ``location`` is not one this store gives payloads (a
+                tampered catalog); nothing is deleted.
+        """
 
     @abstractmethod
     def _latest_iteration(self, run: str) -> int | None:
@@ -502,9 +641,11 @@ class WeightsStore(ABC):
 
     def _clean_up_failed_write(self, reservation: Reservation) -> CheckpointInfo | None:
         """After a write failed: return the checkpoint if its commit reached the catalog anyway
-        (its reply was lost); otherwise delete what the upload wrote, drop the reservation and
+        (its reply was lost); otherwise delete what the upload wrote, drop its claim and
         return ``None``. Clean-up errors are logged, not raised: the original error matters
-        more, and ``collect_garbage`` reclaims what is left."""
+        more. A claim that could not be dropped is dropped again before this store's next
+        write; meanwhile it no longer blocks a writer in this process (its upload is not
+        running), and ``collect_garbage`` reclaims what is left."""
         try:
             info = self._find(reservation.run, reservation.iteration)
             if info is not None and all(
@@ -514,7 +655,22 @@ class WeightsStore(ABC):
             self._abandon(reservation)
         except Exception:
             logger.exception(
-                "could not clean up the aborted upload of %s; run `dacapo-store gc` later",
+                "could not clean up the aborted upload of %s; retrying before the next write",
                 describe(reservation.run, reservation.iteration),
             )
+            with self._failed_drops_lock:
+                self._failed_drops.append(reservation)
         return None
+
+    def _retry_failed_drops(self) -> None:
+        """Clean up again after the aborted uploads whose clean-up failed (see
+        :meth:`_clean_up_failed_write`); those that fail again stay for the next write."""
+        with self._failed_drops_lock:
+            drops, self._failed_drops = self._failed_drops, []
+        for reservation in drops:
+            try:
+                self._abandon(reservation)
+            except Exception as error:
+                logger.debug("the clean-up of %s failed again: %s", describe(reservation.run, reservation.iteration), error)
+                with self._failed_drops_lock:
+                    self._failed_drops.append(reservation)

@@ -28,6 +28,7 @@ from click.testing import CliRunner
 
 from dacapo_store import TrainingIterationStats, Weights, create_stats_store, create_weights_store
 from dacapo_store.cli import main
+from dacapo_store.weights_store import Reservation
 
 STORE = "lab-store"
 DATASET = "validate"
@@ -81,7 +82,8 @@ def seed_garbage() -> None:
     """An upload whose writer died two hours ago after writing its model part, and a
     ``.partial`` file that no upload owns."""
     weights = create_weights_store(STORE)
-    reservation = weights._reserve("cells_unet_lr1e-4", 11000)
+    reservation = Reservation.new("cells_unet_lr1e-4", 11000)
+    weights._reserve(reservation, False)
     weights._write_part(reservation, "model", toy_weights(11000).model)
     with weights.catalog.transaction() as db:
         db.execute(

@@ -27,7 +27,7 @@ class TestLocalBackend(StoreContract):
 
 class MongoPayloads:
     def flip_payload_byte(self, weights_store, location):
-        chunks = weights_store.database.db["weights.chunks"]
+        chunks = weights_store.database.collection("weights.chunks")
         chunk = chunks.find_one({"files_id": ObjectId(location), "n": 0})
         chunks.update_one({"_id": chunk["_id"]}, {"$set": {"data": flip_byte(bytes(chunk["data"]))}})
 

@@ -8,6 +8,7 @@ import pytest
 
 from dacapo_store import CheckpointExistsError, LocalWeightsStore
 from dacapo_store.testing.contract import ToyRun
+from dacapo_store.weights_store import Reservation
 
 PROCESSES = 4
 
@@ -64,7 +65,8 @@ def test_payloads_are_renamed_into_place_and_failed_writes_leave_no_files(tmp_pa
 def test_stale_reservation_is_taken_over_but_a_fresh_one_is_not(tmp_path) -> None:
     store = LocalWeightsStore(tmp_path, stale_after=60.0)
     run = ToyRun("r")
-    abandoned = store._reserve("r", 5)  # a writer that died after reserving
+    abandoned = Reservation.new("r", 5)  # a writer that died after reserving
+    store._reserve(abandoned, False)
     with pytest.raises(CheckpointExistsError, match="being stored"):
         store.store_weights(run, 5)
     with store.catalog.transaction() as db:
@@ -92,3 +94,60 @@ def test_loaded_tensors_are_verified_memory_maps_that_outlive_a_remove(tmp_path)
     assert torch.equal(loaded["w"], model["w"])
     loaded["w"] += 1  # copy-on-write: the tensor is the caller's to change
     assert torch.equal(loaded["w"], model["w"] + 1)
+
+
+@pytest.mark.parametrize("location", ["../outside.pt", "/etc/hostname", "sub/dir.model.pt", "..", ""])
+def test_a_tampered_location_never_reaches_outside_the_store(tmp_path, caplog, location: str) -> None:
+    from dacapo_store import CorruptCheckpointError
+
+    store = LocalWeightsStore(tmp_path / "store")
+    outside = tmp_path / "store" / "outside.pt"
+    outside.write_bytes(b"precious")
+    info = store.store_weights(ToyRun("r"), 1)
+    with store.catalog.transaction() as db:
+        db.execute("UPDATE checkpoints SET parts = replace(parts, ?, ?)", (info.parts["model"].location, location))
+    for read in (store.retrieve_weights, store.verify):
+        with pytest.raises(CorruptCheckpointError, match="invalid payload location"):
+            read("r", 1)
+    store.remove("r", 1)  # unlisted; the tampered location is refused, never deleted
+    assert "could not be deleted" in caplog.text
+    assert outside.read_bytes() == b"precious"
+    assert store.list_checkpoints("r") == []
+
+
+def test_gc_counts_only_what_it_deleted(tmp_path, monkeypatch) -> None:
+    """A .partial file renamed into a committed checkpoint between gc's scan and its delete is
+    not reported as removed (nor deleted)."""
+    store = LocalWeightsStore(tmp_path)
+    info = store.store_weights(ToyRun("r"), 1)
+    final = store.payload_dir / info.parts["model"].location
+    partial = final.with_name(final.name + ".partial")
+    final.rename(partial)  # as a writer still writing it
+    scan = store._find_garbage
+
+    def scan_then_commit(cutoff):
+        found = scan(cutoff)
+        partial.rename(final)  # the writer renames it into place after the scan
+        return found
+
+    monkeypatch.setattr(store, "_find_garbage", scan_then_commit)
+    report = store.collect_garbage()
+    assert report.items == ()
+    store.verify("r", 1)
+
+
+def test_a_catalog_of_version_0_2_is_upgraded_when_opened(tmp_path) -> None:
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "catalog.sqlite3") as db:
+        db.execute(
+            "CREATE TABLE checkpoints (run TEXT NOT NULL, iteration INTEGER NOT NULL, state TEXT NOT NULL"
+            " CHECK (state IN ('pending', 'complete')), token TEXT NOT NULL, created REAL NOT NULL,"
+            " heartbeat REAL NOT NULL, parts TEXT, PRIMARY KEY (run, iteration))"
+        )
+        db.execute("INSERT INTO checkpoints VALUES ('old', 2, 'pending', ?, 0, 0, NULL)", ("a" * 32,))
+    store = LocalWeightsStore(tmp_path)
+    store.store_weights(ToyRun("r"), 1)
+    store.store_weights(ToyRun("r"), 1, overwrite=True)
+    assert [item.kind for item in store.collect_garbage().items] == ["stale-reservation"]
+    assert store.latest_iteration("r") == 1

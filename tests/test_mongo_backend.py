@@ -7,7 +7,14 @@ import time
 
 import pytest
 
-from dacapo_store import CheckpointExistsError, CorruptCheckpointError, MongoStatsStore, MongoWeightsStore, StoreConnectionError
+from dacapo_store import (
+    CheckpointExistsError,
+    CorruptCheckpointError,
+    MongoStatsStore,
+    MongoWeightsStore,
+    StoreConnectionError,
+    TrainingIterationStats,
+)
 from dacapo_store.mongo.connection import MongoDatabase
 from dacapo_store.testing.contract import ToyRun
 from dacapo_store.uri import redact_uri
@@ -41,10 +48,10 @@ def test_indexes_exist_and_creation_is_idempotent(client) -> None:
         MongoWeightsStore(client)
         MongoStatsStore(client)
     db = client["dacapo"]
-    checkpoint_indexes = db["checkpoints"].index_information()
+    checkpoint_indexes = db["dacapo_store.checkpoints"].index_information()
     assert checkpoint_indexes["run_iteration"]["unique"]
     assert checkpoint_indexes["run_iteration"]["key"] == [("run", 1), ("iteration", 1)]
-    score_indexes = db["validation_scores"].index_information()
+    score_indexes = db["dacapo_store.validation_scores"].index_information()
     assert score_indexes["score_key"]["unique"]
     assert [k for k, _ in score_indexes["best_score"]["key"]][:4] == ["run", "dataset", "criterion", "ranked"]
 
@@ -74,7 +81,7 @@ def test_existing_checkpoint_fails_before_uploading_anything(client) -> None:
     weights = MongoWeightsStore(client)
     run = ToyRun("r")
     weights.store_weights(run, 1)
-    files, chunks = client["dacapo"]["weights.files"], client["dacapo"]["weights.chunks"]
+    files, chunks = client["dacapo"]["dacapo_store.weights.files"], client["dacapo"]["dacapo_store.weights.chunks"]
     before = (files.count_documents({}), chunks.count_documents({}))
     uploads = []
     real_open = weights.bucket.open_upload_stream_with_id
@@ -108,3 +115,41 @@ def test_a_catalog_entry_with_an_invalid_payload_id_is_reported_as_corrupt(clien
     weights.checkpoints.update_one({"run": "r"}, {"$set": {"parts.model.location": "not-an-id"}})
     with pytest.raises(CorruptCheckpointError, match="invalid payload id"):
         weights.retrieve_weights("r", 1)
+
+
+def test_our_collections_carry_a_prefix_and_leave_dacapos_alone(client) -> None:
+    from dacapo_store.experiments.config_store import MongoRunConfigStore
+
+    db = client["dacapo"]
+    dacapo_owned = {"runs": {"name": "dacapo-run"}, "training_stats": {"run_name": "x"}, "validation_scores": {"run_name": "x"}}
+    for name, document in dacapo_owned.items():
+        db[name].insert_one(dict(document))
+    weights, stats = MongoWeightsStore(client), MongoStatsStore(client)
+    MongoRunConfigStore(client).store_run_config({"name": "r", "x": 1})
+    run = ToyRun("r")
+    weights.store_weights(run, 1)
+    stats.store_validation_scores(run, 1, "d", {"c": 1.0}, {"c": True})
+    stats.store_training_stats(run, [TrainingIterationStats(0, 0.5, 1.0)])
+    ours = {name for name in db.list_collection_names() if name.startswith("dacapo_store.")}
+    assert ours == {
+        "dacapo_store.checkpoints", "dacapo_store.validation_scores", "dacapo_store.training_stats",
+        "dacapo_store.runs", "dacapo_store.weights.files", "dacapo_store.weights.chunks",
+    }
+    for name, document in dacapo_owned.items():
+        assert [{k: v for k, v in d.items() if k != "_id"} for d in db[name].find()] == [document]
+        assert list(db[name].index_information()) == ["_id_"]
+
+
+def test_a_prefix_isolates_stores_in_one_database(client) -> None:
+    first, second = MongoWeightsStore(client, collection_prefix="lab_a."), MongoWeightsStore(client, collection_prefix="")
+    first.store_weights(ToyRun("r"), 1)
+    assert second.list_runs() == [] and first.list_runs() == ["r"]
+    assert "checkpoints" in client["dacapo"].list_collection_names()  # "" is the 0.2 layout
+    assert first.retrieve_weights("r", 1).model
+
+
+@pytest.mark.parametrize("prefix, error", [("$x.", ValueError), ("system.", ValueError), (".a", ValueError),
+                                           ("a" * 65, ValueError), ("a\x00", ValueError), (None, TypeError)])
+def test_an_invalid_prefix_is_refused(client, prefix, error) -> None:
+    with pytest.raises(error, match="collection_prefix"):
+        MongoWeightsStore(client, collection_prefix=prefix)

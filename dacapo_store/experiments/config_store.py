@@ -22,7 +22,7 @@ from ..checks import check_name
 from ..config import open_store
 from ..errors import DacapoStoreError
 from ..local.catalog import Catalog
-from ..mongo.connection import DEFAULT_WRITE_CONCERN, MongoDatabase
+from ..mongo.connection import DEFAULT_COLLECTION_PREFIX, DEFAULT_WRITE_CONCERN, MongoDatabase
 
 RUNS_COLLECTION = "runs"
 RUNS_TABLE_SQL = """CREATE TABLE IF NOT EXISTS run_configs (
@@ -139,20 +139,25 @@ class LocalRunConfigStore(RunConfigStore):
 
 
 class MongoRunConfigStore(RunConfigStore):
-    """Run configs in the ``runs`` collection (unique index on ``name``).
+    """Run configs in the ``<prefix>runs`` collection (unique index on ``name``).
 
     Args:
         db_host: a MongoDB URI or an existing client (pymongo or mongomock).
         db_name: the database (default ``"dacapo"``).
+        collection_prefix: put before every collection name (default ``"dacapo_store."``).
 
     Raises:
         StoreConnectionError: the server is unreachable.
     """
 
     def __init__(
-        self, db_host: Any, db_name: str = "dacapo", write_concern: WriteConcern = DEFAULT_WRITE_CONCERN
+        self,
+        db_host: Any,
+        db_name: str = "dacapo",
+        write_concern: WriteConcern = DEFAULT_WRITE_CONCERN,
+        collection_prefix: str = DEFAULT_COLLECTION_PREFIX,
     ) -> None:
-        self.database = MongoDatabase(db_host, db_name, write_concern)
+        self.database = MongoDatabase(db_host, db_name, write_concern, collection_prefix)
         self.runs = self.database.collection(RUNS_COLLECTION)
         self.database.ensure_indexes(self.runs, [([("name", ASCENDING)], {"name": "name", "unique": True})])
 

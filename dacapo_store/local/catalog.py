@@ -30,6 +30,10 @@ _SCHEMA = (
         created REAL NOT NULL,
         heartbeat REAL NOT NULL,
         parts TEXT,
+        owner TEXT,
+        replacement_token TEXT,
+        replacement_heartbeat REAL,
+        replacement_owner TEXT,
         PRIMARY KEY (run, iteration)
     )""",
     "CREATE INDEX IF NOT EXISTS checkpoints_by_state ON checkpoints (run, state, iteration)",
@@ -56,6 +60,18 @@ _SCHEMA = (
     )""",
 )
 
+_ADDED_COLUMNS = {
+    "checkpoints": (
+        ("owner", "TEXT"),
+        ("replacement_token", "TEXT"),
+        ("replacement_heartbeat", "REAL"),
+        ("replacement_owner", "TEXT"),
+    ),
+}
+"""Columns added since the first catalog version, added to older catalogs when they are opened:
+an upload's owner (JSON of :func:`~dacapo_store.owner.current_owner`) and the claim of an
+upload replacing a stored checkpoint (token, heartbeat, owner)."""
+
 BEST_SCORE_SQL = (
     "SELECT * FROM validation_scores"
     " WHERE run = ? AND dataset = ? AND criterion = ? AND rank IS NOT NULL"
@@ -75,6 +91,7 @@ class Catalog:
         with self.transaction() as db:
             for statement in _SCHEMA:
                 db.execute(statement)
+            _add_missing_columns(db)
 
     def connection(self) -> sqlite3.Connection:
         """This thread's connection (a new one in a forked child process)."""
@@ -103,6 +120,15 @@ class Catalog:
     def query(self, sql: str, parameters: tuple = ()) -> list[sqlite3.Row]:
         """Run one read query and return all its rows."""
         return self.connection().execute(sql, parameters).fetchall()
+
+
+def _add_missing_columns(db: sqlite3.Connection) -> None:
+    """Bring a catalog made by an earlier version up to :data:`_ADDED_COLUMNS`."""
+    for table, columns in _ADDED_COLUMNS.items():
+        present = {row["name"] for row in db.execute(f"PRAGMA table_info({table})")}
+        for name, kind in columns:
+            if name not in present:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
 
 
 def checkpoint_from_row(row: sqlite3.Row) -> CheckpointInfo:

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
+import sqlite3
 import time
-import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from ..checks import run_name_of
-from ..errors import CheckpointExistsError, NoScoreError
+from ..errors import CheckpointExistsError, CorruptCheckpointError, NoScoreError
 from ..records import CheckpointInfo, PartInfo
 from ..serialization import serialize_state
 from ..weights_store import (
@@ -22,6 +23,7 @@ from ..weights_store import (
     WeightsStore,
     PendingUpload,
     StoredPayload,
+    claim_abandoned,
     classify_garbage,
     describe,
     reservation_lost,
@@ -37,6 +39,10 @@ PARTIAL_SUFFIX = ".partial"
 PAYLOAD_NAME = re.compile(r"^(?P<token>[0-9a-f]{32})\.[a-z]+\.pt(?:\.partial)?$")
 """Names this store gives payload files (``<token>.<part>.pt``, ``.partial`` while written);
 garbage collection never touches any other file."""
+PAYLOAD_LOCATION = re.compile(r"^[0-9a-f]{32}\.[a-z]+\.pt$")
+"""The locations the catalog may record: a finished payload's file name, nothing else (no
+directory part, no ``..``): a tampered catalog cannot make the store read or delete a file
+outside ``payloads/``."""
 
 
 def fsync_directory(path: Path) -> None:
@@ -62,11 +68,11 @@ class LocalWeightsStore(WeightsStore):
     """
 
     def __init__(self, basedir: str | os.PathLike, stale_after: float = DEFAULT_STALE_AFTER) -> None:
+        super().__init__(stale_after)
         self.catalog = Catalog(basedir)
         self.basedir = self.catalog.basedir
         self.payload_dir = self.basedir / PAYLOAD_DIRNAME
         self.payload_dir.mkdir(exist_ok=True)
-        self.stale_after = stale_after
 
     def __repr__(self) -> str:
         return f"LocalWeightsStore({str(self.basedir)!r})"
@@ -84,39 +90,65 @@ class LocalWeightsStore(WeightsStore):
         )
         return [row["run"] for row in rows]
 
-    def payload_path(self, location: str) -> Path:
-        """The file that holds the payload at ``location``."""
+    def payload_path(self, location: str, where: str = "a checkpoint") -> Path:
+        """The file that holds the payload at ``location`` (of ``where``, for messages).
+
+        Raises:
+            CorruptCheckpointError: ``location`` is not a payload file name this store gives
+                (see :data:`PAYLOAD_LOCATION`).
+        """
+        if not isinstance(location, str) or not PAYLOAD_LOCATION.match(location):
+            raise CorruptCheckpointError(
+                f"{where}: the catalog records an invalid payload location {location!r} (not a "
+                f"payload file name inside {self.payload_dir})"
+            )
         return self.payload_dir / location
 
-    def _reserve(self, run: str, iteration: int) -> Reservation:
+    def _reserve(self, reservation: Reservation, replace: bool) -> None:
         now = time.time()
-        token = uuid.uuid4().hex
+        run, iteration = reservation.run, reservation.iteration
+        owner = json.dumps(reservation.owner)
         with self.catalog.transaction() as db:
             row = db.execute(
-                "SELECT state, heartbeat FROM checkpoints WHERE run = ? AND iteration = ?",
-                (run, iteration),
+                "SELECT * FROM checkpoints WHERE run = ? AND iteration = ?", (run, iteration)
             ).fetchone()
-            if row is not None:
-                if row["state"] == "complete":
+            if row is not None and row["state"] == "complete":
+                if not replace:
                     raise CheckpointExistsError(f"{describe(run, iteration)} is already stored")
-                if row["heartbeat"] > now - self.stale_after:
+                if row["replacement_token"] is not None:
+                    if not claim_abandoned(
+                        row["replacement_heartbeat"], _owner(row["replacement_owner"]),
+                        row["replacement_token"], now - self.stale_after,
+                    ):
+                        raise CheckpointExistsError(f"{describe(run, iteration)} is being replaced by another writer")
+                    logger.warning("taking over the abandoned replacement of %s", describe(run, iteration))
+                db.execute(
+                    "UPDATE checkpoints SET replacement_token = ?, replacement_heartbeat = ?,"
+                    " replacement_owner = ? WHERE run = ? AND iteration = ?",
+                    (reservation.token, now, owner, run, iteration),
+                )
+                reservation.replaces = checkpoint_from_row(row)
+                return
+            if row is not None:
+                if not claim_abandoned(row["heartbeat"], _owner(row["owner"]), row["token"], now - self.stale_after):
                     raise CheckpointExistsError(
                         f"{describe(run, iteration)} is being stored by another writer"
                     )
-                logger.warning("taking over the stale upload of %s", describe(run, iteration))
+                logger.warning("taking over the abandoned upload of %s", describe(run, iteration))
                 db.execute("DELETE FROM checkpoints WHERE run = ? AND iteration = ?", (run, iteration))
             db.execute(
-                "INSERT INTO checkpoints (run, iteration, state, token, created, heartbeat)"
-                " VALUES (?, ?, 'pending', ?, ?, ?)",
-                (run, iteration, token, now, now),
+                "INSERT INTO checkpoints (run, iteration, state, token, created, heartbeat, owner)"
+                " VALUES (?, ?, 'pending', ?, ?, ?, ?)",
+                (run, iteration, reservation.token, now, now, owner),
             )
-        return Reservation(run, iteration, token)
 
     def _heartbeat(self, reservation: Reservation) -> None:
         """Refresh the reservation's heartbeat; ReservationLostError if it was taken over."""
+        claim = "replacement_token" if reservation.replaces else "token"
+        beat = "replacement_heartbeat" if reservation.replaces else "heartbeat"
         with self.catalog.transaction() as db:
             updated = db.execute(
-                "UPDATE checkpoints SET heartbeat = ? WHERE run = ? AND iteration = ? AND token = ?",
+                f"UPDATE checkpoints SET {beat} = ? WHERE run = ? AND iteration = ? AND {claim} = ?",
                 (time.time(), reservation.run, reservation.iteration, reservation.token),
             ).rowcount
         if updated != 1:
@@ -124,7 +156,7 @@ class LocalWeightsStore(WeightsStore):
 
     def _write_part(self, reservation: Reservation, part: str, state: Any) -> PartInfo:
         location = f"{reservation.token}.{part}.pt"
-        final = self.payload_path(location)
+        final = self.payload_dir / location
         partial = final.with_name(final.name + PARTIAL_SUFFIX)
         reservation.payloads.append(location)
         try:
@@ -148,11 +180,22 @@ class LocalWeightsStore(WeightsStore):
     def _commit(self, reservation: Reservation, parts: Mapping[str, PartInfo]) -> CheckpointInfo:
         now = time.time()
         with self.catalog.transaction() as db:
-            updated = db.execute(
-                "UPDATE checkpoints SET state = 'complete', parts = ?, heartbeat = ?"
-                " WHERE run = ? AND iteration = ? AND token = ? AND state = 'pending'",
-                (parts_to_json(dict(parts)), now, reservation.run, reservation.iteration, reservation.token),
-            ).rowcount
+            if reservation.replaces is None:
+                updated = db.execute(
+                    "UPDATE checkpoints SET state = 'complete', parts = ?, heartbeat = ?"
+                    " WHERE run = ? AND iteration = ? AND token = ? AND state = 'pending'",
+                    (parts_to_json(dict(parts)), now, reservation.run, reservation.iteration, reservation.token),
+                ).rowcount
+            else:
+                updated = db.execute(
+                    "UPDATE checkpoints SET parts = ?, token = ?, created = ?, heartbeat = ?, owner = ?,"
+                    " replacement_token = NULL, replacement_heartbeat = NULL, replacement_owner = NULL"
+                    " WHERE run = ? AND iteration = ? AND replacement_token = ? AND state = 'complete'",
+                    (
+                        parts_to_json(dict(parts)), reservation.token, now, now, json.dumps(reservation.owner),
+                        reservation.run, reservation.iteration, reservation.token,
+                    ),
+                ).rowcount
             if updated != 1:
                 raise reservation_lost(reservation, "before it committed")
             row = db.execute(
@@ -163,14 +206,11 @@ class LocalWeightsStore(WeightsStore):
 
     def _abandon(self, reservation: Reservation) -> None:
         for location in reservation.payloads:
-            final = self.payload_path(location)
+            final = self.payload_dir / location
             final.with_name(final.name + PARTIAL_SUFFIX).unlink(missing_ok=True)
             final.unlink(missing_ok=True)
         with self.catalog.transaction() as db:
-            db.execute(
-                "DELETE FROM checkpoints WHERE run = ? AND iteration = ? AND token = ? AND state = 'pending'",
-                (reservation.run, reservation.iteration, reservation.token),
-            )
+            _drop_claim(db, reservation.run, reservation.iteration, reservation.token)
 
     def _find(self, run: str, iteration: int) -> CheckpointInfo | None:
         rows = self.catalog.query(
@@ -181,13 +221,13 @@ class LocalWeightsStore(WeightsStore):
 
     def _load_part(self, info: CheckpointInfo, part: str, map_location: Any) -> Any:
         expected = info.parts[part]
-        return load_payload_file(
-            self.payload_path(expected.location), expected, map_location, describe(info.run, info.iteration, part)
-        )
+        where = describe(info.run, info.iteration, part)
+        return load_payload_file(self.payload_path(expected.location, where), expected, map_location, where)
 
     def _verify_part(self, info: CheckpointInfo, part: str) -> None:
         expected = info.parts[part]
-        verify_payload_file(self.payload_path(expected.location), expected, describe(info.run, info.iteration, part))
+        where = describe(info.run, info.iteration, part)
+        verify_payload_file(self.payload_path(expected.location, where), expected, where)
 
     def _unlist(self, run: str, iteration: int) -> CheckpointInfo | None:
         with self.catalog.transaction() as db:
@@ -200,8 +240,16 @@ class LocalWeightsStore(WeightsStore):
             db.execute("DELETE FROM checkpoints WHERE run = ? AND iteration = ?", (run, iteration))
         return checkpoint_from_row(row)
 
-    def _delete_payload(self, location: str) -> None:
-        self.payload_path(location).unlink(missing_ok=True)
+    def _delete_payload(self, location: str) -> bool:
+        """Delete the payload file ``location`` (finished or ``.partial``: any name of
+        :data:`PAYLOAD_NAME`, never a path outside ``payloads/``)."""
+        if not isinstance(location, str) or not PAYLOAD_NAME.match(location):
+            raise CorruptCheckpointError(f"refusing to delete {location!r}: not a payload file name")
+        try:
+            (self.payload_dir / location).unlink()
+        except FileNotFoundError:
+            return False
+        return True
 
     def _latest_iteration(self, run: str) -> int | None:
         rows = self.catalog.query(
@@ -224,15 +272,12 @@ class LocalWeightsStore(WeightsStore):
             part.location for row in rows if row["state"] == "complete"
             for part in checkpoint_from_row(row).parts.values()
         }
-        pending = [
-            PendingUpload(row["token"], row["run"], row["iteration"], row["heartbeat"])
-            for row in rows if row["state"] == "pending"
-        ]
         payloads = [
             StoredPayload(name, PAYLOAD_NAME.match(name)["token"], size, name.endswith(PARTIAL_SUFFIX))
             for name, size in files.items()
         ]
-        return classify_garbage(payloads, referenced, pending, cutoff)
+        claims = [claim for claim in map(_claim, rows) if claim is not None]
+        return classify_garbage(payloads, referenced, claims, cutoff)
 
     def _payload_files(self) -> dict[str, int]:
         """Name -> size of every payload file (finished or ``.partial``) in the payload directory."""
@@ -247,8 +292,45 @@ class LocalWeightsStore(WeightsStore):
 
     def _drop_stale_reservation(self, item: GarbageItem, cutoff: float) -> bool:
         with self.catalog.transaction() as db:
-            return db.execute(
-                "DELETE FROM checkpoints WHERE run = ? AND iteration = ? AND token = ?"
-                " AND state = 'pending' AND heartbeat < ?",
-                (item.run, item.iteration, item.token, cutoff),
-            ).rowcount == 1
+            row = db.execute(
+                "SELECT * FROM checkpoints WHERE run = ? AND iteration = ?"
+                " AND ((token = ? AND state = 'pending') OR replacement_token = ?)",
+                (item.run, item.iteration, item.token, item.token),
+            ).fetchone()
+            claim = None if row is None else _claim(row)
+            if claim is None or claim.token != item.token or not claim.abandoned(cutoff):
+                return False
+            return _drop_claim(db, item.run, item.iteration, item.token)
+
+
+def _owner(text: str | None) -> Any:
+    """The owner record stored as JSON (``None`` when not recorded)."""
+    return None if text is None else json.loads(text)
+
+
+def _claim(row: sqlite3.Row) -> PendingUpload | None:
+    """The upload claim a catalog row holds: its pending reservation, or the replacement
+    claim on a stored checkpoint; ``None`` for a stored checkpoint nobody replaces."""
+    if row["state"] == "pending":
+        return PendingUpload(row["token"], row["run"], row["iteration"], row["heartbeat"], _owner(row["owner"]))
+    if row["replacement_token"] is not None:
+        return PendingUpload(
+            row["replacement_token"], row["run"], row["iteration"],
+            row["replacement_heartbeat"], _owner(row["replacement_owner"]),
+        )
+    return None
+
+
+def _drop_claim(db: sqlite3.Connection, run: str, iteration: int, token: str) -> bool:
+    """Drop the upload claim ``token`` on ``(run, iteration)``: delete its pending entry, or
+    clear its replacement claim on the stored checkpoint; return whether there was one."""
+    deleted = db.execute(
+        "DELETE FROM checkpoints WHERE run = ? AND iteration = ? AND token = ? AND state = 'pending'",
+        (run, iteration, token),
+    ).rowcount
+    cleared = db.execute(
+        "UPDATE checkpoints SET replacement_token = NULL, replacement_heartbeat = NULL,"
+        " replacement_owner = NULL WHERE run = ? AND iteration = ? AND replacement_token = ?",
+        (run, iteration, token),
+    ).rowcount
+    return deleted + cleared > 0

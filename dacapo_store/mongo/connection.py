@@ -17,9 +17,30 @@ from ..uri import redact_text, redact_uri
 
 SERVER_SELECTION_TIMEOUT_MS = 5000
 DEFAULT_WRITE_CONCERN = WriteConcern(w="majority", j=True)
+DEFAULT_COLLECTION_PREFIX = "dacapo_store."
+"""Prefix of every collection the stores use, so that they share a database with DaCapo's own
+collections (``runs``, ``training_stats``, ``validation_scores``, ...) without touching them."""
 
 IndexSpec = tuple[Sequence[tuple[str, int]], dict[str, Any]]
 """Keys and options (a ``name`` among them) of one index."""
+
+
+def check_collection_prefix(prefix: Any) -> str:
+    """Return ``prefix`` if collection names may start with it.
+
+    Raises:
+        TypeError: not a str.
+        ValueError: contains ``$`` or NUL, starts with ``system.`` or ``.``, or is longer than
+            64 characters.
+    """
+    if not isinstance(prefix, str):
+        raise TypeError(f"collection_prefix must be a str, got {type(prefix).__name__}")
+    if "$" in prefix or "\x00" in prefix or prefix.startswith(("system.", ".")) or len(prefix) > 64:
+        raise ValueError(
+            f"collection_prefix {prefix!r} is not a valid start of a MongoDB collection name (no '$' "
+            "or NUL, not starting with 'system.' or '.', at most 64 characters)"
+        )
+    return prefix
 
 
 class MongoDatabase:
@@ -30,15 +51,23 @@ class MongoDatabase:
             ``MongoClient`` or a ``mongomock.MongoClient``).
         db_name: the database name.
         write_concern: for every write (default ``w="majority", j=True``).
+        collection_prefix: put before every collection name (default ``"dacapo_store."``;
+            ``""`` is the layout of dacapo-store 0.2).
 
     Raises:
-        TypeError: ``db_host`` is neither a URI nor a client.
+        TypeError: ``db_host`` is neither a URI nor a client, or ``collection_prefix`` is not a str.
+        ValueError: ``collection_prefix`` is not a valid start of a collection name.
         StoreConnectionError: the server cannot be reached (password redacted).
     """
 
     def __init__(
-        self, db_host: Any, db_name: str, write_concern: WriteConcern = DEFAULT_WRITE_CONCERN
+        self,
+        db_host: Any,
+        db_name: str,
+        write_concern: WriteConcern = DEFAULT_WRITE_CONCERN,
+        collection_prefix: str = DEFAULT_COLLECTION_PREFIX,
     ) -> None:
+        self.collection_prefix = check_collection_prefix(collection_prefix)
         if isinstance(db_host, str):
             self.uri = db_host
             self.display = redact_uri(db_host)
@@ -69,8 +98,8 @@ class MongoDatabase:
         self.db = self.client.get_database(db_name, write_concern=write_concern)
 
     def collection(self, name: str) -> Any:
-        """The collection ``name`` with the store's write concern."""
-        return self.db.get_collection(name, write_concern=self.write_concern)
+        """The store's collection ``name`` (the prefix put before it) with its write concern."""
+        return self.db.get_collection(self.collection_prefix + name, write_concern=self.write_concern)
 
     @contextmanager
     def reporting_errors(self, action: str) -> Iterator[None]:

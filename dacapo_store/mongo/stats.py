@@ -10,7 +10,7 @@ from pymongo.write_concern import WriteConcern
 
 from ..records import TrainingIterationStats, ValidationScore
 from ..stats_store import ScoreRow, StatsStore, score_from_row
-from .connection import DEFAULT_WRITE_CONCERN, MongoDatabase
+from .connection import DEFAULT_COLLECTION_PREFIX, DEFAULT_WRITE_CONCERN, MongoDatabase
 from .scores import SCORE_INDEXES, SCORE_KEY_FIELDS, SCORES_COLLECTION, find_best_score, score_document
 
 TRAINING_STATS_COLLECTION = "training_stats"
@@ -38,16 +38,21 @@ def upsert_many(collection: Any, documents: list[dict[str, Any]], key_fields: tu
 
 
 class MongoStatsStore(StatsStore):
-    """Training stats and validation scores in MongoDB (shared with a
-    :class:`MongoWeightsStore` on the same database).
+    """Training stats and validation scores in the ``<prefix>training_stats`` and
+    ``<prefix>validation_scores`` collections (shared with a :class:`MongoWeightsStore` on the
+    same database and prefix).
 
     Args and raises: as :class:`MongoWeightsStore`.
     """
 
     def __init__(
-        self, db_host: Any, db_name: str = "dacapo", write_concern: WriteConcern = DEFAULT_WRITE_CONCERN
+        self,
+        db_host: Any,
+        db_name: str = "dacapo",
+        write_concern: WriteConcern = DEFAULT_WRITE_CONCERN,
+        collection_prefix: str = DEFAULT_COLLECTION_PREFIX,
     ) -> None:
-        self.database = MongoDatabase(db_host, db_name, write_concern)
+        self.database = MongoDatabase(db_host, db_name, write_concern, collection_prefix)
         self.training_stats = self.database.collection(TRAINING_STATS_COLLECTION)
         self.scores = self.database.collection(SCORES_COLLECTION)
         self.database.ensure_indexes(self.training_stats, TRAINING_STATS_INDEXES)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, Callable
@@ -35,7 +34,7 @@ from ..weights_store import (
     reservation_lost,
 )
 from .chunk_reader import ChunkReader, DroppedChunkError
-from .connection import DEFAULT_WRITE_CONCERN, MongoDatabase
+from .connection import DEFAULT_COLLECTION_PREFIX, DEFAULT_WRITE_CONCERN, MongoDatabase
 from .scores import SCORE_INDEXES, SCORES_COLLECTION, find_best_score
 
 logger = logging.getLogger(__name__)
@@ -82,12 +81,13 @@ def checkpoint_from_document(document: Mapping[str, Any]) -> CheckpointInfo:
 
 
 class MongoWeightsStore(WeightsStore):
-    """Checkpoints in GridFS (bucket ``weights``), catalogued in the ``checkpoints`` collection.
+    """Checkpoints in GridFS (bucket ``<prefix>weights``), catalogued in the
+    ``<prefix>checkpoints`` collection (prefix ``dacapo_store.`` by default).
 
     The catalog's unique ``(run, iteration)`` index decides which writer wins before anything
     is uploaded; a checkpoint becomes visible only when its catalog document is marked complete
-    with each part's size and digest. A :class:`MongoStatsStore` on the same database shares the
-    validation scores that :meth:`retrieve_best` reads.
+    with each part's size and digest. A :class:`MongoStatsStore` on the same database (and
+    prefix) shares the validation scores that :meth:`retrieve_best` reads.
 
     Args:
         db_host: a MongoDB URI or an existing client (pymongo or mongomock).
@@ -95,6 +95,8 @@ class MongoWeightsStore(WeightsStore):
         stale_after: seconds without progress after which a pending upload may be taken over.
         write_concern: default ``w="majority", j=True``.
         chunk_size_bytes: GridFS chunk size of new uploads.
+        collection_prefix: put before every collection name (see
+            :class:`~dacapo_store.mongo.connection.MongoDatabase`).
 
     Raises:
         StoreConnectionError: the server is unreachable (within a few seconds; no password shown).
@@ -107,16 +109,20 @@ class MongoWeightsStore(WeightsStore):
         stale_after: float = DEFAULT_STALE_AFTER,
         write_concern: WriteConcern = DEFAULT_WRITE_CONCERN,
         chunk_size_bytes: int = CHUNK_SIZE_BYTES,
+        collection_prefix: str = DEFAULT_COLLECTION_PREFIX,
     ) -> None:
-        self.database = MongoDatabase(db_host, db_name, write_concern)
+        super().__init__(stale_after)
+        self.database = MongoDatabase(db_host, db_name, write_concern, collection_prefix)
         self.checkpoints = self.database.collection(CHECKPOINTS_COLLECTION)
         self.scores = self.database.collection(SCORES_COLLECTION)
         self.bucket = gridfs.GridFSBucket(
-            self.database.db, BUCKET_NAME, chunk_size_bytes=chunk_size_bytes, write_concern=write_concern
+            self.database.db,
+            collection_prefix + BUCKET_NAME,
+            chunk_size_bytes=chunk_size_bytes,
+            write_concern=write_concern,
         )
         self.bucket_files = self.database.collection(f"{BUCKET_NAME}.files")
         self.bucket_chunks = self.database.collection(f"{BUCKET_NAME}.chunks")
-        self.stale_after = stale_after
         self.database.ensure_indexes(self.checkpoints, CHECKPOINT_INDEXES)
         self.database.ensure_indexes(self.scores, SCORE_INDEXES)
 
@@ -132,41 +138,66 @@ class MongoWeightsStore(WeightsStore):
     def list_runs(self) -> list[str]:
         return sorted(self.checkpoints.distinct("run", {"state": "complete"}))
 
-    def _reserve(self, run: str, iteration: int) -> Reservation:
-        token = uuid.uuid4().hex
-        for _ in range(2):
+    def _reserve(self, reservation: Reservation, replace: bool) -> None:
+        run, iteration = reservation.run, reservation.iteration
+        for _ in range(3):
             now = time.time()
+            claim = {"token": reservation.token, "heartbeat": now, "owner": reservation.owner}
             try:
                 self.checkpoints.insert_one(
-                    {
-                        "run": run,
-                        "iteration": iteration,
-                        "state": "pending",
-                        "token": token,
-                        "created": now,
-                        "heartbeat": now,
-                    }
+                    {"run": run, "iteration": iteration, "state": "pending", "created": now, **claim}
                 )
-                return Reservation(run, iteration, token)
+                return
             except DuplicateKeyError:
                 existing = self.checkpoints.find_one({"run": run, "iteration": iteration})
             if existing is None:
                 continue  # removed in the meantime: try again
             if existing["state"] == "complete":
-                raise CheckpointExistsError(f"{describe(run, iteration)} is already stored")
-            if existing["heartbeat"] > now - self.stale_after:
+                if not replace:
+                    raise CheckpointExistsError(f"{describe(run, iteration)} is already stored")
+                if self._claim_replacement(existing, claim, now):
+                    reservation.replaces = checkpoint_from_document(existing)
+                    return
+                continue
+            if not _claim_of(existing).abandoned(now - self.stale_after):
                 raise CheckpointExistsError(f"{describe(run, iteration)} is being stored by another writer")
-            logger.warning("taking over the stale upload of %s", describe(run, iteration))
+            logger.warning("taking over the abandoned upload of %s", describe(run, iteration))
             self.checkpoints.delete_one(
                 {"_id": existing["_id"], "token": existing["token"], "state": "pending"}
             )
         raise CheckpointExistsError(f"{describe(run, iteration)} is being stored by another writer")
 
+    def _claim_replacement(self, existing: Mapping[str, Any], claim: dict[str, Any], now: float) -> bool:
+        """Put the replacement ``claim`` on the stored checkpoint ``existing``, unless another
+        writer's replacement claim on it is alive; return whether the claim was put (``False``:
+        the entry changed since it was read, look again).
+
+        Raises:
+            CheckpointExistsError: another writer is replacing the checkpoint.
+        """
+        where = describe(existing["run"], existing["iteration"])
+        held = existing.get("replacement")
+        if held is not None:
+            if not _claim_of(existing).abandoned(now - self.stale_after):
+                raise CheckpointExistsError(f"{where} is being replaced by another writer")
+            logger.warning("taking over the abandoned replacement of %s", where)
+        result = self.checkpoints.update_one(
+            {
+                "_id": existing["_id"],
+                "state": "complete",
+                "token": existing["token"],
+                "replacement.token": held["token"] if held is not None else {"$exists": False},
+            },
+            {"$set": {"replacement": claim}},
+        )
+        return result.matched_count == 1
+
     def _heartbeat(self, reservation: Reservation) -> None:
         """Refresh the reservation's heartbeat; ReservationLostError if it was taken over."""
+        claim = "replacement." if reservation.replaces else ""
         result = self.checkpoints.update_one(
-            {"run": reservation.run, "iteration": reservation.iteration, "token": reservation.token},
-            {"$set": {"heartbeat": time.time()}},
+            {"run": reservation.run, "iteration": reservation.iteration, f"{claim}token": reservation.token},
+            {"$set": {f"{claim}heartbeat": time.time()}},
         )
         if result.matched_count != 1:
             raise reservation_lost(reservation, "while it was uploading")
@@ -199,23 +230,29 @@ class MongoWeightsStore(WeightsStore):
         return info
 
     def _commit(self, reservation: Reservation, parts: Mapping[str, PartInfo]) -> CheckpointInfo:
-        document = self.checkpoints.find_one_and_update(
-            {
-                "run": reservation.run,
-                "iteration": reservation.iteration,
-                "token": reservation.token,
-                "state": "pending",
-            },
-            {
-                "$set": {  # "state" last: mongomock applies fields one by one, visible to threads
-                    "heartbeat": time.time(),
-                    "size": sum(p.size for p in parts.values()),
-                    "parts": {name: part.to_document() for name, part in parts.items()},
-                    "state": "complete",
-                }
-            },
-            return_document=True,
-        )
+        now = time.time()
+        completion = {  # "state" last: mongomock applies fields one by one, visible to threads
+            "heartbeat": now,
+            "size": sum(p.size for p in parts.values()),
+            "parts": {name: part.to_document() for name, part in parts.items()},
+            "state": "complete",
+        }
+        where = {"run": reservation.run, "iteration": reservation.iteration}
+        if reservation.replaces is None:
+            document = self.checkpoints.find_one_and_update(
+                {**where, "token": reservation.token, "state": "pending"},
+                {"$set": completion},
+                return_document=True,
+            )
+        else:
+            document = self.checkpoints.find_one_and_update(
+                {**where, "replacement.token": reservation.token, "state": "complete"},
+                {
+                    "$set": {"token": reservation.token, "created": now, "owner": reservation.owner, **completion},
+                    "$unset": {"replacement": ""},
+                },
+                return_document=True,
+            )
         if document is None:
             raise reservation_lost(reservation, "before it committed")
         return checkpoint_from_document(document)
@@ -223,14 +260,19 @@ class MongoWeightsStore(WeightsStore):
     def _abandon(self, reservation: Reservation) -> None:
         for location in reservation.payloads:
             self._delete_payload(location)
-        self.checkpoints.delete_one(
-            {
-                "run": reservation.run,
-                "iteration": reservation.iteration,
-                "token": reservation.token,
-                "state": "pending",
-            }
-        )
+        self._drop_claim(reservation.run, reservation.iteration, reservation.token)
+
+    def _drop_claim(self, run: str, iteration: int, token: str, heartbeat: float | None = None) -> bool:
+        """Drop the upload claim ``token`` on ``(run, iteration)``: delete its pending entry,
+        or remove its replacement claim from the stored checkpoint (only if its heartbeat is
+        still ``heartbeat``, when given); return whether there was one."""
+        beat = {} if heartbeat is None else {"heartbeat": heartbeat}
+        where = {"run": run, "iteration": iteration}
+        if self.checkpoints.delete_one({**where, "token": token, "state": "pending", **beat}).deleted_count:
+            return True
+        replacement = {f"replacement.{key}": value for key, value in {"token": token, **beat}.items()}
+        result = self.checkpoints.update_one({**where, **replacement}, {"$unset": {"replacement": ""}})
+        return result.modified_count == 1
 
     def _find(self, run: str, iteration: int) -> CheckpointInfo | None:
         document = self.checkpoints.find_one({"run": run, "iteration": iteration, "state": "complete"})
@@ -292,11 +334,16 @@ class MongoWeightsStore(WeightsStore):
         )
         return None if document is None else checkpoint_from_document(document)
 
-    def _delete_payload(self, location: str) -> None:
+    def _delete_payload(self, location: str) -> bool:
+        """Delete the GridFS file ``location``: its files document first, then its chunks
+        (GridFS's order: a failure in between leaves orphan chunks, never a file that lacks
+        chunks)."""
         try:
-            self.bucket.delete(ObjectId(location))
-        except gridfs.errors.NoFile:
-            pass  # its chunks, if any, were deleted all the same
+            file_id = ObjectId(location)
+        except (InvalidId, TypeError):
+            raise CorruptCheckpointError(f"the catalog records an invalid payload id {location!r}") from None
+        deleted = self.bucket_files.delete_one({"_id": file_id}).deleted_count
+        return deleted + self.bucket_chunks.delete_many({"files_id": file_id}).deleted_count > 0
 
     def _latest_iteration(self, run: str) -> int | None:
         document = self.checkpoints.find_one(
@@ -324,10 +371,7 @@ class MongoWeightsStore(WeightsStore):
             part["location"] for entry in catalog if entry["state"] == "complete"
             for part in entry["parts"].values()
         }
-        pending = [
-            PendingUpload(entry["token"], entry["run"], entry["iteration"], entry["heartbeat"])
-            for entry in catalog if entry["state"] == "pending"
-        ]
+        pending = [_claim_of(entry) for entry in catalog if entry["state"] == "pending" or "replacement" in entry]
         payloads = [
             StoredPayload(
                 str(file_id), (document.get("metadata") or {}).get("token"), document.get("length", 0)
@@ -370,13 +414,23 @@ class MongoWeightsStore(WeightsStore):
             return chunks.delete_many({"files_id": file_id}).deleted_count > 0
 
     def _drop_stale_reservation(self, item: GarbageItem, cutoff: float) -> bool:
-        result = self.checkpoints.delete_one(
+        entry = self.checkpoints.find_one(
             {
                 "run": item.run,
                 "iteration": item.iteration,
-                "token": item.token,
-                "state": "pending",
-                "heartbeat": {"$lt": cutoff},
+                "$or": [{"token": item.token, "state": "pending"}, {"replacement.token": item.token}],
             }
         )
-        return result.deleted_count == 1
+        if entry is None:
+            return False
+        claim = _claim_of(entry)
+        if claim.token != item.token or not claim.abandoned(cutoff):
+            return False
+        return self._drop_claim(item.run, item.iteration, item.token, heartbeat=claim.heartbeat)
+
+
+def _claim_of(entry: Mapping[str, Any]) -> PendingUpload:
+    """The upload claim of a catalog document: its pending reservation, or the replacement
+    claim on a stored checkpoint."""
+    claim = entry if entry["state"] == "pending" else entry["replacement"]
+    return PendingUpload(claim["token"], entry["run"], entry["iteration"], claim["heartbeat"], claim.get("owner"))

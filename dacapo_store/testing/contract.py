@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 import uuid
 from typing import Any
 
@@ -33,7 +34,9 @@ from dacapo_store import (
     WeightsStore,
 )
 from dacapo_store.digests import DEFAULT_ALGORITHM, algorithm_of
+from dacapo_store.errors import ReservationLostError
 from dacapo_store.serialization import HashingWriter
+from dacapo_store.weights_store import STALE_RESERVATION
 
 
 class ToyRun:
@@ -71,6 +74,15 @@ def assert_state_equal(actual: Any, expected: Any) -> None:
             assert_state_equal(a, e)
     else:
         assert actual == expected
+
+
+def fail_with(error: BaseException) -> Any:
+    """A stand-in for a method or function that raises ``error`` whatever it is called with."""
+
+    def failing(*args: Any, **kwargs: Any) -> Any:
+        raise error
+
+    return failing
 
 
 def brute_force_best(rows: list[tuple[int, dict, float, bool]]) -> int | None:
@@ -256,6 +268,126 @@ class StoreContract:
         assert sorted(outcomes) == ["lost"] * 5 + ["won"]
         assert [c.iteration for c in weights_store.list_checkpoints(run.name)] == [8]
         weights_store.verify(run.name, 8)
+
+    # ---- overwrite --------------------------------------------------------------------------
+
+    def test_overwrite_replaces_the_checkpoint_and_deletes_the_old_payloads(
+        self, weights_store: WeightsStore, run: ToyRun
+    ) -> None:
+        old = weights_store.store_weights(run, 4)
+        run.train_steps(2)
+        new = weights_store.store_weights(run, 4, overwrite=True)
+        assert weights_store.list_checkpoints(run.name) == [new]
+        assert {p.location for p in new.parts.values()}.isdisjoint(p.location for p in old.parts.values())
+        assert_state_equal(weights_store.retrieve_weights(run.name, 4).model, run.model.state_dict())
+        assert_state_equal(weights_store.retrieve_weights(run.name, 4).optimizer, run.optimizer.state_dict())
+        assert weights_store.verify(run.name, 4) == new
+        assert weights_store.collect_garbage(dry_run=True).items == ()  # nothing of the old one is left
+
+    def test_overwrite_without_a_stored_checkpoint_is_a_plain_store(
+        self, weights_store: WeightsStore, run: ToyRun
+    ) -> None:
+        info = weights_store.store_weights(run, 2, overwrite=True)
+        assert weights_store.list_checkpoints(run.name) == [info]
+        weights_store.put_weights(run.name, 3, Weights(run.model.state_dict(), None), overwrite=True)
+        assert weights_store.latest_iteration(run) == 3
+
+    def test_overwrite_must_be_a_bool(self, weights_store: WeightsStore, run: ToyRun) -> None:
+        with pytest.raises(TypeError, match="overwrite"):
+            weights_store.store_weights(run, 1, overwrite="yes")  # type: ignore[arg-type]
+        assert weights_store.list_checkpoints(run.name) == []
+
+    def test_readers_see_the_old_checkpoint_while_the_new_one_is_uploaded(
+        self, weights_store: WeightsStore, run: ToyRun, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        old_model = {k: v.clone() for k, v in run.model.state_dict().items()}
+        old = weights_store.store_weights(run, 5)
+        run.train_steps(2)
+        seen = []
+        real_commit = weights_store._commit
+
+        def read_then_commit(reservation: Any, parts: Any) -> Any:
+            seen.append((weights_store.list_checkpoints(run.name), weights_store.retrieve_weights(run.name, 5)))
+            with pytest.raises(CheckpointExistsError, match="being replaced"):
+                weights_store.store_weights(run, 5, overwrite=True)
+            return real_commit(reservation, parts)
+
+        monkeypatch.setattr(weights_store, "_commit", read_then_commit)
+        weights_store.store_weights(run, 5, overwrite=True)
+        listed, weights = seen[0]
+        assert listed == [old]
+        assert_state_equal(weights.model, old_model)
+
+    def test_a_reader_whose_payloads_are_replaced_under_it_reads_the_new_checkpoint(
+        self, weights_store: WeightsStore, run: ToyRun, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        weights_store.store_weights(run, 6)
+        run.train_steps(2)
+        real_load = weights_store._load_part
+        replaced = []
+
+        def replaced_before_the_read(info: Any, part: str, map_location: Any) -> Any:
+            if not replaced:
+                replaced.append(weights_store.store_weights(run, 6, overwrite=True))
+            return real_load(info, part, map_location)
+
+        monkeypatch.setattr(weights_store, "_load_part", replaced_before_the_read)
+        weights = weights_store.retrieve_weights(run.name, 6)
+        assert_state_equal(weights.model, run.model.state_dict())
+        assert_state_equal(weights.optimizer, run.optimizer.state_dict())
+
+    def test_a_failed_overwrite_keeps_the_old_checkpoint(
+        self, weights_store: WeightsStore, run: ToyRun, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        old_model = {k: v.clone() for k, v in run.model.state_dict().items()}
+        old = weights_store.store_weights(run, 7)
+        run.train_steps(1)
+        with monkeypatch.context() as patch:
+            patch.setattr(HashingWriter, "_forward", fail_with(OSError("injected")))
+            with pytest.raises(OSError, match="injected"):
+                weights_store.store_weights(run, 7, overwrite=True)
+        assert weights_store.list_checkpoints(run.name) == [old]
+        assert_state_equal(weights_store.retrieve_weights(run.name, 7).model, old_model)
+        assert weights_store.collect_garbage(dry_run=True).items == ()
+        weights_store.store_weights(run, 7, overwrite=True)  # the claim was dropped
+        assert_state_equal(weights_store.retrieve_weights(run.name, 7).model, run.model.state_dict())
+
+    def test_a_checkpoint_removed_while_it_is_replaced_stays_removed(
+        self, weights_store: WeightsStore, run: ToyRun, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        weights_store.store_weights(run, 8)
+        real_commit = weights_store._commit
+
+        def removed_then_commit(reservation: Any, parts: Any) -> Any:
+            weights_store.remove(run.name, 8)
+            return real_commit(reservation, parts)
+
+        monkeypatch.setattr(weights_store, "_commit", removed_then_commit)
+        with pytest.raises(ReservationLostError):
+            weights_store.store_weights(run, 8, overwrite=True)
+        assert weights_store.list_checkpoints(run.name) == []
+        assert weights_store.collect_garbage(dry_run=True).items == ()
+
+    def test_an_abandoned_replacement_is_taken_over_and_collected(
+        self, weights_store: WeightsStore, run: ToyRun, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        old = weights_store.store_weights(run, 9)
+        with monkeypatch.context() as patch:  # a writer on another host dies mid-replacement
+            patch.setattr("dacapo_store.owner.socket.gethostname", lambda: "another-host")
+            patch.setattr(weights_store, "_abandon", lambda reservation: None)
+            patch.setattr(weights_store, "_commit", fail_with(RuntimeError("the writer died")))
+            with pytest.raises(RuntimeError, match="the writer died"):
+                weights_store.store_weights(run, 9, overwrite=True)
+        assert weights_store.list_checkpoints(run.name) == [old]
+        with pytest.raises(CheckpointExistsError, match="being replaced"):
+            weights_store.store_weights(run, 9, overwrite=True)
+        later = time.time() + 2 * weights_store.stale_after
+        report = weights_store.collect_garbage(older_than=weights_store.stale_after, now=later)
+        assert [item.kind for item in report.items] == [STALE_RESERVATION]
+        assert weights_store.list_checkpoints(run.name) == [old]
+        weights_store.verify(run.name, 9)
+        weights_store.store_weights(run, 9, overwrite=True)
+        assert weights_store.collect_garbage(dry_run=True).items == ()
 
     # ---- all or nothing -------------------------------------------------------------------------
 

@@ -22,7 +22,7 @@ def isolated(tmp_path, monkeypatch) -> Path:
     work.mkdir()
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.chdir(work)
-    for variable in ("DACAPO_STORE_URI", "DACAPO_OPTIONS_FILE", "XDG_DATA_HOME"):
+    for variable in ("DACAPO_STORE_URI", "DACAPO_OPTIONS_FILE", "XDG_DATA_HOME", "DACAPO_STORE_COLLECTION_PREFIX"):
         monkeypatch.delenv(variable, raising=False)
     return tmp_path
 
@@ -129,3 +129,13 @@ def test_create_stores_opens_the_resolved_backend(isolated, monkeypatch) -> None
         weights, stats = create_weights_store(), create_stats_store()
     assert isinstance(weights, MongoWeightsStore) and isinstance(stats, MongoStatsStore)
     assert weights.database.db_name == stats.database.db_name == "resolved"
+
+
+def test_the_collection_prefix_comes_from_the_environment(monkeypatch) -> None:
+    patch_mongomock()
+    monkeypatch.setenv("DACAPO_STORE_URI", "mongodb://localhost/lab")
+    with mongomock.patch(servers=(("localhost", 27017),)):
+        assert create_weights_store().database.collection_prefix == "dacapo_store."
+        monkeypatch.setenv("DACAPO_STORE_COLLECTION_PREFIX", "")
+        weights, stats = create_weights_store(), create_stats_store()
+    assert weights.checkpoints.name == "checkpoints" and stats.scores.name == "validation_scores"

@@ -18,6 +18,7 @@ from dacapo_store.weights_store import (
     ORPHAN_PAYLOAD,
     PARTIAL_FILE,
     STALE_RESERVATION,
+    Reservation,
 )
 
 from .conftest import seed_run, toy_weights
@@ -64,7 +65,8 @@ def live_upload(store, run: str, iteration: int):
     """An upload in progress: reserved, model part written, optimizer part half written.
 
     Returns the reservation, the model's PartInfo and the location of the unfinished part."""
-    reservation = store._reserve(run, iteration)
+    reservation = Reservation.new(run, iteration)
+    store._reserve(reservation, False)
     model = store._write_part(reservation, "model", toy_weights().model)
     if hasattr(store, "payload_dir"):
         (store.payload_dir / f"{reservation.token}.optimizer.pt.partial").write_bytes(b"z" * 300)
@@ -76,7 +78,8 @@ def live_upload(store, run: str, iteration: int):
 
 def stale_upload(store, run: str, iteration: int, now: float):
     """An upload whose writer died two hours before ``now`` after writing its model part."""
-    reservation = store._reserve(run, iteration)
+    reservation = Reservation.new(run, iteration)
+    store._reserve(reservation, False)
     store._write_part(reservation, "model", toy_weights().model)
     set_heartbeat(store, run, iteration, now - 2 * HOUR)
     return reservation

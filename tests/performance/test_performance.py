@@ -107,8 +107,8 @@ def test_mongo_load_uses_one_chunk_cursor_within_the_query_budget(monkeypatch, r
     with mongomock_find_spy() as calls:
         loaded = weights.retrieve_weights("run", 1)
 
-    assert calls["weights.chunks"] <= math.ceil(info.size / (16 * 1024 * 1024)) + 3
-    assert calls["weights.chunks"] == queries
+    assert calls["dacapo_store.weights.chunks"] <= math.ceil(info.size / (16 * 1024 * 1024)) + 3
+    assert calls["dacapo_store.weights.chunks"] == queries
     assert all(torch.equal(loaded.model[key], model[key]) for key in model)
 
 
@@ -121,9 +121,9 @@ def test_mongo_store_writes_few_large_chunks():
     client = mongomock_client()
     weights = MongoWeightsStore(client)
     info = weights.put_weights("run", 1, Weights(model_state(9_000_000), None))
-    chunks = client.get_database("dacapo").get_collection("weights.chunks")
+    chunks = client.get_database("dacapo").get_collection("dacapo_store.weights.chunks")
     assert chunks.count_documents({}) == math.ceil(info.size / CHUNK_SIZE_BYTES)
-    assert gridfs.GridFSBucket(client.get_database("dacapo"), "weights").find({}).next().length == info.size
+    assert gridfs.GridFSBucket(client.get_database("dacapo"), "dacapo_store.weights").find({}).next().length == info.size
 
 
 def test_storing_needs_bounded_transient_python_memory(stores):

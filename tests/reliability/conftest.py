@@ -63,8 +63,8 @@ class Backend:
                 path.name.removesuffix(PARTIAL_SUFFIX)
                 for path in (Path(self.root) / "payloads").iterdir()
             }
-        files = {str(doc["_id"]) for doc in self.root["weights.files"].find({}, {"_id": 1})}
-        chunks = {str(doc["files_id"]) for doc in self.root["weights.chunks"].find({}, {"files_id": 1})}
+        files = {str(doc["_id"]) for doc in self.root["dacapo_store.weights.files"].find({}, {"_id": 1})}
+        chunks = {str(doc["files_id"]) for doc in self.root["dacapo_store.weights.chunks"].find({}, {"files_id": 1})}
         return files | chunks
 
     def pending(self) -> int:
@@ -73,7 +73,7 @@ class Backend:
             return self.weights.catalog.query(
                 "SELECT COUNT(*) AS n FROM checkpoints WHERE state != 'complete'"
             )[0]["n"]
-        return self.root["checkpoints"].count_documents({"state": {"$ne": "complete"}})
+        return self.root["dacapo_store.checkpoints"].count_documents({"state": {"$ne": "complete"}})
 
     def referenced(self) -> set[str]:
         """The payload locations that complete checkpoints refer to."""

@@ -32,7 +32,7 @@ def local_damage(backend: Backend, location: str, damage: str) -> None:
 
 
 def gridfs_damage(backend: Backend, location: str, damage: str) -> None:
-    files, chunks = backend.root["weights.files"], backend.root["weights.chunks"]
+    files, chunks = backend.root["dacapo_store.weights.files"], backend.root["dacapo_store.weights.chunks"]
     file_id = ObjectId(location)
     assert chunks.count_documents({"files_id": file_id}) >= 2, "the test needs a multi-chunk payload"
     first = {"files_id": file_id, "n": 0}
@@ -65,7 +65,7 @@ def tamper_catalog_digest(backend: Backend) -> None:
                 (row["parts"].replace(digest, wrong), RUN, DAMAGED),
             )
     else:
-        backend.root["checkpoints"].update_one(
+        backend.root["dacapo_store.checkpoints"].update_one(
             {"run": RUN, "iteration": DAMAGED}, {"$set": {"parts.model.digest": wrong}}
         )
 

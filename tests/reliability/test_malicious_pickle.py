@@ -60,7 +60,7 @@ def plant(backend: Backend, part: str, data: bytes) -> None:
     else:
         store.bucket.delete(ObjectId(location))
         store.bucket.upload_from_stream_with_id(ObjectId(location), "planted", io.BytesIO(data))
-        backend.root["checkpoints"].update_one(
+        backend.root["dacapo_store.checkpoints"].update_one(
             {"run": RUN, "iteration": 1},
             {"$set": {f"parts.{part}.digest": digest, f"parts.{part}.size": size}},
         )

@@ -39,9 +39,10 @@ def test_no_stored_document_can_reach_16_mib(mongo: Backend) -> None:
         collection: max(len(bson.encode(doc)) for doc in mongo.root[collection].find())
         for collection in mongo.root.list_collection_names()
     }
-    assert set(sizes) >= {"checkpoints", "validation_scores", "training_stats", "weights.files", "weights.chunks"}
+    ours = {f"dacapo_store.{name}" for name in ("checkpoints", "validation_scores", "training_stats", "weights.files", "weights.chunks")}
+    assert set(sizes) >= ours
     assert max(sizes.values()) < MAX_BSON_BYTES
-    assert sizes["checkpoints"] < 16 * 1024 and sizes["validation_scores"] < 80 * 1024, sizes
+    assert sizes["dacapo_store.checkpoints"] < 16 * 1024 and sizes["dacapo_store.validation_scores"] < 80 * 1024, sizes
 
 
 def test_index_specs_are_valid_for_a_server() -> None:
