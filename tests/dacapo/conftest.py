@@ -146,5 +146,3 @@ def small_run_config(data_dir: Path, name: str = "small_run", num_iterations: in
 def train_run():
     """DaCapo's ``train_run`` (``dacapo.train`` the module is shadowed by the function)."""
     return importlib.import_module("dacapo.train").train_run
-
-from . import _dev_overwrite_shim  # noqa  TEMPORARY until main has overwrite=True
