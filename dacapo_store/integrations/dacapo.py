@@ -20,6 +20,7 @@ importing :mod:`dacapo_store` itself never does.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 import threading
 from collections.abc import Callable
@@ -47,12 +48,13 @@ replacement from ``dacapo.store.create_store``."""
 
 class _Installation:
     """The stores of one :func:`install`: the given ones, or those that dacapo-store's
-    configuration designates when DaCapo asks (opened once per resolved location)."""
+    configuration designates when DaCapo asks (opened once per resolved location and
+    collection prefix)."""
 
     def __init__(self, weights: WeightsStore | None, stats: StatsStore | None) -> None:
         self.weights = weights
         self.stats = stats
-        self._opened: dict[tuple[str, config.StoreLocation], Any] = {}
+        self._opened: dict[tuple[str, config.StoreLocation, str | None], Any] = {}
         self._lock = threading.Lock()
 
     def weights_store(self) -> WeightsStore:
@@ -62,7 +64,7 @@ class _Installation:
         return self.stats if self.stats is not None else self._open("stats", config.create_stats_store)
 
     def _open(self, kind: str, opener: Callable[[], Any]) -> Any:
-        key = (kind, config.resolve_store())
+        key = (kind, config.resolve_store(), os.environ.get(config.PREFIX_ENV))
         with self._lock:
             if key not in self._opened:
                 self._opened[key] = opener()
