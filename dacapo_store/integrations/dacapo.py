@@ -114,7 +114,9 @@ def install(weights_store: WeightsStore | None = None, stats_store: StatsStore |
     """
     global _installation
     if weights_store is not None and not isinstance(weights_store, WeightsStore):
-        raise TypeError(f"weights_store must be a dacapo_store WeightsStore or None, got {type(weights_store).__name__}")
+        raise TypeError(
+            f"weights_store must be a dacapo_store WeightsStore or None, got {type(weights_store).__name__}"
+        )
     if stats_store is not None and not isinstance(stats_store, StatsStore):
         raise TypeError(f"stats_store must be a dacapo_store StatsStore or None, got {type(stats_store).__name__}")
     for module in DACAPO_MODULES:

@@ -69,7 +69,7 @@ def open_regular_file(path: str | os.PathLike, max_bytes: int) -> Iterator[tuple
     flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
         fd = os.open(path, flags)
-    except OSError as error:
+    except OSError:
         if os.path.islink(path):
             raise UnreadableDacapoFileError(f"{path} is a symbolic link; only regular files are read") from None
         raise

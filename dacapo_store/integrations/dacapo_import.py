@@ -213,7 +213,9 @@ def dacapo_layout_source(
     return layout, "run configs in " + " and ".join(places)
 
 
-def find_checkpoints(runs_base_dir: str | os.PathLike, run: str | None = None) -> tuple[list[CheckpointFile], list[str]]:
+def find_checkpoints(
+    runs_base_dir: str | os.PathLike, run: str | None = None
+) -> tuple[list[CheckpointFile], list[str]]:
     """Find DaCapo's checkpoint files under ``runs_base_dir`` (of one ``run`` if given).
 
     Only regular files named by a decimal iteration are taken; anything else in an
@@ -337,7 +339,9 @@ def _import_training_stats(run: str, source: DacapoStatsSource, stats_store: Sta
     for document in documents:
         try:
             row = TrainingIterationStats(
-                check_iteration(document["iteration"]), score_value(document.get("loss")), score_value(document.get("time"))
+                check_iteration(document["iteration"]),
+                score_value(document.get("loss")),
+                score_value(document.get("time")),
             )
         except (KeyError, TypeError, ValueError) as error:
             report.notes.append(f"skipped a training stat of {source.description}: {type(error).__name__}: {error}")

@@ -102,21 +102,21 @@ class ScoreLayout:
         groups, skipped = [], []
         if len(nested) != len(self.datasets):
             return [], [f"{len(nested)} dataset entries for {len(self.datasets)} validation datasets"]
-        for dataset, per_parameters in zip(self.datasets, nested):
+        for dataset, per_parameters in zip(self.datasets, nested, strict=True):
             if len(per_parameters) != len(self.parameters):
                 skipped.append(
                     f"dataset {dataset!r}: {len(per_parameters)} parameter entries for "
                     f"{len(self.parameters)} parameter sets"
                 )
                 continue
-            for parameters, values in zip(self.parameters, per_parameters):
+            for parameters, values in zip(self.parameters, per_parameters, strict=True):
                 if len(values) != len(self.criteria):
                     skipped.append(
                         f"dataset {dataset!r}, parameters {parameters_key(parameters)}: "
                         f"{len(values)} scores for {len(self.criteria)} criteria"
                     )
                     continue
-                scores = {criterion: score_value(value) for criterion, value in zip(self.criteria, values)}
+                scores = {criterion: score_value(value) for criterion, value in zip(self.criteria, values, strict=True)}
                 groups.append(ScoreGroup(dataset, parameters, scores))
         return groups, skipped
 

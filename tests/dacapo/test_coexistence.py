@@ -21,8 +21,8 @@ from .conftest import require_dacapo, small_run_config, train_run
 
 require_dacapo()
 
-from dacapo.experiments import Run, TrainingIterationStats as DacapoIterationStats, TrainingStats  # noqa: E402
-from dacapo.experiments import ValidationIterationScores, ValidationScores  # noqa: E402
+from dacapo.experiments import Run, TrainingStats, ValidationIterationScores, ValidationScores  # noqa: E402
+from dacapo.experiments import TrainingIterationStats as DacapoIterationStats  # noqa: E402
 from dacapo.experiments.tasks.evaluators import DummyEvaluationScores  # noqa: E402
 from dacapo.experiments.tasks.post_processors import ArgmaxPostProcessorParameters  # noqa: E402
 from dacapo.store import mongo_config_store, mongo_stats_store  # noqa: E402

@@ -160,7 +160,8 @@ def test_works_without_dacapo_and_never_imports_it(runs, tmp_path, monkeypatch) 
         sys.modules["dacapo"] = None  # any import of DaCapo now fails
         from dacapo_store.cli import main
         main(["import-dacapo", {str(runs)!r}, "--store", {str(tmp_path / "store")!r}], standalone_mode=False)
-        loaded = [name for name, module in sys.modules.items() if name.startswith("dacapo.") or (name == "dacapo" and module)]
+        loaded = [name for name, module in sys.modules.items()
+                  if name.startswith("dacapo.") or (name == "dacapo" and module)]
         assert not loaded, loaded
         """
     )

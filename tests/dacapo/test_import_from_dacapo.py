@@ -55,7 +55,8 @@ def test_a_run_dacapo_trained_imports_completely_and_trains_on(dacapo_trained, d
     dacapo_stats = create_store.create_stats_store()  # DaCapo's own FileStatsStore
     ours = DacapoStatsStore(stats, layout_from_config_store(create_store.create_config_store()))
     assert ours.retrieve_training_stats(run.name) == dacapo_stats.retrieve_training_stats(run.name)
-    assert ours.retrieve_validation_iteration_scores(run.name) == dacapo_stats.retrieve_validation_iteration_scores(run.name)
+    theirs = dacapo_stats.retrieve_validation_iteration_scores(run.name)
+    assert ours.retrieve_validation_iteration_scores(run.name) == theirs
     assert {s.higher_is_better for s in stats.retrieve_validation_scores(run.name, criterion="blipp_score")} == {False}
 
     again = CliRunner().invoke(cli, ["import-dacapo", str(dacapo_options), "--store", str(store)])
@@ -89,7 +90,9 @@ def test_stats_from_dacapos_mongo_store(dacapo_options: Path, monkeypatch) -> No
     layouts = layout_from_config_store(FileConfigStore(dacapo_options / "configs"))
     report = import_dacapo_runs(dacapo_options, weights, stats, run.name, [MongoStatsSource(client["lab"])], layouts)
     assert not report.failures
-    assert (report.runs[0].checkpoints_imported, report.runs[0].training_stats_imported, report.runs[0].scores_imported) == (2, 6, 8)
+    (imported,) = report.runs
+    assert (imported.checkpoints_imported, imported.training_stats_imported, imported.scores_imported) == (2, 6, 8)
     ours = DacapoStatsStore(stats, layouts)
-    assert ours.retrieve_validation_iteration_scores(run.name) == dacapo_mongo.retrieve_validation_iteration_scores(run.name)
+    theirs = dacapo_mongo.retrieve_validation_iteration_scores(run.name)
+    assert ours.retrieve_validation_iteration_scores(run.name) == theirs
     assert ours.retrieve_training_stats(run.name) == dacapo_mongo.retrieve_training_stats(run.name)

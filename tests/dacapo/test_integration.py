@@ -30,6 +30,7 @@ from dacapo_store.integrations.dacapo_adapters import DacapoStatsStore, DacapoWe
 
 PATCHED_MODULES = ("dacapo.store.create_store", "dacapo.train", "dacapo.validate", "dacapo.apply", "dacapo.predict")
 NAMES = ("create_weights_store", "create_stats_store")
+HEAD = "prediction_head.weight"  # a tensor of the small run's model
 
 
 def bindings() -> dict[tuple[str, str], object]:
@@ -74,7 +75,8 @@ def test_install_rebinds_every_dacapo_binding_and_uninstall_restores_them(tmp_pa
     finally:
         integration.uninstall()
     assert bindings() == before
-    assert importlib.import_module("dacapo.plot").create_stats_store is before[("dacapo.store.create_store", "create_stats_store")]
+    original = before[("dacapo.store.create_store", "create_stats_store")]
+    assert importlib.import_module("dacapo.plot").create_stats_store is original
 
 
 def test_install_again_replaces_the_stores_and_refuses_foreign_ones(tmp_path) -> None:
@@ -121,7 +123,7 @@ def test_train_resume_and_validate(installed: Stores, dacapo_options: Path) -> N
     assert not list(dacapo_options.rglob("checkpoints")), "DaCapo wrote checkpoint files of its own"
     assert weights.latest_iteration(config.name) == 6
     assert [c.iteration for c in weights.list_checkpoints(config.name)] == [3, 6]
-    assert torch.equal(weights.retrieve_weights(config.name, 6).model["prediction_head.weight"], run.model.state_dict()["prediction_head.weight"].cpu())
+    assert torch.equal(weights.retrieve_weights(config.name, 6).model[HEAD], run.model.state_dict()[HEAD])
     first_stats = stats.retrieve_training_stats(config.name)
     assert [s.iteration for s in first_stats] == list(range(6))
     assert [s.loss for s in first_stats] == [s.loss for s in run.training_stats.iteration_stats]
@@ -191,7 +193,8 @@ def test_dacapo_reads_back_its_scores_in_its_own_form(installed: Stores, dacapo_
     assert iteration == installed.weights.retrieve_best(config.name, dataset.name, "frizz_level")
     fresh = Run(config)
     dacapo_weights.load_best(fresh, dataset, "frizz_level")
-    assert torch.equal(fresh.model.state_dict()["prediction_head.weight"], dacapo_weights.retrieve_weights(config.name, iteration).model["prediction_head.weight"])
+    best = dacapo_weights.retrieve_weights(config.name, iteration)
+    assert torch.equal(fresh.model.state_dict()[HEAD], best.model[HEAD])
 
 
 def test_dacapo_store_cli_reads_what_dacapo_trained(tmp_path, dacapo_options: Path) -> None:
@@ -225,7 +228,7 @@ def test_store_weights_replaces_a_stored_iteration(installed: Stores, dacapo_opt
         for parameter in run.model.parameters():
             parameter.add_(1.0)
     dacapo_weights.store_weights(run, 0)
-    assert torch.equal(dacapo_weights.retrieve_weights(run.name, 0).model["prediction_head.weight"], run.model.state_dict()["prediction_head.weight"])
+    assert torch.equal(dacapo_weights.retrieve_weights(run.name, 0).model[HEAD], run.model.state_dict()[HEAD])
     assert [c.iteration for c in installed.weights.list_checkpoints(run.name)] == [0]
     dacapo_weights.remove(run.name, 0)
     assert dacapo_weights.latest_iteration(run.name) is None
@@ -243,9 +246,9 @@ def assert_scores_match_dacapo(run, scores, iterations=None) -> None:
     for entry in validation.scores:
         if iterations is not None and entry.iteration not in iterations:
             continue
-        for dataset, per_parameters in zip(validation.datasets, entry.scores):
-            for parameters, values in zip(validation.parameters, per_parameters):
-                for criterion, value in zip(validation.criteria, values):
+        for dataset, per_parameters in zip(validation.datasets, entry.scores, strict=True):
+            for parameters, values in zip(validation.parameters, per_parameters, strict=True):
+                for criterion, value in zip(validation.criteria, values, strict=True):
                     key = (entry.iteration, dataset.name, criterion, json.dumps({"id": parameters.id}))
                     assert stored[key] == pytest.approx(value, nan_ok=True), key
 

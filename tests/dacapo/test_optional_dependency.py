@@ -6,8 +6,9 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 MODULES_WITHOUT_DACAPO = (
     "dacapo_store",

@@ -27,12 +27,14 @@ from dacapo_store.integrations.dacapo_adapters import DacapoStatsStore, layout_o
 
 RUN = "run"
 DATASETS = [SimpleNamespace(name="val_b"), SimpleNamespace(name="val_a")]  # not in name order
-PARAMETERS = [ThresholdPostProcessorParameters(id=0, threshold=0.7), ThresholdPostProcessorParameters(id=1, threshold=0.3)]
+PARAMETERS = [ThresholdPostProcessorParameters(id=i, threshold=t) for i, t in enumerate((0.7, 0.3))]
 CRITERIA = DummyEvaluationScores.criteria  # frizz_level (higher is better), blipp_score (lower)
 
 
 def training_stats(iterations, offset: float = 0.0) -> TrainingStats:
-    return TrainingStats([TrainingIterationStats(iteration=i, loss=1.0 / (i + 1) + offset, time=0.01) for i in iterations])
+    return TrainingStats(
+        [TrainingIterationStats(iteration=i, loss=1.0 / (i + 1) + offset, time=0.01) for i in iterations]
+    )
 
 
 def nested(iteration: int, salt: float = 0.0) -> list:
@@ -79,7 +81,12 @@ def test_training_stats_round_trip_and_only_new_iterations_are_written(stores: S
     dacapo.store_training_stats(RUN, training_stats(range(100)))
     written: list[int] = []
     original = stores.stats.store_training_stats
-    monkeypatch.setattr(stores.stats, "store_training_stats", lambda run, rows: (written.extend(r.iteration for r in rows), original(run, rows)))
+
+    def spy(run, rows):
+        written.extend(row.iteration for row in rows)
+        return original(run, rows)
+
+    monkeypatch.setattr(stores.stats, "store_training_stats", spy)
     dacapo.store_training_stats(RUN, training_stats(range(150)))
     assert written == list(range(100, 150))
     back = adapter(stores).retrieve_training_stats(RUN)
@@ -139,7 +146,10 @@ def make_fresh(stores: Stores) -> Stores:
     """The same stores seen from a fresh process: no adapter state is shared with the old ones."""
     from dacapo_store import LocalStatsStore, MongoStatsStore
 
-    stats = LocalStatsStore(stores.stats.basedir) if stores.kind == "local" else MongoStatsStore(stores.stats.database.client)
+    if stores.kind == "local":
+        stats = LocalStatsStore(stores.stats.basedir)
+    else:
+        stats = MongoStatsStore(stores.stats.database.client)
     return Stores(stores.kind, stores.weights, stats, stores.location)
 
 
@@ -179,7 +189,10 @@ def test_an_older_iteration_validated_again_is_replaced(stores: Stores) -> None:
     again = validation_scores(dacapo.retrieve_validation_iteration_scores(RUN))
     again.add_iteration_scores(ValidationIterationScores(100, nested(100, salt=0.5)))
     dacapo.store_validation_iteration_scores(RUN, again)
-    rows = {(r.iteration, r.dataset, r.criterion, r.parameters["id"]): r.value for r in stores.stats.retrieve_validation_scores(RUN)}
+    rows = {
+        (r.iteration, r.dataset, r.criterion, r.parameters["id"]): r.value
+        for r in stores.stats.retrieve_validation_scores(RUN)
+    }
     assert rows[(100, "val_b", "frizz_level", 0)] == nested(100, salt=0.5)[0][0][0]
     assert rows[(200, "val_b", "frizz_level", 0)] == nested(200)[0][0][0]
 
@@ -207,7 +220,9 @@ def test_a_dataset_with_a_failed_evaluation_is_skipped_not_misfiled(stores: Stor
     scores = nested(100)
     scores[0] = scores[0][1:]  # val_b: the evaluation with parameters id 0 failed
     with caplog.at_level(logging.WARNING):
-        adapter(stores).store_validation_iteration_scores(RUN, validation_scores([ValidationIterationScores(100, scores)]))
+        adapter(stores).store_validation_iteration_scores(
+            RUN, validation_scores([ValidationIterationScores(100, scores)])
+        )
     assert "dataset 'val_b': 1 parameter entries for 2 parameter sets" in caplog.text
     assert {r.dataset for r in stores.stats.retrieve_validation_scores(RUN)} == {"val_a"}
 
