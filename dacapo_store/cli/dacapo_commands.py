@@ -7,6 +7,7 @@ scores (see that module).
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -66,10 +67,11 @@ def import_dacapo_command(
     if mongo is not None:
         sources.append(MongoStatsSource(mongo.db, f"DaCapo's MongoDB {mongo.display} (database {mongo.db_name!r})"))
     layouts, layouts_from = dacapo_layout_source(
-        runs_base_dir, mongo.uri if mongo is not None else None, mongo.db_name if mongo is not None else None
+        runs_base_dir, (mongo.uri or None) if mongo is not None else None, mongo.db_name if mongo is not None else None
     )
     files, _ = find_checkpoints(runs_base_dir, run)
-    with progress(sum(item.size for item in files), "importing checkpoints") as bar:
+    reading_dacapo = mongo.reporting_errors("reading DaCapo's stats") if mongo is not None else nullcontext()
+    with reading_dacapo, progress(sum(item.size for item in files), "importing checkpoints") as bar:
 
         def advance(item: CheckpointFile) -> None:
             bar.update(item.size)

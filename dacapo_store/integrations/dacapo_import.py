@@ -19,11 +19,11 @@ re-checked from the store) before it counts as imported.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import pickle
 import re
-import sys
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import redirect_stdout
 from dataclasses import dataclass, field
@@ -35,6 +35,7 @@ from ..config import StoreLocation, location_from_options_file, options_file_can
 from ..errors import CheckpointExistsError, CheckpointNotFoundError, DacapoStoreError
 from ..records import TrainingIterationStats
 from ..stats_store import StatsStore
+from ..uri import redact_text
 from ..weights_store import WeightsStore
 from .dacapo_files import is_regular_file, load_checkpoint, load_stats_file
 from .dacapo_scores import LayoutSource, ScoreLayout, score_value
@@ -180,8 +181,8 @@ def dacapo_layout_source(
     """Layouts from the run configs in DaCapo's config stores: its config files
     (``<runs_base_dir>/configs``, if there) and its MongoDB (if given). Needs DaCapo.
 
-    DaCapo prints as it opens its stores; that goes to stderr here, so that stdout stays
-    the caller's (a command's ``--json``).
+    What DaCapo prints meanwhile is discarded: it would mix with a command's output (its
+    ``--json``), and DaCapo prints its MongoDB URI, password included.
 
     Returns:
         The layout source (``None`` without DaCapo or any config store), and a sentence
@@ -194,23 +195,29 @@ def dacapo_layout_source(
         from .dacapo_adapters import layout_from_config_store
     except ImportError:
         return None, "DaCapo is not installed (pip install 'dacapo-store[dacapo]')"
-    sources, places = [], []
+    sources, places, problems = [], [], []
     configs = Path(runs_base_dir) / "configs"
-    with redirect_stdout(sys.stderr):
-        if configs.is_dir():
-            sources.append(layout_from_config_store(FileConfigStore(configs)))
-            places.append(str(configs))
-        if mongo_uri is not None:
-            sources.append(layout_from_config_store(MongoConfigStore(mongo_uri, mongo_db)))
-            places.append(f"MongoDB database {mongo_db!r}")
+    openers = []
+    if configs.is_dir():
+        openers.append((str(configs), lambda: FileConfigStore(configs)))
+    if mongo_uri is not None:
+        openers.append((f"MongoDB database {mongo_db!r}", lambda: MongoConfigStore(mongo_uri, mongo_db)))
+    for place, opener in openers:
+        try:
+            with redirect_stdout(io.StringIO()):
+                sources.append(layout_from_config_store(opener()))
+            places.append(place)
+        except Exception as error:  # DaCapo's stores fail in their own ways (e.g. no index privilege)
+            detail = redact_text(" ".join(str(error).split())[:200], mongo_uri or "")
+            problems.append(f"DaCapo's config store in {place} cannot be opened ({type(error).__name__}: {detail})")
     if not sources:
-        return None, f"no DaCapo config store ({configs} does not exist and no MongoDB is given)"
+        return None, "; ".join(problems) or f"no DaCapo config store ({configs} does not exist, no MongoDB given)"
 
     def layout(run: str) -> ScoreLayout | None:
-        with redirect_stdout(sys.stderr):
+        with redirect_stdout(io.StringIO()):
             return next((found for source in sources if (found := source(run)) is not None), None)
 
-    return layout, "run configs in " + " and ".join(places)
+    return layout, "; ".join(["run configs in " + " and ".join(places), *problems])
 
 
 def find_checkpoints(

@@ -151,6 +151,33 @@ def test_stats_from_dacapos_mongo_collections_with_a_layout(runs, tmp_path, monk
     assert again.nothing_new and (again.runs[0].training_stats_present, again.runs[0].scores_present) == (8, 8)
 
 
+def test_the_cli_reads_dacapos_mongodb_named_in_dacapo_yaml(runs, tmp_path, monkeypatch) -> None:
+    from dacapo_store.cli import dacapo_commands
+    from dacapo_store.mongo.connection import MongoDatabase
+
+    server = mongomock_client()
+    server["lab"]["training_stats"].insert_many(training_documents("mongo_run", 4))
+    opened = []
+
+    def database(uri: str, db_name: str) -> MongoDatabase:
+        opened.append((uri, db_name))
+        return MongoDatabase(server, db_name)
+
+    monkeypatch.setattr(dacapo_commands, "MongoDatabase", database)
+    options = tmp_path / "dacapo.yaml"
+    options.write_text("type: mongo\nmongo_db_host: mongodb://trainer:s3cret@lab-db:27017\nmongo_db_name: lab\n")
+    monkeypatch.setenv("DACAPO_OPTIONS_FILE", str(options))
+    runs.mkdir()
+    result = import_cli(runs, "--store", tmp_path / "store")
+    assert result.exit_code == 0, result.output
+    assert opened == [("mongodb://trainer:s3cret@lab-db:27017", "lab")]
+    assert "0 checkpoint(s)" in result.output and "4 training stat(s)" in result.output
+    assert [s.iteration for s in LocalStatsStore(tmp_path / "store").retrieve_training_stats("mongo_run")] == [0, 1, 2, 3]
+    result = import_cli(runs, "--dacapo-mongo", "mongodb://other-db/elsewhere", "--store", tmp_path / "store")
+    assert opened[-1] == ("mongodb://other-db/elsewhere", "elsewhere")
+    assert "s3cret" not in result.output
+
+
 def test_works_without_dacapo_and_never_imports_it(runs, tmp_path, monkeypatch) -> None:
     """The importer, in a process where DaCapo cannot be imported, as if it were not installed."""
     build_tree(runs, monkeypatch)
