@@ -172,7 +172,8 @@ def test_the_cli_reads_dacapos_mongodb_named_in_dacapo_yaml(runs, tmp_path, monk
     assert result.exit_code == 0, result.output
     assert opened == [("mongodb://trainer:s3cret@lab-db:27017", "lab")]
     assert "0 checkpoint(s)" in result.output and "4 training stat(s)" in result.output
-    assert [s.iteration for s in LocalStatsStore(tmp_path / "store").retrieve_training_stats("mongo_run")] == [0, 1, 2, 3]
+    imported = LocalStatsStore(tmp_path / "store").retrieve_training_stats("mongo_run")
+    assert [s.iteration for s in imported] == [0, 1, 2, 3]
     result = import_cli(runs, "--dacapo-mongo", "mongodb://other-db/elsewhere", "--store", tmp_path / "store")
     assert opened[-1] == ("mongodb://other-db/elsewhere", "elsewhere")
     assert "s3cret" not in result.output
