@@ -16,6 +16,8 @@ from typing import Any
 MAX_NAME_LENGTH = 1024
 MAX_ITERATION = 2**63 - 1
 MAX_PARAMETERS_JSON_BYTES = 64 * 1024
+MAX_JSON_DEPTH = 64
+"""How deeply score parameters and run configs may nest."""
 
 
 def check_name(value: Any, what: str) -> str:
@@ -38,7 +40,27 @@ def check_name(value: Any, what: str) -> str:
             f"{what} name is {len(value)} characters long, at most {MAX_NAME_LENGTH} allowed: "
             f"{value[:40]!r}..."
         )
+    check_unicode(value, f"{what} name")
     return value
+
+
+def check_unicode(text: str, what: str) -> str:
+    """Return ``text`` if UTF-8 can encode it (every store keeps UTF-8).
+
+    Raises:
+        ValueError: a lone surrogate (e.g. from ``os.fsdecode`` of undecodable bytes), naming
+            ``what`` and the position.
+    """
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise ValueError(
+            f"{what} is not valid Unicode: a lone surrogate {text[error.start]!r} at position "
+            f"{error.start} ({text[:40]!r})"
+        ) from None
+    return text
 
 
 def check_iteration(value: Any) -> int:
@@ -136,17 +158,20 @@ def parameters_key(parameters: Any) -> str:
     """Return the canonical JSON text of a post-processing parameters mapping (``{}`` for None).
 
     The text is what the stores keep: it identifies a parameter set and is never used as a
-    field name. Keys must be strings; values JSON types with finite numbers.
+    field name. Keys must be strings; values JSON types with finite numbers (see
+    :func:`check_json_value`).
 
     Raises:
         TypeError: not a mapping, a non-string key, or a value JSON cannot encode.
-        ValueError: a non-finite number, or more than :data:`MAX_PARAMETERS_JSON_BYTES` of JSON.
+        ValueError: a non-finite number, a lone surrogate, nesting deeper than
+            :data:`MAX_JSON_DEPTH` or a cycle, or more than :data:`MAX_PARAMETERS_JSON_BYTES`
+            of JSON.
     """
     if parameters is None:
         return "{}"
     if not isinstance(parameters, Mapping):
         raise TypeError(f"parameters must be a mapping or None, got {type(parameters).__name__}")
-    _check_json_value(parameters, "parameters")
+    check_json_value(parameters, "parameters")
     text = json.dumps(parameters, sort_keys=True, separators=(",", ":"), allow_nan=False)
     if len(text.encode()) > MAX_PARAMETERS_JSON_BYTES:
         raise ValueError(
@@ -156,21 +181,42 @@ def parameters_key(parameters: Any) -> str:
     return text
 
 
-def _check_json_value(value: Any, where: str) -> None:
-    if value is None or isinstance(value, (str, bool, int)):
-        return
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise ValueError(f"{where} must be a finite number, got {value!r}")
-        return
-    if isinstance(value, Mapping):
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise TypeError(f"{where} has a non-string key {key!r}")
-            _check_json_value(item, f"{where}[{key!r}]")
-        return
-    if isinstance(value, (list, tuple)):
-        for index, item in enumerate(value):
-            _check_json_value(item, f"{where}[{index}]")
-        return
-    raise TypeError(f"{where} is not JSON-able: {type(value).__name__} {value!r}")
+def check_json_value(value: Any, where: str) -> None:
+    """Check that ``value`` is plain JSON data that every store keeps as it is: ``None``,
+    ``bool``, ``int``, finite ``float``, valid-Unicode ``str``, and lists, tuples and
+    string-keyed mappings of them, nested at most :data:`MAX_JSON_DEPTH` levels, without cycles.
+
+    One iterative walk (no recursion limit to hit); errors name the offending item, e.g.
+    ``parameters['post'][0]``.
+
+    Raises:
+        TypeError: a value of another type, or a non-string key.
+        ValueError: a non-finite number, a lone surrogate, too deep a nesting, or a container
+            that contains itself.
+    """
+    pending: list[tuple[Any, str, frozenset[int]]] = [(value, where, frozenset())]
+    while pending:
+        item, path, ancestors = pending.pop()
+        if item is None or isinstance(item, (bool, int)):
+            continue
+        if isinstance(item, str):
+            check_unicode(item, path)
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                raise ValueError(f"{path} must be a finite number, got {item!r}")
+        elif isinstance(item, (Mapping, list, tuple)):
+            if id(item) in ancestors:
+                raise ValueError(f"{path} contains itself (a cycle): it cannot be stored as JSON")
+            if len(ancestors) >= MAX_JSON_DEPTH:
+                raise ValueError(f"{path[:120]}... is nested more than {MAX_JSON_DEPTH} levels deep")
+            inner = ancestors | {id(item)}
+            if isinstance(item, Mapping):
+                for key, child in item.items():
+                    if not isinstance(key, str):
+                        raise TypeError(f"{path} has a non-string key {key!r}")
+                    check_unicode(key, f"a key of {path}")
+                    pending.append((child, f"{path}[{key!r}]", inner))
+            else:
+                pending.extend((child, f"{path}[{index}]", inner) for index, child in enumerate(item))
+        else:
+            raise TypeError(f"{path} is not JSON-able: {type(item).__name__} {item!r}")

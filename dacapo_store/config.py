@@ -13,18 +13,20 @@ Resolution order (the first that is set wins):
 
 from __future__ import annotations
 
+import difflib
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 import yaml
 
-from .errors import ConfigurationError
+from .errors import ConfigurationError, ConfigurationWarning
 from .local import LocalStatsStore, LocalWeightsStore
 from .mongo import MongoStatsStore, MongoWeightsStore
 from .stats_store import StatsStore
-from .uri import is_mongodb_uri, redact_uri
+from .uri import check_credentials, is_mongodb_uri, redact_text, redact_uri
 from .weights_store import WeightsStore
 
 T = TypeVar("T")
@@ -33,6 +35,13 @@ STORE_ENV = "DACAPO_STORE_URI"
 PREFIX_ENV = "DACAPO_STORE_COLLECTION_PREFIX"
 OPTIONS_FILE_ENV = "DACAPO_OPTIONS_FILE"
 DEFAULT_DB_NAME = "dacapo"
+OPTIONS_FILE_KEYS = (
+    "compute_context", "compute_context_config", "mongo_db_host", "mongo_db_name", "runs_base_dir", "type",
+)
+"""The keys of a ``dacapo.yaml``: DaCapo 0.3.5's ``DaCapoConfig`` fields (``type``,
+``runs_base_dir``, ``compute_context``, ``mongo_db_host``, ``mongo_db_name``) and older
+DaCapo's ``compute_context_config``. dacapo-store reads ``type``, ``runs_base_dir`` and the
+``mongo_db_*`` keys; any other key draws a :class:`ConfigurationWarning`."""
 
 
 @dataclass(frozen=True)
@@ -72,7 +81,8 @@ def location_from_value(value: str, source: str, db_name: str | None = None) -> 
     relative to the current directory, as DaCapo takes its ``runs_base_dir``).
 
     Raises:
-        ConfigurationError: empty value, naming ``source``.
+        ConfigurationError: empty value, or a malformed MongoDB URI (an unescaped password among
+            others, never shown), naming ``source``.
     """
     if not isinstance(value, str) or not value.strip():
         raise ConfigurationError(f"store setting from {source} is empty or not a string: {value!r}")
@@ -91,12 +101,13 @@ def location_from_value(value: str, source: str, db_name: str | None = None) -> 
 def _database_in_uri(uri: str, source: str) -> str:
     from pymongo.uri_parser import parse_uri
 
+    check_credentials(uri, f"store setting from {source}")
     try:
         return parse_uri(uri, connect_timeout=None)["database"] or DEFAULT_DB_NAME
     except Exception as error:  # pymongo raises several types for malformed URIs
         raise ConfigurationError(
             f"store setting from {source} is not a valid MongoDB URI ({redact_uri(uri)}): "
-            f"{str(error).replace(uri, redact_uri(uri))}"
+            f"{redact_text(str(error), uri)}"
         ) from None
 
 
@@ -114,6 +125,7 @@ def location_from_options_file(path: Path) -> StoreLocation:
         raise ConfigurationError(f"cannot read {source}: {error}") from None
     if not isinstance(options, dict):
         raise ConfigurationError(f"{source} must hold a mapping, got {type(options).__name__}")
+    warn_about_unknown_keys(options, source)
     kind = options.get("type", "files")
     if kind == "files":
         base = options.get("runs_base_dir")
@@ -129,6 +141,21 @@ def location_from_options_file(path: Path) -> StoreLocation:
             raise ConfigurationError(f"{source}: mongo_db_name must be a non-empty string, got {name!r}")
         return location_from_value(host, f"{source} (mongo_db_host)", db_name=name)
     raise ConfigurationError(f"{source}: type must be 'files' or 'mongo', got {kind!r}")
+
+
+def warn_about_unknown_keys(options: dict, source: str) -> None:
+    """Warn (:class:`ConfigurationWarning`) about each key of an options file that neither
+    DaCapo nor dacapo-store knows, suggesting the closest known key: a misspelled
+    ``runs_base_dir`` would otherwise silently fall back to the default store."""
+    for key in sorted(map(str, set(options) - set(OPTIONS_FILE_KEYS))):
+        close = difflib.get_close_matches(key, OPTIONS_FILE_KEYS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        warnings.warn(
+            f"{source}: unknown key {key!r} is ignored{hint}; the known keys are "
+            f"{', '.join(OPTIONS_FILE_KEYS)}",
+            ConfigurationWarning,
+            stacklevel=2,
+        )
 
 
 def resolve_store(store: str | os.PathLike | None = None) -> StoreLocation:
@@ -171,18 +198,20 @@ def open_store(
 
 
 def create_weights_store(store: str | os.PathLike | None = None, **options: Any) -> WeightsStore:
-    """Open the weights store that ``store`` (or the environment) designates.
+    """Open the weights store that ``store`` (or the environment) designates; ``options`` go to
+    the store's constructor (e.g. ``read_only=True``).
 
     Raises:
-        ConfigurationError, StoreConnectionError.
+        ConfigurationError, StoreConnectionError, StoreNotFoundError (read-only, no store there).
     """
     return open_store(store, LocalWeightsStore, MongoWeightsStore, **options)
 
 
-def create_stats_store(store: str | os.PathLike | None = None) -> StatsStore:
-    """Open the stats store that ``store`` (or the environment) designates.
+def create_stats_store(store: str | os.PathLike | None = None, **options: Any) -> StatsStore:
+    """Open the stats store that ``store`` (or the environment) designates; ``options`` go to
+    the store's constructor (e.g. ``read_only=True``).
 
     Raises:
-        ConfigurationError, StoreConnectionError.
+        ConfigurationError, StoreConnectionError, StoreNotFoundError (read-only, no store there).
     """
-    return open_store(store, LocalStatsStore, MongoStatsStore)
+    return open_store(store, LocalStatsStore, MongoStatsStore, **options)

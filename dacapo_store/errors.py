@@ -1,8 +1,8 @@
-"""Exceptions raised by dacapo-store.
+"""Exceptions (and the one warning) raised by dacapo-store.
 
 Every error derives from :class:`DacapoStoreError`, and also from the built-in exception a
-caller would naturally catch (``ValueError``, ``FileNotFoundError``, ``LookupError``), so code
-written against DaCapo's file store keeps working.
+caller would naturally catch (``ValueError``, ``FileNotFoundError``, ``LookupError``,
+``PermissionError``, ``ConnectionError``), so code written against DaCapo's file store keeps working.
 """
 
 from __future__ import annotations
@@ -44,5 +44,35 @@ class StoreConnectionError(DacapoStoreError, ConnectionError):
     """The store's database could not be reached (the message never shows a password)."""
 
 
+class StoreNotFoundError(DacapoStoreError, FileNotFoundError):
+    """A store opened for reading does not exist (only a write creates a store); the message
+    names the path."""
+
+
+class NotAuthorizedError(DacapoStoreError, PermissionError):
+    """The store refused an operation: the user lacks the privilege (MongoDB's Unauthorized),
+    or has no write permission on the store's directory. The message says what was refused."""
+
+
+class ReadOnlyStoreError(NotAuthorizedError):
+    """A write on a store opened read-only (``read_only=True``, or a local store whose
+    directory is not writable)."""
+
+
+class WriteConcernFailedError(DacapoStoreError, OSError):
+    """The server applied a write but could not confirm it under the write concern (e.g. a
+    ``wtimeoutMS`` ran out before a majority had it): the call fails, its effects are undone
+    where the store can undo them."""
+
+
+class CheckpointNotStoredError(DacapoStoreError, RuntimeError):
+    """Training stopped because a checkpoint (or the training stats before it) could not be
+    stored after every retry; the message names the run, the iteration and the last error."""
+
+
 class ConfigurationError(DacapoStoreError, ValueError):
     """A store setting is invalid; the message names the setting and where it came from."""
+
+
+class ConfigurationWarning(UserWarning):
+    """A store setting looks wrong but is not fatal (e.g. an unknown key in ``dacapo.yaml``)."""

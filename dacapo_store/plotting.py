@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -38,6 +39,14 @@ def plot_run(stats_store: StatsStore, run: object, path: str | os.PathLike) -> t
         NoScoreError: the run has neither validation scores nor training statistics.
         TypeError / ValueError: a bad run name.
     """
+    figure = run_figure(stats_store, run)
+    figure.savefig(path, format="png", dpi=DPI)
+    width, height = figure.get_size_inches() * DPI
+    return round(width), round(height)
+
+
+def run_figure(stats_store: StatsStore, run: object) -> Any:
+    """The chart of ``run`` as a matplotlib ``Figure`` (see :func:`plot_run`; same errors)."""
     from matplotlib.figure import Figure  # no pyplot: no global backend state is touched
 
     name = run_name_of(run)
@@ -47,16 +56,15 @@ def plot_run(stats_store: StatsStore, run: object, path: str | os.PathLike) -> t
         raise NoScoreError(f"run {name!r} has no validation scores and no training statistics to plot")
     pairs = sorted({(s.dataset, s.criterion) for s in scores})
     size = figure_size_px(len(pairs) + 1)
-    figure = Figure(figsize=(size[0] / DPI, size[1] / DPI), dpi=DPI)
+    # constrained layout leaves room for the title above the panels (tight_layout does not)
+    figure = Figure(figsize=(size[0] / DPI, size[1] / DPI), dpi=DPI, layout="constrained")
     axes = figure.subplots(len(pairs) + 1, 1, squeeze=False, sharex=True)[:, 0]
     for axis, (dataset, criterion) in zip(axes[:-1], pairs):
         selected = [s for s in scores if (s.dataset, s.criterion) == (dataset, criterion)]
         _plot_scores(axis, stats_store, name, dataset, criterion, selected)
     _plot_loss(axes[-1], [s.iteration for s in losses], [s.loss for s in losses])
     figure.suptitle(f"run {name}")
-    figure.tight_layout()
-    figure.savefig(path, format="png", dpi=DPI)
-    return size
+    return figure
 
 
 def _plot_scores(axis, stats_store: StatsStore, run: str, dataset: str, criterion: str, scores) -> None:

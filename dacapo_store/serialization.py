@@ -15,12 +15,12 @@ torch made of the bytes.
 from __future__ import annotations
 
 import os
-import pickle
 import time
 import zipfile
-from typing import Any, Callable
+from typing import Any, BinaryIO, Callable
 
 import torch
+from torch.serialization import default_restore_location
 
 from .digests import DEFAULT_ALGORITHM, algorithm_of, format_digest, new_hash
 from .errors import CorruptCheckpointError
@@ -180,28 +180,125 @@ def load_verified(
     return state
 
 
-_NOT_AN_ARCHIVE = "PytorchStreamReader"
-"""torch's reader names itself in every error about a damaged or foreign archive."""
+ZIP_MAGIC = b"PK\x03\x04"
+"""The first bytes of every payload: ``torch.save`` writes a zip archive."""
 
 
 def load_state(source: Any, map_location: Any, describe: str, mmap: bool = False) -> Any:
     """``torch.load`` a payload (a path, or a readable seekable file), weights only.
 
+    A payload that is not a torch zip archive is refused before torch reads it. Any error
+    torch raises while reading the archive is the payload's fault (a foreign or damaged
+    archive makes torch fail in many ways: RuntimeError, KeyError, ValueError,
+    UnicodeDecodeError...), except errors in placing a storage on ``map_location``, running
+    out of memory, and I/O errors of ``source``.
+
     Raises:
         CorruptCheckpointError: the payload is not a plain state dict (e.g. a pickle that would
-            run code) or not a torch archive: it is refused and nothing of it is executed.
+            run code) or not a valid torch archive: it is refused and nothing of it is executed.
         RuntimeError and others: as ``torch.load`` for a valid payload it cannot place (an
             unavailable ``map_location`` device, out of memory): the checkpoint is not blamed.
+        OSError: reading ``source`` failed.
     """
+    head = _read_head(source, len(ZIP_MAGIC))
+    if head != ZIP_MAGIC:
+        raise CorruptCheckpointError(
+            f"{describe}: refused to load the payload, it is not a torch archive "
+            f"(it starts with {head!r}, torch.save writes {ZIP_MAGIC!r})"
+        )
+    placement = _Placement(map_location)
     try:
-        return torch.load(source, map_location=map_location, weights_only=True, mmap=mmap)
-    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError) as error:
-        if isinstance(error, RuntimeError) and _NOT_AN_ARCHIVE not in str(error):
+        return torch.load(source, map_location=placement.map_location, weights_only=True, mmap=mmap)
+    except (MemoryError, OSError, torch.OutOfMemoryError):
+        raise  # not the payload's content (CorruptCheckpointError is an OSError: kept as it is)
+    except Exception as error:
+        if placement.failed:
             raise
         raise CorruptCheckpointError(
             f"{describe}: refused to load the payload, it is not a plain torch state dict "
             f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})"
         ) from error
+
+
+def check_uncompressed_archive(file: BinaryIO, describe: str) -> None:
+    """Check that ``file`` (seekable; left at its start) is a zip archive whose records are
+    stored uncompressed and fit in the file, as ``torch.save`` writes them.
+
+    ``torch.load`` also reads compressed records, so a small hostile file (a "zip bomb") could
+    otherwise expand into any amount of memory; stored records cannot be larger than the file.
+
+    Raises:
+        CorruptCheckpointError: not a zip archive, compressed records, or records declaring
+            more bytes than the file holds.
+    """
+    size = file.seek(0, os.SEEK_END)
+    file.seek(0)
+    try:
+        with zipfile.ZipFile(file) as archive:
+            records = archive.infolist()
+    except (zipfile.BadZipFile, EOFError, ValueError) as error:
+        raise CorruptCheckpointError(f"{describe}: refused, it is not a valid zip archive ({error})") from None
+    finally:
+        file.seek(0)
+    compressed = [record.filename for record in records if record.compress_type != zipfile.ZIP_STORED]
+    if compressed:
+        raise CorruptCheckpointError(
+            f"{describe}: refused, {len(compressed)} of its records are compressed (e.g. "
+            f"{compressed[0]!r}), which torch.save never does: it could expand without bound"
+        )
+    declared = sum(record.file_size for record in records)
+    if declared > size:
+        raise CorruptCheckpointError(
+            f"{describe}: refused, its records declare {declared} bytes, more than its {size}"
+        )
+
+
+def _read_head(source: Any, size: int) -> bytes:
+    """The first ``size`` bytes of ``source`` (a path, or a seekable file left where it was)."""
+    if isinstance(source, (str, os.PathLike)):
+        with open(source, "rb") as file:
+            return file.read(size)
+    start = source.tell()
+    try:
+        return source.read(size)
+    finally:
+        source.seek(start)
+
+
+class _Placement:
+    """What ``torch.load`` gets as ``map_location``: the caller's, placed by torch's own
+    ``default_restore_location``, noting whether placing a storage failed (an unavailable
+    device), so that such an error is not blamed on the payload. A meta ``map_location`` is
+    passed on as it is (torch then reads no tensor data, and places nothing)."""
+
+    def __init__(self, map_location: Any) -> None:
+        self.failed = False
+        self._map_location = map_location
+        is_meta = (isinstance(map_location, str) and map_location == "meta") or (
+            isinstance(map_location, torch.device) and map_location.type == "meta"
+        )
+        self.map_location = map_location if is_meta else self._restore
+
+    def _restore(self, storage: Any, location: str) -> Any:
+        try:
+            return self._place(storage, location)
+        except BaseException:
+            self.failed = True
+            raise
+
+    def _place(self, storage: Any, location: str) -> Any:
+        """``torch.load``'s placement for each kind of ``map_location``."""
+        map_location = self._map_location
+        if map_location is None:
+            return default_restore_location(storage, location)
+        if isinstance(map_location, dict):
+            return default_restore_location(storage, map_location.get(location, location))
+        if isinstance(map_location, (str, bytes)):
+            return default_restore_location(storage, map_location)
+        if isinstance(map_location, torch.device):
+            return default_restore_location(storage, str(map_location))
+        placed = map_location(storage, location)
+        return default_restore_location(storage, location) if placed is None else placed
 
 
 _FD_DIRECTORY = next((d for d in ("/proc/self/fd", "/dev/fd") if os.path.isdir(d)), None)

@@ -36,6 +36,7 @@ from .checks import check_iteration, check_name, dataset_name_of, run_name_of
 from .errors import CheckpointNotFoundError, ReservationLostError, CorruptCheckpointError
 from .owner import current_owner, owner_is_dead, upload_ended, upload_started
 from .records import PARTS, CheckpointInfo, PartInfo, Weights
+from .state_checks import check_loadable_weights
 
 logger = logging.getLogger(__name__)
 
@@ -271,7 +272,10 @@ class WeightsStore(ABC):
         is returned: it is complete and verified like any other.
 
         Raises:
-            TypeError / ValueError / CheckpointExistsError: as :meth:`store_weights`.
+            TypeError / ValueError / CheckpointExistsError: as :meth:`store_weights`; also a
+                ``TypeError`` naming any value that ``torch.load(weights_only=True)`` would
+                refuse (a numpy number, a module, ...), before anything is stored
+                (:func:`~dacapo_store.state_checks.check_loadable_weights`).
             ReservationLostError: the upload stalled beyond ``stale_after`` and another writer
                 took ``(run, iteration)`` over, or the replaced checkpoint was removed while
                 the new one was uploaded; nothing of this upload stays.
@@ -287,6 +291,7 @@ class WeightsStore(ABC):
             raise TypeError(
                 f"weights.optimizer must be a state dict or None, got {type(weights.optimizer).__name__}"
             )
+        check_loadable_weights(weights)
         self._retry_failed_drops()
         reservation = Reservation.new(name, iteration)
         try:
@@ -528,6 +533,8 @@ class WeightsStore(ABC):
                 f"older_than must be at least the store's stale_after ({self.stale_after:g} s), "
                 f"got {older_than:g} s: a younger upload may still be alive"
             )
+        if not dry_run:
+            self._require_writable("collecting garbage")
         cutoff = (time.time() if now is None else now) - older_than
         self._retry_failed_drops()
         found = self._find_garbage(cutoff)
@@ -567,6 +574,10 @@ class WeightsStore(ABC):
         (:func:`claim_abandoned` with ``cutoff``); return whether it was dropped."""
 
     # ---- backend primitives -----------------------------------------------------------------
+
+    def _require_writable(self, action: str) -> None:
+        """Raise ReadOnlyStoreError if the store was opened read-only. Every write of a backend
+        refuses on its own; this is for a call that may find nothing to write (e.g. gc)."""
 
     @property
     def heartbeat_every(self) -> float:

@@ -33,6 +33,7 @@ from .ops_commands import (
     open_stores,
     progress,
     reporting_errors,
+    say_which_store,
     store_option,
 )
 
@@ -59,6 +60,7 @@ def import_dacapo_command(
     validation scores (RUNS_BASE_DIR/stats, and DaCapo's MongoDB). What the store holds
     already is left as it is, so running it again imports nothing new. Every imported
     checkpoint is verified; pickled code is never run."""
+    say_which_store(store)
     stores = open_stores(store)
     sources: list[Any] = []
     if (runs_base_dir / "stats").is_dir():

@@ -5,26 +5,31 @@ Both store the run config by name, train the run (resuming whatever the store al
 validation dataset and criterion, each read back from the store and re-scored, and check that
 ``load_best`` loads the same weights. Interrupted (Ctrl-C) at any point, they print one line and
 exit with status 130; running the same command again continues the run. Failures print one
-line ``error: ...`` and exit with status 1.
+line ``error: ...`` and exit with status 1. On the CPU they use one torch thread unless
+``--threads`` or ``$OMP_NUM_THREADS`` says otherwise; a progress bar shows on a terminal, and
+one line per stored and validated checkpoint where there is none.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import click
+import torch
 
 from ..config import create_stats_store, create_weights_store, resolve_store
 from ..experiments.config_store import RunConfigStore, create_run_config_store
 from ..experiments.demo import DEMO_ITERATIONS, DEMO_RUN_NAME, demo_run_config
+from ..experiments.registry import add_plugin_search_paths
 from ..experiments.report import best_report, format_report
 from ..experiments.run import Run
 from ..experiments.run_config import RunConfig
-from ..experiments.train import train_run
+from ..experiments.train import CheckpointProgress, train_run
 from ..experiments.validate import Evaluation, evaluate, resolve_device
 from ..maintenance.retention import RetentionPolicy
 from ..stats_store import StatsStore
@@ -32,6 +37,11 @@ from ..weights_store import WeightsStore
 from .ops_commands import CliError, reporting_errors, store_option
 
 INTERRUPTED_EXIT_CODE = 130
+DEFAULT_CPU_THREADS = 1
+"""torch's CPU threads unless ``--threads`` or ``$OMP_NUM_THREADS`` says otherwise. torch's own
+default, one per core, made the demo 2 to 10 times slower than one thread on a shared 2-core
+machine (OpenMP threads wait for each other while other processes hold the cores); the
+small models of a demo gain little from more (README, "Threads")."""
 
 
 @dataclass(frozen=True)
@@ -70,6 +80,40 @@ def keep_last_option(command: Callable[..., Any]) -> Callable[..., Any]:
     )(command)
 
 
+def threads_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The ``--threads N`` option: torch's CPU threads (see :func:`set_cpu_threads`)."""
+    return click.option(
+        "--threads",
+        type=click.IntRange(min=1),
+        default=None,
+        metavar="N",
+        help=f"CPU threads for torch (default: $OMP_NUM_THREADS if set, else {DEFAULT_CPU_THREADS}).",
+    )(command)
+
+
+def set_cpu_threads(threads: int | None) -> int:
+    """Set torch's intra-op CPU threads and return how many it uses: ``threads`` if given;
+    else ``$OMP_NUM_THREADS`` as torch read it, if set; else :data:`DEFAULT_CPU_THREADS`."""
+    if threads is None and os.environ.get("OMP_NUM_THREADS"):
+        return torch.get_num_threads()
+    threads = DEFAULT_CPU_THREADS if threads is None else threads
+    torch.set_num_threads(threads)
+    return threads
+
+
+def print_progress_line(progress: CheckpointProgress) -> None:
+    """One line per stored and validated checkpoint, for output that is not a terminal."""
+    click.echo(
+        f"iteration {progress.iteration} of {progress.total}: mean loss {progress.loss:.4f}, "
+        f"{progress.iterations_per_second:.1f} it/s; checkpoint stored and validated"
+    )
+
+
+def plural(count: int, noun: str) -> str:
+    """``plural(1, "iteration")`` -> ``"1 iteration"``, ``plural(600, ...)`` -> ``"600 iterations"``."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
 def exiting_on_interrupt(command: Callable[..., Any]) -> Callable[..., Any]:
     """Turn Ctrl-C (KeyboardInterrupt) anywhere in ``command`` into one line on stderr and
     exit status 130."""
@@ -88,6 +132,7 @@ def exiting_on_interrupt(command: Callable[..., Any]) -> Callable[..., Any]:
 @click.command("demo")
 @store_option
 @device_option
+@threads_option
 @keep_last_option
 @click.option(
     "--iterations", type=click.IntRange(min=1), default=DEMO_ITERATIONS, show_default=True,
@@ -100,7 +145,8 @@ def exiting_on_interrupt(command: Callable[..., Any]) -> Callable[..., Any]:
 @exiting_on_interrupt
 @reporting_errors
 def demo_command(
-    store: str | None, device: str | None, keep_last: int | None, iterations: int, name: str | None
+    store: str | None, device: str | None, threads: int | None, keep_last: int | None, iterations: int,
+    name: str | None,
 ) -> None:
     """Train a small 2D U-Net on synthetic data, checkpointing and validating into the store,
     then show its best checkpoints, loaded back from the store.
@@ -111,11 +157,11 @@ def demo_command(
         name = DEMO_RUN_NAME if iterations == DEMO_ITERATIONS else f"{DEMO_RUN_NAME}-{iterations}"
     config = demo_run_config(name, iterations)
     stores = ExperimentStores.open(store)
-    run = _prepare(config, stores, store, device)
+    run = _prepare(config, stores, store, device, threads)
     click.echo(
         f"A {config.architecture_config.dims}D U-Net ({_parameter_count(run):,} parameters) learns "
-        f"to segment noisy synthetic disks: {config.num_iterations} iterations, a checkpoint stored "
-        f"and validated every {config.validation_interval}."
+        f"to segment noisy synthetic disks: {plural(config.num_iterations, 'iteration')}, a checkpoint "
+        f"stored and validated every {config.validation_interval}."
     )
     _say_how_the_run_stands(config, stores)
     untrained = evaluate(run, run.model, device)
@@ -126,23 +172,34 @@ def demo_command(
 @click.argument("config_file", metavar="CONFIG.yaml", type=click.Path(exists=True, dir_okay=False))
 @store_option
 @device_option
+@threads_option
 @keep_last_option
 @exiting_on_interrupt
 @reporting_errors
-def train_command(config_file: str, store: str | None, device: str | None, keep_last: int | None) -> None:
+def train_command(
+    config_file: str, store: str | None, device: str | None, threads: int | None, keep_last: int | None
+) -> None:
     """Train the run described by CONFIG.yaml (a RunConfig as YAML), resuming it if the store
-    already holds part of it, then show its best checkpoints."""
+    already holds part of it, then show its best checkpoints. Plug-ins given by import path
+    (`type: my_package.nets:TinyCNNConfig`) are also looked for in CONFIG.yaml's directory and
+    the working directory."""
+    add_plugin_search_paths(os.path.dirname(os.path.abspath(config_file)), os.getcwd())
     config = RunConfig.from_yaml_file(config_file)
     stores = ExperimentStores.open(store)
-    run = _prepare(config, stores, store, device)
+    run = _prepare(config, stores, store, device, threads)
     _say_how_the_run_stands(config, stores)
     _train_and_report(run, stores, device, keep_last, None)
 
 
-def _prepare(config: RunConfig, stores: ExperimentStores, store: str | None, device: str | None) -> Run:
-    """Say where the run trains, store ``config`` (the same config again is fine) and rebuild
-    the run from the stored config."""
-    click.echo(f"Run {config.name!r} in store {resolve_store(store)}, on {resolve_device(device)}.")
+def _prepare(
+    config: RunConfig, stores: ExperimentStores, store: str | None, device: str | None, threads: int | None
+) -> Run:
+    """Set torch's CPU threads, say where the run trains, store ``config`` (the same config
+    again is fine) and rebuild the run from the stored config."""
+    threads = set_cpu_threads(threads)
+    resolved = resolve_device(device)
+    where = f"cpu, {plural(threads, 'thread')}" if resolved.type == "cpu" else str(resolved)
+    click.echo(f"Run {config.name!r} in store {resolve_store(store)}, on {where}.")
     stores.configs.store_run_config(config.to_dict())
     stored = RunConfig.from_dict(stores.configs.retrieve_run_config(config.name))
     return Run(stored, weights_store=stores.weights)
@@ -169,7 +226,11 @@ def _train_and_report(
         CliError: a best checkpoint re-scored differently, or ``load_best`` loaded other weights.
     """
     retention = None if keep_last is None else RetentionPolicy(keep_last=keep_last, keep_every=None, keep_best=False)
-    train_run(run, stores.weights, stores.stats, device=device, progress=sys.stderr.isatty(), retention=retention)
+    on_terminal = sys.stdout.isatty() and sys.stderr.isatty()
+    train_run(
+        run, stores.weights, stores.stats, device=device, progress=sys.stderr.isatty(), retention=retention,
+        on_checkpoint=None if on_terminal else print_progress_line,
+    )
     report = best_report(run, stores.weights, stores.stats, untrained, device)
     if not report.rows and not report.unscored:
         click.echo(f"Run {run.name!r} has no validation scores (no validation datasets).")

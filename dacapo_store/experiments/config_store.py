@@ -18,13 +18,15 @@ from pymongo import ASCENDING
 from pymongo.errors import DuplicateKeyError
 from pymongo.write_concern import WriteConcern
 
-from ..checks import check_name
+from ..checks import check_json_value, check_name
 from ..config import open_store
 from ..errors import DacapoStoreError
 from ..local.catalog import Catalog
-from ..mongo.connection import DEFAULT_COLLECTION_PREFIX, DEFAULT_WRITE_CONCERN, MongoDatabase
+from ..mongo.connection import DEFAULT_COLLECTION_PREFIX, MongoDatabase
+from ..mongo.retry import RetryPolicy
 
 RUNS_COLLECTION = "runs"
+RUN_CONFIG_INDEXES = (([("name", ASCENDING)], {"name": "name", "unique": True}),)
 RUNS_TABLE_SQL = """CREATE TABLE IF NOT EXISTS run_configs (
     name TEXT PRIMARY KEY,
     config TEXT NOT NULL,
@@ -70,11 +72,13 @@ class RunConfigStore(ABC):
 
         Raises:
             RunConfigConflictError: a different config is stored under that name (a ValueError).
-            TypeError / ValueError: no valid ``name``, or the config is not JSON-able.
+            TypeError / ValueError: no valid ``name``, or the config is not JSON-able (as
+                :func:`~dacapo_store.checks.check_json_value`: the message names the field).
         """
         if not isinstance(config, Mapping):
             raise TypeError(f"a run config must be a mapping, got {type(config).__name__}")
         name = check_name(config.get("name"), "run")
+        check_json_value(config, "run config")
         text = canonical_json(config)
         existing = self._insert(name, text)
         if existing is not None and existing != text:
@@ -110,17 +114,26 @@ class RunConfigStore(ABC):
 
 
 class LocalRunConfigStore(RunConfigStore):
-    """Run configs in the ``run_configs`` table of a local store's SQLite catalog."""
+    """Run configs in the ``run_configs`` table of a local store's SQLite catalog.
 
-    def __init__(self, basedir: str | os.PathLike) -> None:
-        self.catalog = Catalog(basedir)
-        with self.catalog.transaction() as db:
-            db.execute(RUNS_TABLE_SQL)
+    Args and raises: as :class:`~dacapo_store.LocalWeightsStore` (``basedir``, ``read_only``).
+    """
+
+    def __init__(self, basedir: str | os.PathLike, read_only: bool = False) -> None:
+        self.catalog = Catalog(basedir, read_only)
+        if not self.catalog.read_only:
+            with self.catalog.transaction() as db:
+                db.execute(RUNS_TABLE_SQL)
+        self._has_table = bool(
+            self.catalog.query("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'run_configs'")
+        )
 
     def __repr__(self) -> str:
         return f"LocalRunConfigStore({str(self.catalog.basedir)!r})"
 
     def list_run_configs(self) -> list[str]:
+        if not self._has_table:  # a read-only store that never held a run config
+            return []
         return [row["name"] for row in self.catalog.query("SELECT name FROM run_configs ORDER BY name")]
 
     def _insert(self, name: str, text: str) -> str | None:
@@ -134,6 +147,8 @@ class LocalRunConfigStore(RunConfigStore):
         return None
 
     def _find(self, name: str) -> str | None:
+        if not self._has_table:
+            return None
         rows = self.catalog.query("SELECT config FROM run_configs WHERE name = ?", (name,))
         return rows[0]["config"] if rows else None
 
@@ -143,7 +158,8 @@ class MongoRunConfigStore(RunConfigStore):
 
     Args:
         db_host: a MongoDB URI or an existing client (pymongo or mongomock).
-        db_name: the database (default ``"dacapo"``).
+        db_name: the database (default: the URI's, else ``"dacapo"``).
+        write_concern, read_only, retry: as :class:`~dacapo_store.mongo.connection.MongoDatabase`.
         collection_prefix: put before every collection name (default ``"dacapo_store."``).
 
     Raises:
@@ -153,40 +169,49 @@ class MongoRunConfigStore(RunConfigStore):
     def __init__(
         self,
         db_host: Any,
-        db_name: str = "dacapo",
-        write_concern: WriteConcern = DEFAULT_WRITE_CONCERN,
+        db_name: str | None = None,
+        write_concern: WriteConcern | None = None,
+        read_only: bool = False,
+        retry: RetryPolicy | None = None,
         collection_prefix: str = DEFAULT_COLLECTION_PREFIX,
     ) -> None:
-        self.database = MongoDatabase(db_host, db_name, write_concern, collection_prefix)
+        self.database = MongoDatabase(db_host, db_name, write_concern, read_only, retry, collection_prefix)
         self.runs = self.database.collection(RUNS_COLLECTION)
-        self.database.ensure_indexes(self.runs, [([("name", ASCENDING)], {"name": "name", "unique": True})])
+        self.database.ensure_indexes(self.runs, RUN_CONFIG_INDEXES)
 
     def __repr__(self) -> str:
         return f"MongoRunConfigStore({self.database.display!r}, db_name={self.database.db_name!r})"
 
     def list_run_configs(self) -> list[str]:
-        with self.database.reporting_errors("listing run configs"):
-            return sorted(self.runs.distinct("name"))
+        return sorted(self.database.read("listing run configs", lambda: self.runs.distinct("name")))
 
     def _insert(self, name: str, text: str) -> str | None:
-        with self.database.reporting_errors(f"storing the config of run {name!r}"):
+        """Insert, retried: a retry of an insert that landed finds its own text (no conflict)."""
+
+        def insert() -> str | None:
             try:
                 self.runs.insert_one({"name": name, "config": text, "created": time.time()})
                 return None
             except DuplicateKeyError:
-                return self._find(name)
+                document = self.database.primary(self.runs).find_one({"name": name}, projection={"config": True})
+                return None if document is None else document["config"]
+
+        return self.database.write(f"storing the config of run {name!r}", insert)
 
     def _find(self, name: str) -> str | None:
-        with self.database.reporting_errors(f"reading the config of run {name!r}"):
-            document = self.runs.find_one({"name": name}, projection={"config": True, "_id": False})
+        document = self.database.read(
+            f"reading the config of run {name!r}",
+            lambda: self.runs.find_one({"name": name}, projection={"config": True, "_id": False}),
+        )
         return None if document is None else document["config"]
 
 
-def create_run_config_store(store: str | os.PathLike | None = None) -> RunConfigStore:
+def create_run_config_store(store: str | os.PathLike | None = None, **options: Any) -> RunConfigStore:
     """Open the run config store beside the weights and stats stores that ``store`` (or the
-    environment) designates (see :func:`dacapo_store.resolve_store`).
+    environment) designates (see :func:`dacapo_store.resolve_store`); ``options`` go to the
+    store's constructor (e.g. ``read_only=True``).
 
     Raises:
-        ConfigurationError, StoreConnectionError.
+        ConfigurationError, StoreConnectionError, StoreNotFoundError (read-only, no store there).
     """
-    return open_store(store, LocalRunConfigStore, MongoRunConfigStore)
+    return open_store(store, LocalRunConfigStore, MongoRunConfigStore, **options)

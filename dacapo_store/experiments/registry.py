@@ -7,7 +7,9 @@ A ``type`` in a config dict is resolved, in this order:
 2. an installed entry point of the kind's group (``dacapo_store.architectures``,
    ``dacapo_store.tasks``, ``dacapo_store.trainers``, ``dacapo_store.datasplits``,
    ``dacapo_store.starts``) whose name is the type and whose value is ``module:ConfigClass``;
-3. an import path ``package.module:ConfigClass``.
+3. an import path ``package.module:ConfigClass`` (``dacapo-store train`` also looks for the
+   module in the config file's directory and the working directory, after the installed
+   packages: see :func:`add_plugin_search_paths`).
 
 The class must derive from the kind's base config (e.g. :class:`.configs.ArchitectureConfig`).
 Resolving a type imports code, so only load run configs from stores you trust.
@@ -17,6 +19,8 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import os
+import sys
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
@@ -85,6 +89,20 @@ def plugin_class(kind: str, type_name: str) -> type[PluginConfig]:
         f"unknown {kind} type {type_name!r}; known: {registered_types(kind)} "
         f"(or give an import path 'package.module:ConfigClass')"
     )
+
+
+def add_plugin_search_paths(*directories: str | os.PathLike) -> None:
+    """Let import-path types (``package.module:ConfigClass``) be found in ``directories`` too,
+    as ``python -m`` finds modules in the working directory, so a plug-in next to its config
+    needs no installation and no ``PYTHONPATH``. The directories go after the installed
+    packages (a file in them never shadows an installed module); ones already searched are
+    skipped."""
+    searched = {os.path.abspath(entry or os.curdir) for entry in sys.path}
+    for directory in directories:
+        directory = os.path.abspath(directory)
+        if directory not in searched:
+            sys.path.append(directory)
+            searched.add(directory)
 
 
 def type_name_of(cls: type[PluginConfig]) -> str:

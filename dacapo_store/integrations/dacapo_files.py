@@ -1,7 +1,8 @@
 """Reading the files DaCapo writes, without DaCapo and without running any code they hold.
 
-Every file is opened without following a symbolic link and read only if it is a regular file
-(never a FIFO, device or socket, which could block or stream forever) no larger than a bound.
+Every file is read only if it is a regular file itself (never a symbolic link, FIFO, device or
+socket, which could lead elsewhere, block or stream forever), no larger than a bound, and no
+further than its size when opened (:mod:`dacapo_store.safe_files`).
 
 - **Checkpoints** (``<runs_base_dir>/<run>/checkpoints/iterations/<N>``). DaCapo 0.3.5 saves
   ``torch.save(Weights(model_state, optimizer_state))``, a pickled object of its class
@@ -25,9 +26,7 @@ import os
 import pickle
 import re
 import stat
-import zipfile
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -36,10 +35,13 @@ import torch
 
 from ..errors import CorruptCheckpointError, DacapoStoreError
 from ..records import Weights
+from ..safe_files import open_regular_file
 from ..serialization import fd_path, load_state
 
 DACAPO_WEIGHTS_CLASS = "dacapo.store.weights_store.Weights"
 """The qualified name under which DaCapo 0.3.x pickles its checkpoints."""
+
+ZIP_MAGIC = b"PK\x03\x04"
 
 MAX_CHECKPOINT_BYTES = 1 << 40
 """Checkpoint files larger than this (1 TiB) are refused."""
@@ -52,40 +54,20 @@ class UnreadableDacapoFileError(DacapoStoreError, ValueError):
     """A DaCapo file that is not read: not a regular file, too large, or not in a DaCapo format."""
 
 
-@contextmanager
-def open_regular_file(path: str | os.PathLike, max_bytes: int) -> Iterator[tuple[BinaryIO, int]]:
-    """Open ``path`` for reading, refusing anything but a regular file of at most ``max_bytes``.
-
-    The final path component is not followed if it is a symbolic link, and the open never
-    blocks (a FIFO is refused, not waited on). The checks are made on the opened file itself.
-
-    Yields:
-        The open file and its size at opening.
+def open_dacapo_file(path: str | os.PathLike, max_bytes: int) -> BinaryIO:
+    """Open one of DaCapo's files with :func:`~dacapo_store.safe_files.open_regular_file`
+    (a regular file, bounded reads, no blocking open), refusing a symbolic link as well.
 
     Raises:
         UnreadableDacapoFileError: a symbolic link, not a regular file, or too large.
         OSError: the file cannot be opened.
     """
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    if os.path.islink(path):
+        raise UnreadableDacapoFileError(f"{os.fspath(path)} is a symbolic link: only a regular file is read")
     try:
-        fd = os.open(path, flags)
-    except OSError:
-        if os.path.islink(path):
-            raise UnreadableDacapoFileError(f"{path} is a symbolic link; only regular files are read") from None
-        raise
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise UnreadableDacapoFileError(f"{path} is not a regular file; only regular files are read")
-        if info.st_size > max_bytes:
-            raise UnreadableDacapoFileError(f"{path} has {info.st_size} bytes, more than the {max_bytes} allowed")
-        os.set_blocking(fd, True)
-        file = os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
-    with file:
-        yield file, info.st_size
+        return open_regular_file(path, max_bytes)
+    except ValueError as error:
+        raise UnreadableDacapoFileError(str(error)) from None
 
 
 class PickledWeights:
@@ -118,8 +100,8 @@ def load_checkpoint(path: str | os.PathLike, max_bytes: int = MAX_CHECKPOINT_BYT
         OSError: the file cannot be read.
     """
     describe = f"DaCapo checkpoint {path}"
-    with open_regular_file(path, max_bytes) as (file, _):
-        is_zip = zipfile.is_zipfile(file)
+    with open_dacapo_file(path, max_bytes) as file:
+        is_zip = file.read(4) == ZIP_MAGIC  # torch's own test for its zip format
         file.seek(0)
         try:
             with torch.serialization.safe_globals([(PickledWeights, DACAPO_WEIGHTS_CLASS)]):
@@ -171,10 +153,8 @@ def load_stats_file(path: str | os.PathLike, max_bytes: int = MAX_STATS_BYTES) -
             unpickler, or not a list of dicts.
         OSError: the file cannot be read.
     """
-    with open_regular_file(path, max_bytes) as (file, _):
-        data = file.read(max_bytes + 1)
-    if len(data) > max_bytes:
-        raise UnreadableDacapoFileError(f"{path} grew beyond the {max_bytes} bytes allowed while it was read")
+    with open_dacapo_file(path, max_bytes) as file:
+        data = file.read()
     try:
         documents = _StatsUnpickler(io.BytesIO(data)).load()
     except Exception as error:  # a malformed pickle fails in many ways; none of them runs code

@@ -4,11 +4,18 @@ It holds the checkpoint catalog, validation scores and training statistics, so t
 and "best" are single indexed SQL queries. Connections are per thread and per process; writes
 run in ``BEGIN IMMEDIATE`` transactions with a busy timeout, so several processes may write
 at once; WAL journaling with ``synchronous=FULL`` keeps every committed write across a crash.
+
+A catalog opened read-only (asked for, or a directory this user may not write) uses SQLite's
+``mode=ro``; where that cannot open the database (a WAL database needs its ``-shm`` file, which
+a reader cannot create in a read-only directory) it falls back to ``immutable=1``, which reads
+the database file alone: safe there, since nothing can be writing to a directory nobody may
+write (a live writer keeps a ``-shm`` file, with which ``mode=ro`` works).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -16,7 +23,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from ..errors import NotAuthorizedError, ReadOnlyStoreError, StoreNotFoundError
 from ..records import CheckpointInfo, PartInfo
+
+logger = logging.getLogger(__name__)
 
 CATALOG_FILENAME = "catalog.sqlite3"
 BUSY_TIMEOUT_SECONDS = 60.0
@@ -80,42 +90,117 @@ BEST_SCORE_SQL = (
 """The one query behind ``retrieve_best`` and ``best_validation_score`` (uses the partial index)."""
 
 
-class Catalog:
-    """The SQLite catalog of one local store directory (created on first use)."""
+def is_writable(path: Path) -> bool:
+    """Whether this process may create and change files in directory ``path`` (and its catalog,
+    if there is one): false on a read-only mount, also for root."""
+    catalog = path / CATALOG_FILENAME
+    return os.access(path, os.W_OK | os.X_OK) and (not catalog.exists() or os.access(catalog, os.W_OK))
 
-    def __init__(self, basedir: str | os.PathLike) -> None:
-        self.basedir = Path(basedir).expanduser()
-        self.basedir.mkdir(parents=True, exist_ok=True)
+
+class Catalog:
+    """The SQLite catalog of one local store directory.
+
+    Args:
+        basedir: the store directory; opened for writing, it is created with its catalog if
+            missing.
+        read_only: open for reading only. A directory this process may not write is opened
+            read-only whatever this says.
+
+    Raises:
+        StoreNotFoundError: opened read-only, and ``basedir`` or its catalog does not exist
+            (only a write creates a store).
+    """
+
+    def __init__(self, basedir: str | os.PathLike, read_only: bool = False) -> None:
+        self.basedir = Path(basedir).expanduser().absolute()
         self.path = self.basedir / CATALOG_FILENAME
         self._local = threading.local()
-        with self.transaction() as db:
-            for statement in _SCHEMA:
-                db.execute(statement)
-            _add_missing_columns(db)
+        if not read_only and (not self.basedir.exists() or is_writable(self.basedir)):
+            self.read_only_reason: str | None = None
+            self.basedir.mkdir(parents=True, exist_ok=True)
+            with self.transaction() as db:
+                for statement in _SCHEMA:
+                    db.execute(statement)
+                _add_missing_columns(db)
+            return
+        self.read_only_reason = "opened read-only" if read_only else "not writable by this user"
+        if not self.path.is_file():
+            what = "does not exist" if not self.basedir.exists() else f"has no {CATALOG_FILENAME}"
+            raise StoreNotFoundError(
+                f"no store at {self.basedir}: the directory {what} (a store is created by its first write)"
+            )
+        self._read_only_uri = self._usable_read_only_uri()
+
+    @property
+    def read_only(self) -> bool:
+        """Whether the catalog was opened read-only (asked for, or an unwritable directory)."""
+        return self.read_only_reason is not None
+
+    def _usable_read_only_uri(self) -> str:
+        """``mode=ro`` if SQLite can open the database that way here, else ``immutable=1``."""
+        base = self.path.as_uri()
+        try:
+            probe = sqlite3.connect(f"{base}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_SECONDS)
+            try:
+                probe.execute("SELECT count(*) FROM sqlite_master").fetchone()
+                return f"{base}?mode=ro"
+            finally:
+                probe.close()
+        except sqlite3.OperationalError:
+            wal = self.path.with_name(self.path.name + "-wal")
+            if wal.exists() and wal.stat().st_size > 0:
+                logger.warning(
+                    "%s: its write-ahead log cannot be read from this read-only directory; the "
+                    "latest changes may be missing until a writer opens the store", self.basedir,
+                )
+            return f"{base}?immutable=1"
 
     def connection(self) -> sqlite3.Connection:
         """This thread's connection (a new one in a forked child process)."""
         db = getattr(self._local, "db", None)
         if db is None or self._local.pid != os.getpid():
-            db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None)
+            if self.read_only:
+                db = sqlite3.connect(self._read_only_uri, uri=True, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None)
+            else:
+                db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None)
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=FULL")
             db.row_factory = sqlite3.Row
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
             self._local.db, self._local.pid = db, os.getpid()
         return db
 
+    def require_writable(self, action: str) -> None:
+        """Raise ReadOnlyStoreError if the catalog was opened read-only."""
+        if self.read_only:
+            raise ReadOnlyStoreError(
+                f"the local store at {self.basedir} is {self.read_only_reason}: not authorized to write ({action})"
+            )
+
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction (``BEGIN IMMEDIATE``): committed on success, rolled back on error."""
+    def transaction(self, action: str = "writing the catalog") -> Iterator[sqlite3.Connection]:
+        """A write transaction (``BEGIN IMMEDIATE``): committed on success, rolled back on error.
+
+        Raises:
+            ReadOnlyStoreError: the catalog was opened read-only (nothing is written).
+            NotAuthorizedError: SQLite refuses to write (the directory or file became read-only).
+        """
+        self.require_writable(action)
         db = self.connection()
-        db.execute("BEGIN IMMEDIATE")
         try:
-            yield db
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:  # SQLite may have rolled back already (a failed COMMIT)
-                db.execute("ROLLBACK")
-            raise
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:  # SQLite may have rolled back already (a failed COMMIT)
+                    db.execute("ROLLBACK")
+                raise
+        except sqlite3.OperationalError as error:
+            if "readonly" not in str(error):
+                raise
+            raise NotAuthorizedError(
+                f"the local store at {self.basedir} refused a write ({action}): {error}"
+            ) from error
 
     def query(self, sql: str, parameters: tuple = ()) -> list[sqlite3.Row]:
         """Run one read query and return all its rows."""

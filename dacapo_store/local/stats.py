@@ -17,10 +17,13 @@ def _nan_from_null(value: float | None) -> float:
 
 class LocalStatsStore(StatsStore):
     """Training stats and validation scores in ``basedir/catalog.sqlite3`` (shared with
-    :class:`LocalWeightsStore` on the same ``basedir``)."""
+    :class:`LocalWeightsStore` on the same ``basedir``).
 
-    def __init__(self, basedir: str | os.PathLike) -> None:
-        self.catalog = Catalog(basedir)
+    Args and raises: as :class:`LocalWeightsStore` (``basedir``, ``read_only``).
+    """
+
+    def __init__(self, basedir: str | os.PathLike, read_only: bool = False) -> None:
+        self.catalog = Catalog(basedir, read_only)
         self.basedir = self.catalog.basedir
 
     def __repr__(self) -> str:

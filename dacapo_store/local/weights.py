@@ -63,19 +63,31 @@ class LocalWeightsStore(WeightsStore):
     same ``basedir`` shares the validation scores that :meth:`retrieve_best` reads.
 
     Args:
-        basedir: the store directory (created if missing).
+        basedir: the store directory (created if missing, unless ``read_only``).
         stale_after: seconds without progress after which a pending upload may be taken over.
+        read_only: open for reading only (SQLite ``mode=ro``); writes raise ReadOnlyStoreError.
+            A directory this process may not write (a read-only mount, no write permission) is
+            opened read-only anyway, and serves every read.
+
+    Raises:
+        StoreNotFoundError: opened read-only and there is no store at ``basedir``.
     """
 
-    def __init__(self, basedir: str | os.PathLike, stale_after: float = DEFAULT_STALE_AFTER) -> None:
+    def __init__(
+        self, basedir: str | os.PathLike, stale_after: float = DEFAULT_STALE_AFTER, read_only: bool = False
+    ) -> None:
         super().__init__(stale_after)
-        self.catalog = Catalog(basedir)
+        self.catalog = Catalog(basedir, read_only)
         self.basedir = self.catalog.basedir
         self.payload_dir = self.basedir / PAYLOAD_DIRNAME
-        self.payload_dir.mkdir(exist_ok=True)
+        if not self.catalog.read_only:
+            self.payload_dir.mkdir(exist_ok=True)
 
     def __repr__(self) -> str:
         return f"LocalWeightsStore({str(self.basedir)!r})"
+
+    def _require_writable(self, action: str) -> None:
+        self.catalog.require_writable(action)
 
     def list_checkpoints(self, run: Any) -> list[CheckpointInfo]:
         rows = self.catalog.query(
@@ -243,6 +255,7 @@ class LocalWeightsStore(WeightsStore):
     def _delete_payload(self, location: str) -> bool:
         """Delete the payload file ``location`` (finished or ``.partial``: any name of
         :data:`PAYLOAD_NAME`, never a path outside ``payloads/``)."""
+        self.catalog.require_writable(f"deleting payload {location}")
         if not isinstance(location, str) or not PAYLOAD_NAME.match(location):
             raise CorruptCheckpointError(f"refusing to delete {location!r}: not a payload file name")
         try:
@@ -282,6 +295,8 @@ class LocalWeightsStore(WeightsStore):
     def _payload_files(self) -> dict[str, int]:
         """Name -> size of every payload file (finished or ``.partial``) in the payload directory."""
         files = {}
+        if not self.payload_dir.is_dir():  # a read-only store that never held a checkpoint
+            return files
         for entry in os.scandir(self.payload_dir):
             if PAYLOAD_NAME.match(entry.name):
                 try:

@@ -1,10 +1,30 @@
-"""The MongoDB weights store: payloads in GridFS, a catalog collection with a unique key."""
+"""The MongoDB weights store: payloads in GridFS, a catalog collection with a unique key.
+
+Every step of the write protocol (reserve, each part's upload, heartbeat, commit, clean-up,
+remove, garbage collection) runs under the store's retry policy (:mod:`.retry`) and is
+idempotent under retry:
+
+* **reserve**: a retried insert that had landed fails on the unique key; finding its own token
+  in the entry, the step succeeds (likewise a replacement claim that had landed);
+* **upload**: a part is uploaded again as a whole under a new GridFS file id, after the partial
+  upload was aborted; every id goes into the reservation first, so clean-up deletes them all;
+* **heartbeat**, **clean-up**, **payload deletes**: the same update or delete again;
+* **commit**: a retry after a commit that had landed finds no pending entry and fails; the
+  protocol's clean-up then finds the checkpoint complete with this upload's payloads and
+  returns it (see ``WeightsStore.put_weights``);
+* **remove**: the entry is read first, then deleted by its ``_id`` and token; a retry that finds
+  it gone after a failed attempt knows its own delete had landed.
+
+A commit that lands but misses its write concern is undone (the new entry deleted, or a
+replaced checkpoint's parts put back) and the call fails with WriteConcernFailedError.
+"""
 
 from __future__ import annotations
 
 import logging
 import math
 import time
+import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, Callable
@@ -17,7 +37,7 @@ from pymongo.errors import DuplicateKeyError
 from pymongo.write_concern import WriteConcern
 
 from ..checks import run_name_of
-from ..errors import CheckpointExistsError, CorruptCheckpointError
+from ..errors import CheckpointExistsError, CorruptCheckpointError, WriteConcernFailedError
 from ..records import CheckpointInfo, PartInfo
 from ..digests import format_digest, new_hash
 from ..serialization import check_payload, check_size, load_verified, serialize_state, verifying_algorithm
@@ -34,7 +54,8 @@ from ..weights_store import (
     reservation_lost,
 )
 from .chunk_reader import ChunkReader, DroppedChunkError
-from .connection import DEFAULT_COLLECTION_PREFIX, DEFAULT_WRITE_CONCERN, MongoDatabase
+from .connection import DEFAULT_COLLECTION_PREFIX, MongoDatabase
+from .retry import RetryPolicy
 from .scores import SCORE_INDEXES, SCORES_COLLECTION, find_best_score
 
 logger = logging.getLogger(__name__)
@@ -89,37 +110,49 @@ class MongoWeightsStore(WeightsStore):
     with each part's size and digest. A :class:`MongoStatsStore` on the same database (and
     prefix) shares the validation scores that :meth:`retrieve_best` reads.
 
+    Every operation retries transient errors (a failover, a lost connection) under ``retry``;
+    each step of the write protocol is idempotent (see the module doc), so a retried step never
+    duplicates or loses anything.
+
     Args:
         db_host: a MongoDB URI or an existing client (pymongo or mongomock).
-        db_name: the database (default ``"dacapo"``).
+        db_name: the database (default: the URI's, else ``"dacapo"``).
         stale_after: seconds without progress after which a pending upload may be taken over.
-        write_concern: default ``w="majority", j=True``.
+        write_concern: default: the URI's, each unset field from ``w="majority", j=True``.
         chunk_size_bytes: GridFS chunk size of new uploads.
         collection_prefix: put before every collection name (see
             :class:`~dacapo_store.mongo.connection.MongoDatabase`).
+        read_only: open for reading only: indexes are checked, not created; writes raise
+            ReadOnlyStoreError. Needs only MongoDB's ``read`` role.
+        retry: the retry policy (default: a 60 s budget, or ``$DACAPO_STORE_RETRY_SECONDS``).
 
     Raises:
         StoreConnectionError: the server is unreachable (within a few seconds; no password shown).
+        ConfigurationError: a malformed URI or an unescaped password (never shown).
     """
 
     def __init__(
         self,
         db_host: Any,
-        db_name: str = "dacapo",
+        db_name: str | None = None,
         stale_after: float = DEFAULT_STALE_AFTER,
-        write_concern: WriteConcern = DEFAULT_WRITE_CONCERN,
+        write_concern: WriteConcern | None = None,
         chunk_size_bytes: int = CHUNK_SIZE_BYTES,
         collection_prefix: str = DEFAULT_COLLECTION_PREFIX,
+        read_only: bool = False,
+        retry: RetryPolicy | None = None,
     ) -> None:
         super().__init__(stale_after)
-        self.database = MongoDatabase(db_host, db_name, write_concern, collection_prefix)
+        self.database = MongoDatabase(db_host, db_name, write_concern, read_only, retry, collection_prefix)
         self.checkpoints = self.database.collection(CHECKPOINTS_COLLECTION)
+        self.catalog_primary = self.database.primary(self.checkpoints)
+        """The catalog read from the primary: the write protocol's reads must see its writes."""
         self.scores = self.database.collection(SCORES_COLLECTION)
         self.bucket = gridfs.GridFSBucket(
             self.database.db,
             collection_prefix + BUCKET_NAME,
             chunk_size_bytes=chunk_size_bytes,
-            write_concern=write_concern,
+            write_concern=self.database.write_concern,
         )
         self.bucket_files = self.database.collection(f"{BUCKET_NAME}.files")
         self.bucket_chunks = self.database.collection(f"{BUCKET_NAME}.chunks")
@@ -129,16 +162,34 @@ class MongoWeightsStore(WeightsStore):
     def __repr__(self) -> str:
         return f"MongoWeightsStore({self.database.display!r}, db_name={self.database.db_name!r})"
 
+    def _require_writable(self, action: str) -> None:
+        self.database.require_writable(action)
+
     def list_checkpoints(self, run: Any) -> list[CheckpointInfo]:
-        documents = self.checkpoints.find(
-            {"run": run_name_of(run), "state": "complete"}, sort=[("iteration", ASCENDING)]
+        name = run_name_of(run)
+        documents = self.database.read(
+            f"listing the checkpoints of run {name!r}",
+            lambda: list(self.checkpoints.find({"run": name, "state": "complete"}, sort=[("iteration", ASCENDING)])),
         )
         return [checkpoint_from_document(document) for document in documents]
 
     def list_runs(self) -> list[str]:
-        return sorted(self.checkpoints.distinct("run", {"state": "complete"}))
+        return sorted(self.database.read("listing runs", lambda: self.checkpoints.distinct("run", {"state": "complete"})))
 
     def _reserve(self, reservation: Reservation, replace: bool) -> None:
+        """Claim ``(run, iteration)`` (retried as a whole, see the module doc); a reservation
+        whose write concern failed is dropped again (best effort) before the error is raised."""
+        where = describe(reservation.run, reservation.iteration)
+        try:
+            self.database.write(f"reserving {where}", lambda: self._reserve_once(reservation, replace))
+        except WriteConcernFailedError:
+            try:
+                self._drop_claim(reservation.run, reservation.iteration, reservation.token)
+            except Exception as error:
+                logger.warning("could not drop the reservation of %s again: %s", where, error)
+            raise
+
+    def _reserve_once(self, reservation: Reservation, replace: bool) -> None:
         run, iteration = reservation.run, reservation.iteration
         for _ in range(3):
             now = time.time()
@@ -149,9 +200,14 @@ class MongoWeightsStore(WeightsStore):
                 )
                 return
             except DuplicateKeyError:
-                existing = self.checkpoints.find_one({"run": run, "iteration": iteration})
+                existing = self.catalog_primary.find_one({"run": run, "iteration": iteration})
             if existing is None:
                 continue  # removed in the meantime: try again
+            if existing.get("token") == reservation.token and existing["state"] == "pending":
+                return  # a retried insert: the first attempt had landed
+            if (existing.get("replacement") or {}).get("token") == reservation.token:
+                reservation.replaces = checkpoint_from_document(existing)
+                return  # a retried replacement claim that had landed
             if existing["state"] == "complete":
                 if not replace:
                     raise CheckpointExistsError(f"{describe(run, iteration)} is already stored")
@@ -193,16 +249,38 @@ class MongoWeightsStore(WeightsStore):
         return result.matched_count == 1
 
     def _heartbeat(self, reservation: Reservation) -> None:
-        """Refresh the reservation's heartbeat; ReservationLostError if it was taken over."""
+        """Refresh the reservation's heartbeat (retried: the same update again);
+        ReservationLostError if it was taken over."""
         claim = "replacement." if reservation.replaces else ""
-        result = self.checkpoints.update_one(
-            {"run": reservation.run, "iteration": reservation.iteration, f"{claim}token": reservation.token},
-            {"$set": {f"{claim}heartbeat": time.time()}},
-        )
-        if result.matched_count != 1:
-            raise reservation_lost(reservation, "while it was uploading")
+
+        def beat() -> None:
+            result = self.checkpoints.update_one(
+                {"run": reservation.run, "iteration": reservation.iteration, f"{claim}token": reservation.token},
+                {"$set": {f"{claim}heartbeat": time.time()}},
+            )
+            if result.matched_count != 1:
+                raise reservation_lost(reservation, "while it was uploading")
+
+        self.database.write(f"refreshing the reservation of {describe(reservation.run, reservation.iteration)}", beat)
 
     def _write_part(self, reservation: Reservation, part: str, state: Any) -> PartInfo:
+        """Upload one part, retried as a whole: each attempt uploads under a new GridFS file id
+        (recorded in the reservation before any chunk is sent, so clean-up finds every attempt)
+        after the previous attempt's partial upload was aborted. A partial upload whose abort
+        failed is deleted once an attempt succeeds (else by clean-up or garbage collection)."""
+        where = describe(reservation.run, reservation.iteration, part)
+        unaborted: list[str] = []
+        info = self.database.write(f"uploading {where}", lambda: self._upload_part(reservation, part, state, unaborted))
+        for location in unaborted:
+            try:
+                self._delete_payload(location)
+            except Exception as error:
+                logger.warning("could not delete the partial upload %s of %s (%s); gc reclaims it", location, where, error)
+        return info
+
+    def _upload_part(self, reservation: Reservation, part: str, state: Any, unaborted: list[str]) -> PartInfo:
+        """One attempt of :meth:`_write_part`; on failure, abort the partial upload (if that
+        fails too, its id goes to ``unaborted``)."""
         file_id = ObjectId()
         reservation.payloads.append(str(file_id))
         upload = self.bucket.open_upload_stream_with_id(
@@ -225,11 +303,29 @@ class MongoWeightsStore(WeightsStore):
             )
             upload.close()
         except BaseException:
-            upload.abort()
+            try:
+                upload.abort()
+            except Exception as error:
+                logger.warning("could not abort the partial upload %s (%s); it is deleted later", file_id, error)
+                unaborted.append(str(file_id))
             raise
         return info
 
     def _commit(self, reservation: Reservation, parts: Mapping[str, PartInfo]) -> CheckpointInfo:
+        """Mark the checkpoint complete (retried; see the module doc). A commit that missed its
+        write concern is undone before the error is raised, so that clean-up deletes the new
+        payloads and nothing of this upload stays visible."""
+        where = describe(reservation.run, reservation.iteration)
+        try:
+            return self.database.write(f"committing {where}", lambda: self._commit_once(reservation, parts))
+        except WriteConcernFailedError:
+            try:
+                self.database.write(f"undoing the commit of {where}", lambda: self._undo_commit(reservation))
+            except Exception as error:
+                logger.warning("the undo of the commit of %s is not confirmed: %s", where, error)
+            raise
+
+    def _commit_once(self, reservation: Reservation, parts: Mapping[str, PartInfo]) -> CheckpointInfo:
         now = time.time()
         completion = {  # "state" last: mongomock applies fields one by one, visible to threads
             "heartbeat": now,
@@ -257,6 +353,24 @@ class MongoWeightsStore(WeightsStore):
             raise reservation_lost(reservation, "before it committed")
         return checkpoint_from_document(document)
 
+    def _undo_commit(self, reservation: Reservation) -> None:
+        """Take back a commit of ``reservation`` (if it landed): delete the new entry, or put
+        the replaced checkpoint's parts back; the new payloads are then unreferenced."""
+        where = {"run": reservation.run, "iteration": reservation.iteration, "token": reservation.token}
+        old = reservation.replaces
+        if old is None:
+            self.checkpoints.delete_one({**where, "state": "complete"})
+            return
+        self.checkpoints.update_one(
+            {**where, "state": "complete"},
+            {"$set": {
+                "token": uuid.uuid4().hex,
+                "created": old.created,
+                "size": old.size,
+                "parts": {name: part.to_document() for name, part in old.parts.items()},
+            }},
+        )
+
     def _abandon(self, reservation: Reservation) -> None:
         for location in reservation.payloads:
             self._delete_payload(location)
@@ -265,20 +379,34 @@ class MongoWeightsStore(WeightsStore):
     def _drop_claim(self, run: str, iteration: int, token: str, heartbeat: float | None = None) -> bool:
         """Drop the upload claim ``token`` on ``(run, iteration)``: delete its pending entry,
         or remove its replacement claim from the stored checkpoint (only if its heartbeat is
-        still ``heartbeat``, when given); return whether there was one."""
+        still ``heartbeat``, when given); return whether there was one. Retried: dropping a
+        dropped claim changes nothing."""
         beat = {} if heartbeat is None else {"heartbeat": heartbeat}
         where = {"run": run, "iteration": iteration}
-        if self.checkpoints.delete_one({**where, "token": token, "state": "pending", **beat}).deleted_count:
-            return True
-        replacement = {f"replacement.{key}": value for key, value in {"token": token, **beat}.items()}
-        result = self.checkpoints.update_one({**where, **replacement}, {"$unset": {"replacement": ""}})
-        return result.modified_count == 1
+
+        def drop() -> bool:
+            if self.checkpoints.delete_one({**where, "token": token, "state": "pending", **beat}).deleted_count:
+                return True
+            replacement = {f"replacement.{key}": value for key, value in {"token": token, **beat}.items()}
+            result = self.checkpoints.update_one({**where, **replacement}, {"$unset": {"replacement": ""}})
+            return result.modified_count == 1
+
+        return self.database.write(f"dropping the upload claim on {describe(run, iteration)}", drop)
 
     def _find(self, run: str, iteration: int) -> CheckpointInfo | None:
-        document = self.checkpoints.find_one({"run": run, "iteration": iteration, "state": "complete"})
+        """From the primary: the write protocol's clean-up relies on seeing a landed commit."""
+        document = self.database.read(
+            f"looking up {describe(run, iteration)}",
+            lambda: self.catalog_primary.find_one({"run": run, "iteration": iteration, "state": "complete"}),
+        )
         return None if document is None else checkpoint_from_document(document)
 
     def _load_part(self, info: CheckpointInfo, part: str, map_location: Any) -> Any:
+        """:meth:`_load_part_once`, retried as a whole after a transient error."""
+        where = describe(info.run, info.iteration, part)
+        return self.database.read(f"loading {where}", lambda: self._load_part_once(info, part, map_location))
+
+    def _load_part_once(self, info: CheckpointInfo, part: str, map_location: Any) -> Any:
         """``torch.load`` one part straight from its chunks (one cursor), hashing them as they
         come; if the load ever reads back to a chunk the reader dropped, load again keeping
         every chunk."""
@@ -295,8 +423,12 @@ class MongoWeightsStore(WeightsStore):
     def _verify_part(self, info: CheckpointInfo, part: str) -> None:
         expected = info.parts[part]
         where = describe(info.run, info.iteration, part)
-        with self._open_payload(expected, where) as (reader, finish):
-            check_payload(*finish(), expected, where)
+
+        def verify() -> None:
+            with self._open_payload(expected, where) as (reader, finish):
+                check_payload(*finish(), expected, where)
+
+        self.database.read(f"verifying {where}", verify)
 
     @contextmanager
     def _open_payload(
@@ -329,10 +461,30 @@ class MongoWeightsStore(WeightsStore):
             yield reader, lambda: (reader.read_rest(), format_digest(algorithm, hash_object))
 
     def _unlist(self, run: str, iteration: int) -> CheckpointInfo | None:
-        document = self.checkpoints.find_one_and_delete(
-            {"run": run, "iteration": iteration, "state": "complete"}
-        )
-        return None if document is None else checkpoint_from_document(document)
+        """Read the complete entry, then delete exactly that entry (its ``_id`` and token),
+        retried: a retry that finds it gone after a failed attempt knows its own delete had
+        landed. An entry replaced in between is read again."""
+        where = describe(run, iteration)
+        for _ in range(3):
+            document = self.database.read(
+                f"looking up {where}",
+                lambda: self.catalog_primary.find_one({"run": run, "iteration": iteration, "state": "complete"}),
+            )
+            if document is None:
+                return None
+            attempts = []
+
+            def delete() -> bool:
+                attempts.append(1)
+                deleted = self.checkpoints.find_one_and_delete(
+                    {"_id": document["_id"], "token": document["token"], "state": "complete"},
+                    projection={"_id": True},
+                )
+                return deleted is not None or len(attempts) > 1
+
+            if self.database.write(f"removing {where}", delete):
+                return checkpoint_from_document(document)
+        return None
 
     def _delete_payload(self, location: str) -> bool:
         """Delete the GridFS file ``location``: its files document first, then its chunks
@@ -342,31 +494,43 @@ class MongoWeightsStore(WeightsStore):
             file_id = ObjectId(location)
         except (InvalidId, TypeError):
             raise CorruptCheckpointError(f"the catalog records an invalid payload id {location!r}") from None
-        deleted = self.bucket_files.delete_one({"_id": file_id}).deleted_count
-        return deleted + self.bucket_chunks.delete_many({"files_id": file_id}).deleted_count > 0
+
+        def delete() -> bool:
+            deleted = self.bucket_files.delete_one({"_id": file_id}).deleted_count
+            return deleted + self.bucket_chunks.delete_many({"files_id": file_id}).deleted_count > 0
+
+        return self.database.write(f"deleting payload {location}", delete)
 
     def _latest_iteration(self, run: str) -> int | None:
-        document = self.checkpoints.find_one(
-            {"run": run, "state": "complete"},
-            projection={"iteration": True, "_id": False},
-            sort=[("iteration", DESCENDING)],
+        document = self.database.read(
+            f"finding the latest checkpoint of run {run!r}",
+            lambda: self.checkpoints.find_one(
+                {"run": run, "state": "complete"},
+                projection={"iteration": True, "_id": False},
+                sort=[("iteration", DESCENDING)],
+            ),
         )
         return None if document is None else document["iteration"]
 
     def _best_iteration(self, run: str, dataset: str, criterion: str) -> int:
-        return find_best_score(self.scores, run, dataset, criterion)["iteration"]
+        return self.database.read(
+            f"finding the best score of run {run!r}",
+            lambda: find_best_score(self.scores, run, dataset, criterion)["iteration"],
+        )
 
     def _find_garbage(self, cutoff: float) -> list[GarbageItem]:
+        return self.database.read("scanning for garbage", lambda: self._find_garbage_once(cutoff))
+
+    def _find_garbage_once(self, cutoff: float) -> list[GarbageItem]:
         files_collection, chunks = self.bucket_files, self.bucket_chunks
-        with self.database.reporting_errors("scanning for garbage"):
-            files = {
-                document["_id"]: document
-                for document in files_collection.find({}, projection={"length": True, "metadata.token": True})
-                if isinstance(document["_id"], ObjectId)
-            }
-            chunked = {fid for fid in chunks.distinct("files_id") if isinstance(fid, ObjectId)}
-            catalog = list(self.checkpoints.find({}, projection={"_id": False}))
-            items = self._orphan_chunks(chunks, sorted(chunked - files.keys()), cutoff)
+        files = {
+            document["_id"]: document
+            for document in files_collection.find({}, projection={"length": True, "metadata.token": True})
+            if isinstance(document["_id"], ObjectId)
+        }
+        chunked = {fid for fid in chunks.distinct("files_id") if isinstance(fid, ObjectId)}
+        catalog = list(self.catalog_primary.find({}, projection={"_id": False}))
+        items = self._orphan_chunks(chunks, sorted(chunked - files.keys()), cutoff)
         referenced = {
             part["location"] for entry in catalog if entry["state"] == "complete"
             for part in entry["parts"].values()
@@ -408,18 +572,24 @@ class MongoWeightsStore(WeightsStore):
         reads files, then chunks: an upload that closed in between looked orphaned). Deletes
         chunks only, never a files document; returns whether any chunk was deleted."""
         files, chunks = self.bucket_files, self.bucket_chunks
-        with self.database.reporting_errors("removing orphan chunks"):
+
+        def remove() -> bool:
             if files.find_one({"_id": file_id}, projection={"_id": True}) is not None:
                 return False
             return chunks.delete_many({"files_id": file_id}).deleted_count > 0
 
+        return self.database.write(f"removing the orphan chunks of {file_id}", remove)
+
     def _drop_stale_reservation(self, item: GarbageItem, cutoff: float) -> bool:
-        entry = self.checkpoints.find_one(
-            {
-                "run": item.run,
-                "iteration": item.iteration,
-                "$or": [{"token": item.token, "state": "pending"}, {"replacement.token": item.token}],
-            }
+        entry = self.database.read(
+            f"looking up the reservation of {describe(item.run, item.iteration)}",
+            lambda: self.catalog_primary.find_one(
+                {
+                    "run": item.run,
+                    "iteration": item.iteration,
+                    "$or": [{"token": item.token, "state": "pending"}, {"replacement.token": item.token}],
+                }
+            ),
         )
         if entry is None:
             return False

@@ -1,1 +1,2 @@
-"""Reusable test support: the backend contract suites and a mongomock patch."""
+"""Reusable test support: the backend contract suites (``contract``), a mongomock patch
+(``mongomock_support``) and a MongoDB wire-protocol test server with fault injection (``wire``)."""

@@ -18,6 +18,7 @@ import time
 import uuid
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -36,6 +37,13 @@ from dacapo_store import (
 from dacapo_store.digests import DEFAULT_ALGORITHM, algorithm_of
 from dacapo_store.errors import ReservationLostError
 from dacapo_store.serialization import HashingWriter
+from dacapo_store.state_checks import MAX_STATE_DEPTH
+from dacapo_store.testing.state_values import (
+    FOREIGN_PAYLOADS,
+    LOADABLE_VALUES,
+    REFUSED_VALUES,
+    assert_loaded_equal,
+)
 from dacapo_store.weights_store import STALE_RESERVATION
 
 
@@ -104,8 +112,21 @@ BAD_NAMES = [
     (42, TypeError),
     (b"bytes", TypeError),
     ({"$gt": ""}, TypeError),
+    ("lone\ud800surrogate", ValueError),
 ]
 BAD_ITERATIONS = [(-1, ValueError), (True, TypeError), (1.5, TypeError), ("3", TypeError), (2**63, ValueError)]
+
+
+def _nested(leaf: Any, depth: int) -> Any:
+    for _ in range(depth):
+        leaf = {"a": leaf}
+    return leaf
+
+
+def _self_referencing() -> dict:
+    parameters: dict = {"threshold": 0.5}
+    parameters["again"] = parameters
+    return parameters
 
 
 class StoreContract:
@@ -422,6 +443,70 @@ class StoreContract:
         weights_store.store_weights(run, 2)  # the failed writer left no reservation behind
         assert weights_store.latest_iteration(run) == 2
 
+    # ---- every stored checkpoint loads -----------------------------------------------------
+
+    @pytest.mark.parametrize("make", LOADABLE_VALUES)
+    def test_every_value_a_weights_only_load_accepts_is_stored_and_read_back(
+        self, weights_store: WeightsStore, make: Any
+    ) -> None:
+        model = {"weight": torch.ones(2), "extra": make()}
+        optimizer = {"state": {}, "param_groups": [{"lr": 0.1, "params": [0], "extra": make()}]}
+        weights_store.put_weights("values", 1, Weights(model, optimizer))
+        loaded = weights_store.retrieve_weights("values", 1)
+        assert_loaded_equal(loaded.model, model)
+        assert_loaded_equal(loaded.optimizer, optimizer)
+
+    @pytest.mark.parametrize("part", ["model", "optimizer"])
+    @pytest.mark.parametrize("make", REFUSED_VALUES)
+    def test_a_value_a_weights_only_load_refuses_is_refused_before_anything_is_stored(
+        self, weights_store: WeightsStore, make: Any, part: str
+    ) -> None:
+        value = make()
+        state = {"weight": torch.ones(2), "extra": value}
+        weights = Weights(state, None) if part == "model" else Weights({"weight": torch.ones(2)}, state)
+        with pytest.raises(TypeError) as caught:
+            weights_store.put_weights("values", 1, weights)
+        message = str(caught.value)
+        assert f"weights.{part}" in message and "weights_only=True" in message and "nothing was stored" in message
+        self.assert_nothing_stored(weights_store, "values")
+        weights_store.put_weights("values", 1, Weights({"weight": torch.ones(2)}, None))  # the key is free
+
+    def test_a_numpy_learning_rate_is_refused_naming_its_path_and_the_fix(
+        self, weights_store: WeightsStore, run: ToyRun
+    ) -> None:
+        run.optimizer.param_groups[0]["lr"] = np.float64(0.01)  # as some LR schedules leave it
+        with pytest.raises(TypeError) as caught:
+            weights_store.store_weights(run, 1)
+        assert str(caught.value).startswith(
+            "weights.optimizer['param_groups'][0]['lr'] is a numpy.float64 (np.float64(0.01))"
+        )
+        assert "float(x)" in str(caught.value)
+        self.assert_nothing_stored(weights_store, run.name)
+        run.optimizer.param_groups[0]["lr"] = 0.01
+        weights_store.store_weights(run, 1)  # fixed: stored and read back
+        assert weights_store.retrieve_weights(run, 1).optimizer["param_groups"][0]["lr"] == 0.01
+
+    def test_a_state_nested_too_deep_is_refused_before_anything_is_stored(
+        self, weights_store: WeightsStore
+    ) -> None:
+        state: dict = {}
+        inner = state
+        for _ in range(MAX_STATE_DEPTH + 1):
+            inner["a"] = {}
+            inner = inner["a"]
+        with pytest.raises(ValueError, match="levels deep"):
+            weights_store.put_weights("values", 1, Weights(state, None))
+        self.assert_nothing_stored(weights_store, "values")
+
+    @staticmethod
+    def assert_nothing_stored(weights_store: WeightsStore, run: str) -> None:
+        """No checkpoint, no reservation and no payload of ``run`` (a garbage scan that would
+        count every pending upload as stale finds nothing)."""
+        assert weights_store.list_runs() == [] and weights_store.latest_iteration(run) is None
+        far_future = time.time() + 100 * weights_store.stale_after
+        report = weights_store.collect_garbage(older_than=weights_store.stale_after, dry_run=True, now=far_future)
+        assert report.items == ()
+
     # ---- integrity --------------------------------------------------------------------------------
 
     @pytest.mark.parametrize("part", ["model", "optimizer"])
@@ -433,6 +518,22 @@ class StoreContract:
         assert run.name in str(caught.value) and "6" in str(caught.value)
         with pytest.raises(CorruptCheckpointError):
             weights_store.verify(run.name, 6)
+
+    @pytest.mark.parametrize("make_payload", FOREIGN_PAYLOADS)
+    def test_a_foreign_payload_with_a_matching_digest_is_corrupt(
+        self, weights_store: WeightsStore, run: ToyRun, monkeypatch: pytest.MonkeyPatch, make_payload: Any
+    ) -> None:
+        payload = make_payload()
+
+        def planting_save(state: Any, file: Any) -> None:  # the catalog records its true digest
+            file.write(payload)
+
+        monkeypatch.setattr(torch, "save", planting_save)
+        weights_store.put_weights(run.name, 6, Weights(run.model.state_dict(), None))
+        monkeypatch.undo()
+        weights_store.verify(run.name, 6)  # size and digest match what was planted
+        with pytest.raises(CorruptCheckpointError, match=rf"checkpoint 6 of run '{run.name}' \(model part\)"):
+            weights_store.retrieve_weights(run.name, 6)
 
     # ---- best ---------------------------------------------------------------------------------
 
@@ -649,13 +750,21 @@ class StoreContract:
             ({"c": 0.5}, {"c": True}, {1: 0.5}, TypeError),
             ({"c": 0.5}, {"c": True}, [("t", 0.5)], TypeError),
             ({"ok": 0.5, "c": "bad"}, {"ok": True, "c": True}, None, TypeError),
+            ({"ok": 0.5, "\udc80": 0.5}, {"ok": True, "\udc80": True}, None, ValueError),
+            ({"c": 0.5}, {"c": True}, {"t\ud800": 1}, ValueError),
+            ({"c": 0.5}, {"c": True}, {"t": ["ok", "\ud800"]}, ValueError),
+            ({"c": 0.5}, {"c": True}, _nested({}, 200), ValueError),
+            ({"c": 0.5}, {"c": True}, _self_referencing(), ValueError),
         ],
+        ids=lambda value: repr(value)[:30],
     )
     def test_bad_scores_and_parameters_are_refused_and_nothing_is_written(
         self, stats_store: StatsStore, run: ToyRun, scores: Any, higher_is_better: Any, parameters: Any, error: type
     ) -> None:
-        with pytest.raises(error):
+        with pytest.raises(error) as caught:
             stats_store.store_validation_scores(run, 1, "d", scores, higher_is_better, parameters)
+        assert type(caught.value) in (TypeError, ValueError)  # never RecursionError, UnicodeEncodeError
+        assert any(field in str(caught.value) for field in ("criterion", "parameters", "higher_is_better", "score"))
         assert stats_store.retrieve_validation_scores(run) == []
 
     def test_store_weights_needs_a_run_object(self, weights_store: WeightsStore) -> None:

@@ -208,14 +208,14 @@ def test_dacapo_store_cli_reads_what_dacapo_trained(tmp_path, dacapo_options: Pa
     runner = CliRunner()
     result = runner.invoke(cli, ["best", config.name, "val_b", "blipp_score", "--store", stores.location, "--json"])
     assert result.exit_code == 0, result.output
-    best = json.loads(result.output)
+    best = json.loads(result.stdout)
     assert best["iteration"] == stores.weights.retrieve_best(config.name, "val_b", "blipp_score")
     assert (best["higher_is_better"], best["parameters"], best["checkpoint_size"] > 0) == (False, {"id": 1}, True)
     result = runner.invoke(cli, ["plot", config.name, "-o", str(tmp_path / "plot.png"), "--store", stores.location])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     result = runner.invoke(cli, ["runs", "--store", stores.location, "--json"])
-    assert json.loads(result.output)[0]["latest_iteration"] == 6
+    assert json.loads(result.stdout)[0]["latest_iteration"] == 6
 
 
 def test_store_weights_replaces_a_stored_iteration(installed: Stores, dacapo_options: Path) -> None:

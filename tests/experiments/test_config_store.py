@@ -57,6 +57,28 @@ def test_bad_configs_are_refused(run_config_store):
     assert run_config_store.list_run_configs() == []
 
 
+def test_unstorable_configs_are_refused_naming_the_field(run_config_store):
+    looped: dict = {"name": "looped", "trainer_config": {}}
+    looped["trainer_config"]["again"] = looped["trainer_config"]
+    deep: dict = {"name": "deep", "task_config": {}}
+    inner = deep["task_config"]
+    for _ in range(500):
+        inner["a"] = {}
+        inner = inner["a"]
+    cases = [
+        ({"name": "bad\ud800"}, "run name is not valid Unicode"),
+        ({"name": "ok", "task_config": {"type": "x\udc80"}}, "run config['task_config']['type'] is not valid Unicode"),
+        ({"name": "ok", "task_config": {"\udc80": 1}}, "a key of run config['task_config'] is not valid Unicode"),
+        (looped, "run config['trainer_config']['again'] contains itself"),
+        (deep, "run config['task_config']['a']['a']"),
+    ]
+    for config, message in cases:
+        with pytest.raises(ValueError) as raised:
+            run_config_store.store_run_config(config)
+        assert type(raised.value) is ValueError and str(raised.value).startswith(message), raised.value
+    assert run_config_store.list_run_configs() == []
+
+
 def test_names_are_values_never_field_names(weights_store, run_config_store):
     name = "odd.name with $ and dots"
     run_config_store.store_run_config(tiny_config(name).to_dict())

@@ -11,6 +11,7 @@ import torch
 from click.testing import CliRunner
 
 from dacapo_store.cli import main
+from dacapo_store.cli.ops_commands import human_bytes
 from dacapo_store.records import Weights
 
 from .conftest import seed_run, toy_weights
@@ -18,8 +19,9 @@ from .test_gc import HOUR, live_upload, orphan_chunks, orphan_payload, payload_e
 
 
 def ok(result, code: int = 0) -> str:
+    """Standard output of a command that ended with ``code``."""
     assert result.exit_code == code, result.output
-    return result.output
+    return result.stdout
 
 
 def error_line(result, code: int = 1) -> str:
@@ -39,8 +41,18 @@ def seeded(ops_store):
 
 def test_runs_lists_every_run(seeded) -> None:
     output = ok(seeded.cli("runs"))
-    assert output.splitlines()[0].split() == ["RUN", "CHECKPOINTS", "LATEST", "SIZE", "BEST", "ITERATION"]
-    assert "val/dice: 500, val/loss: 500" in output
+    size_a = human_bytes(sum(i.size for i in seeded.weights.list_checkpoints("run_a")))
+    size_b = human_bytes(sum(i.size for i in seeded.weights.list_checkpoints("run_b")))
+    assert [line.split() for line in output.splitlines()] == [
+        ["RUN", "CHECKPOINTS", "LATEST", "SIZE", "CRITERION", "BEST", "ITERATION", "(DATASET)"],
+        ["run_a", "4", "700", *size_a.split(), "dice", "500", "(val)"],
+        ["loss", "500", "(val)"],
+        ["run_b", "1", "200", *size_b.split(), "dice", "200", "(val)"],
+        ["loss", "200", "(val)"],
+    ]
+    wide = ok(seeded.cli("runs", "--wide"))
+    assert wide.splitlines()[0].split() == ["RUN", "CHECKPOINTS", "LATEST", "SIZE", "BEST", "ITERATION"]
+    assert "val/dice: 500, val/loss: 500" in wide
     rows = json.loads(ok(seeded.cli("runs", "--json")))
     assert [(r["run"], r["checkpoints"], r["latest_iteration"]) for r in rows] == [("run_a", 4, 700), ("run_b", 1, 200)]
     assert rows[0]["bytes"] == sum(i.size for i in seeded.weights.list_checkpoints("run_a"))
@@ -225,3 +237,24 @@ def test_plot_writes_a_png(seeded, tmp_path) -> None:
     target = tmp_path / "run_a.png"
     assert ok(seeded.cli("plot", "run_a", "-o", str(target))) == f"wrote {target} (1000x900 px)\n"
     assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_runs_summarises_the_best_per_criterion_over_datasets(ops_store) -> None:
+    for iteration in (100, 200):
+        ops_store.weights.put_weights("multi", iteration, toy_weights(iteration))
+        for dataset in ("validate_0", "validate_1", "validate_2"):
+            late = iteration == 200 or dataset == "validate_2"  # validate_2 peaks early
+            ops_store.stats.store_validation_scores(
+                "multi", iteration, dataset, {"f1": 0.9 if late else 0.5}, {"f1": True}
+            )
+    lines = ok(ops_store.cli("runs")).splitlines()
+    assert lines[1].endswith("f1         200 (validate_0, validate_1), 100 (validate_2)")
+
+
+def test_help_placeholders_match_their_descriptions() -> None:
+    prune_help = CliRunner().invoke(main, ["prune", "--help"]).output
+    assert "--keep-last N " in prune_help and "the N latest" in prune_help
+    assert "--keep-every M " in prune_help and "a multiple of M" in prune_help
+    for command in ("demo", "train"):
+        help_text = CliRunner().invoke(main, [command, "--help"]).output
+        assert "--keep-last N " in help_text and "--threads N " in help_text

@@ -3,12 +3,23 @@ bad values name the setting and where it came from, never a password."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+import warnings
 from pathlib import Path
 
 import mongomock
 import pytest
 
-from dacapo_store import ConfigurationError, LocalWeightsStore, MongoStatsStore, MongoWeightsStore
+from dacapo_store import (
+    ConfigurationError,
+    ConfigurationWarning,
+    LocalWeightsStore,
+    MongoStatsStore,
+    MongoWeightsStore,
+)
 from dacapo_store.config import create_stats_store, create_weights_store, resolve_store
 from dacapo_store.testing.mongomock_support import patch_mongomock
 
@@ -129,6 +140,52 @@ def test_create_stores_opens_the_resolved_backend(isolated, monkeypatch) -> None
         weights, stats = create_weights_store(), create_stats_store()
     assert isinstance(weights, MongoWeightsStore) and isinstance(stats, MongoStatsStore)
     assert weights.database.db_name == stats.database.db_name == "resolved"
+
+
+DACAPO_0_3_5_OPTIONS = """\
+type: files
+runs_base_dir: /from/dacapo
+compute_context:
+  type: LocalTorch
+  config: {}
+mongo_db_host: mongodb://localhost:27017
+mongo_db_name: dacapo
+"""
+
+
+def test_a_valid_dacapo_options_file_draws_no_warning(isolated) -> None:
+    write_options(isolated / "work/dacapo.yaml", DACAPO_0_3_5_OPTIONS)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert resolve_store().target == "/from/dacapo"
+
+
+def test_an_unknown_key_warns_listing_the_known_ones(isolated) -> None:
+    path = write_options(isolated / "work/dacapo.yaml", "type: files\nrun_base_dir: /typo\n")
+    with pytest.warns(ConfigurationWarning) as caught:
+        location = resolve_store()
+    assert location.target == str(isolated / "home/.local/share/dacapo-store")  # the typo picks nothing
+    (warning,) = caught
+    message = str(warning.message)
+    assert str(path) in message and "unknown key 'run_base_dir'" in message
+    assert "did you mean 'runs_base_dir'?" in message
+    assert "compute_context, compute_context_config, mongo_db_host, mongo_db_name, runs_base_dir, type" in message
+
+
+def test_the_cli_shows_the_warning_as_one_line_and_names_the_store(isolated) -> None:
+    options = write_options(isolated / "work/dacapo.yaml", "runs_base_dir: store\nmongo_host: mongodb://x\n")
+    environment = {**os.environ, "HOME": str(isolated / "home")}
+    result = subprocess.run(
+        [sys.executable, "-c", "from dacapo_store.cli import main; main()", "du", "--json"],
+        cwd=isolated / "work", env=environment, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == [
+        f"warning: options file {options}: unknown key 'mongo_host' is ignored (did you mean 'mongo_db_host'?); "
+        "the known keys are compute_context, compute_context_config, mongo_db_host, mongo_db_name, runs_base_dir, type",
+        f"store: store (from options file {options} (runs_base_dir))",
+    ]
+    assert json.loads(result.stdout) == {"runs": [], "total": {"checkpoints": 0, "bytes": 0}}
 
 
 def test_the_collection_prefix_comes_from_the_environment(monkeypatch) -> None:

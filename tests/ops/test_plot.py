@@ -6,10 +6,11 @@ import math
 
 import numpy as np
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.image import imread
 
 from dacapo_store import NoScoreError, TrainingIterationStats
-from dacapo_store.plotting import figure_size_px, plot_run
+from dacapo_store.plotting import figure_size_px, plot_run, run_figure
 
 from .conftest import seed_run
 
@@ -43,3 +44,18 @@ def test_a_run_with_nothing_to_plot_is_an_error(ops_store, tmp_path) -> None:
     with pytest.raises(NoScoreError, match="nothing|no validation scores"):
         plot_run(ops_store.stats, "empty", tmp_path / "empty.png")
     assert not (tmp_path / "empty.png").exists()
+
+
+def test_the_title_overlaps_no_panel(ops_store) -> None:
+    for dataset in ("validate_0", "validate_1"):  # the demo's 7 panels
+        for criterion in ("f1_score", "iou", "voi"):
+            ops_store.stats.store_validation_scores("seven", 100, dataset, {criterion: 0.5}, {criterion: True})
+    figure = run_figure(ops_store.stats, "seven")
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()  # lays the figure out as savefig does
+    renderer = canvas.get_renderer()
+    (title,) = [text.get_window_extent(renderer) for text in figure.texts if text.get_text() == "run seven"]
+    first_panel = figure.axes[0]
+    assert len(figure.axes) == 7
+    for box in (first_panel.title.get_window_extent(renderer), first_panel.get_window_extent(renderer)):
+        assert not title.overlaps(box)

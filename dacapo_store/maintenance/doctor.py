@@ -1,0 +1,209 @@
+"""``dacapo-store doctor``: what is wrong with a store's setup, found without changing anything.
+
+For MongoDB: the URI, connectivity, server version and topology (a replica set, or a
+standalone server without failover), the user's privileges on the database
+(``connectionStatus``), the indexes the stores need, and the write concern in effect. For a
+local store: that it exists, whether this user may write it, and the catalog's integrity.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from pymongo.errors import PyMongoError
+from pymongo.uri_parser import parse_uri
+
+from ..config import StoreLocation
+from ..errors import DacapoStoreError
+from ..local.catalog import Catalog, is_writable
+from ..mongo.connection import IndexSpec, MongoDatabase
+from ..mongo.retry import NO_RETRY
+from ..mongo.scores import SCORE_INDEXES, SCORES_COLLECTION
+from ..mongo.stats import TRAINING_STATS_COLLECTION, TRAINING_STATS_INDEXES
+from ..mongo.weights import CHECKPOINT_INDEXES, CHECKPOINTS_COLLECTION
+from ..uri import redact_text
+
+OK, WARNING, PROBLEM = "ok", "warning", "problem"
+OLDEST_SERVER = (4, 4)
+"""The oldest MongoDB that pymongo 4 talks to."""
+WRITE_ACTIONS = {"insert", "update", "remove"}
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One result: ``level`` is ``"ok"``, ``"warning"`` (works, but a risk or a limit) or
+    ``"problem"`` (the store cannot work as intended); ``topic`` names what was checked."""
+
+    level: str
+    topic: str
+    message: str
+
+
+def diagnose(location: StoreLocation) -> list[Finding]:
+    """Check the store at ``location`` (see the module doc); never raises for what it finds."""
+    if location.kind == "mongo":
+        return diagnose_mongo(location.target, location.db_name)
+    return diagnose_local(Path(location.target))
+
+
+def _store_indexes() -> list[tuple[str, tuple[IndexSpec, ...]]]:
+    from ..experiments.config_store import RUN_CONFIG_INDEXES, RUNS_COLLECTION
+
+    return [
+        (CHECKPOINTS_COLLECTION, CHECKPOINT_INDEXES),
+        (SCORES_COLLECTION, SCORE_INDEXES),
+        (TRAINING_STATS_COLLECTION, TRAINING_STATS_INDEXES),
+        (RUNS_COLLECTION, RUN_CONFIG_INDEXES),
+    ]
+
+
+def diagnose_mongo(uri: str, db_name: str | None = None) -> list[Finding]:
+    """Check a MongoDB store (read-only: nothing is created or written)."""
+    try:
+        database = MongoDatabase(uri, db_name, read_only=True, retry=NO_RETRY)
+    except DacapoStoreError as error:
+        return [Finding(PROBLEM, "uri", str(error))]
+    findings = [Finding(OK, "uri", f"{database.display}, database {database.db_name!r}")]
+    options = {key.lower(): value for key, value in parse_uri(uri, connect_timeout=None)["options"].items()}
+    if options.get("directconnection") and options.get("replicaset"):
+        findings.append(Finding(
+            WARNING, "uri", "directConnection=true never follows a new primary after a failover; "
+            "remove it and keep replicaSet=...",
+        ))
+
+    def check(topic: str, probe: Callable[[], list[Finding]]) -> list[Finding]:
+        try:
+            return probe()
+        except (PyMongoError, DacapoStoreError) as error:
+            if isinstance(error, PyMongoError):
+                error = database.translate(error, f"checking the {topic}", write=False, budget=0.0)
+            return [Finding(PROBLEM, topic, redact_text(str(error), uri))]
+
+    started = time.monotonic()
+    hello: dict[str, Any] = {}
+    connected = check("connection", lambda: [Finding(OK, "connection", _reach(database, started, hello))])
+    findings += connected
+    if connected[0].level == PROBLEM:
+        database.client.close()
+        return findings
+    findings += check("server", lambda: _server(database, hello))
+    findings += check("user", lambda: _privileges(database))
+    findings += check("indexes", lambda: _indexes(database))
+    findings += _write_concern(database, replica_set=bool(hello.get("setName") or hello.get("msg") == "isdbgrid"))
+    database.client.close()
+    return findings
+
+
+def _reach(database: MongoDatabase, started: float, hello: dict[str, Any]) -> str:
+    """Send ``hello`` (its reply goes into ``hello``); say how long the first reply took."""
+    hello.update(database.client.admin.command("hello"))
+    return f"reached in {1000 * (time.monotonic() - started):.0f} ms"
+
+
+def _server(database: MongoDatabase, hello: dict[str, Any]) -> list[Finding]:
+    build = database.client.admin.command("buildInfo")
+    version = tuple(build.get("versionArray", [0, 0])[:2])
+    found = [Finding(
+        OK if version >= OLDEST_SERVER else PROBLEM, "server",
+        f"MongoDB {build.get('version', '?')}" + ("" if version >= OLDEST_SERVER else
+                                                  f"; MongoDB {OLDEST_SERVER[0]}.{OLDEST_SERVER[1]} or newer is needed"),
+    )]
+    if hello.get("setName"):
+        members = len(hello.get("hosts", []))
+        found.append(Finding(
+            OK if members >= 3 else WARNING, "topology",
+            f"replica set {hello['setName']!r}, primary {hello.get('primary')}, {members} data-bearing member(s)"
+            + ("" if members >= 3 else "; use three for a majority that survives one member's loss"),
+        ))
+    elif hello.get("msg") == "isdbgrid":
+        found.append(Finding(OK, "topology", "sharded cluster (mongos)"))
+    else:
+        found.append(Finding(
+            WARNING, "topology", "a standalone server: no failover and no retryable writes; run a "
+            "replica set (docker-compose.yml starts one)",
+        ))
+    return found
+
+
+def _privileges(database: MongoDatabase) -> list[Finding]:
+    status = database.db.command("connectionStatus", showPrivileges=True)
+    info = status.get("authInfo", {})
+    users = [user.get("user") for user in info.get("authenticatedUsers", [])]
+    if not users:
+        return [Finding(WARNING, "user", "not authenticated: the server runs without access control, so "
+                        "anyone who reaches it may read and write")]
+    roles = ", ".join(f"{role.get('role')}@{role.get('db')}" for role in info.get("authenticatedUserRoles", []))
+    actions = set()
+    for privilege in info.get("authenticatedUserPrivileges", []):
+        resource = privilege.get("resource", {})
+        if resource.get("anyResource") or (
+            resource.get("db") in ("", database.db_name) and resource.get("collection", "") == ""
+        ):
+            actions |= set(privilege.get("actions", []))
+    who = f"{', '.join(users)} ({roles or 'no roles'})"
+    if "find" not in actions:
+        return [Finding(PROBLEM, "user", f"{who} may not read database {database.db_name!r}")]
+    if not WRITE_ACTIONS <= actions:
+        return [Finding(WARNING, "user", f"{who} may only read database {database.db_name!r}: fine for "
+                        "dashboards and the CLI's read commands; training and imports are refused")]
+    if "createIndex" not in actions:
+        return [Finding(WARNING, "user", f"{who} may write but not create indexes in {database.db_name!r}: "
+                        "open the store once with a readWrite user to create them")]
+    return [Finding(OK, "user", f"{who} may read and write database {database.db_name!r}")]
+
+
+def _indexes(database: MongoDatabase) -> list[Finding]:
+    found, present = [], 0
+    for name, specs in _store_indexes():
+        collection = database.collection(name)
+        missing = database.missing_indexes(collection, specs)
+        if missing is None:
+            continue
+        present += 1
+        if missing:
+            found.append(Finding(
+                PROBLEM, "indexes", f"{collection.name} lacks {', '.join(missing)}: queries scan the "
+                "collection and uniqueness is not enforced; open the store for writing with a readWrite user",
+            ))
+    if present == 0:
+        return [Finding(WARNING, "indexes", f"database {database.db_name!r} holds no dacapo-store collections "
+                        f"(prefix {database.collection_prefix!r}) yet: right database name?")]
+    return found or [Finding(OK, "indexes", "every index the stores need is there")]
+
+
+def _write_concern(database: MongoDatabase, replica_set: bool) -> list[Finding]:
+    concern = database.write_concern.document
+    found = [Finding(OK, "write concern", ", ".join(f"{key}={value!r}" for key, value in sorted(concern.items())))]
+    if replica_set and concern.get("w") != "majority":
+        found.append(Finding(WARNING, "write concern", f"w={concern.get('w')!r}: a checkpoint acknowledged "
+                             "by fewer than a majority can be lost in a failover"))
+    if concern.get("j") is False:
+        found.append(Finding(WARNING, "write concern", "journal=false: an acknowledged write can be lost "
+                             "if the server crashes"))
+    if replica_set and "wtimeout" not in concern:
+        found.append(Finding(WARNING, "write concern", "no wtimeoutMS: with a majority of members down, "
+                             "writes wait indefinitely; add e.g. wtimeoutMS=60000 to the URI"))
+    return found
+
+
+def diagnose_local(path: Path) -> list[Finding]:
+    """Check a local store directory (read-only: nothing is created or written)."""
+    try:
+        catalog = Catalog(path, read_only=True)
+    except DacapoStoreError as error:
+        return [Finding(PROBLEM, "store", str(error))]
+    found = [Finding(OK, "store", str(catalog.basedir))]
+    if is_writable(catalog.basedir):
+        found.append(Finding(OK, "permissions", "this user may write the store"))
+    else:
+        found.append(Finding(WARNING, "permissions", "not writable by this user: reading only"))
+    try:
+        result = catalog.query("PRAGMA quick_check")[0][0]
+    except sqlite3.Error as error:
+        result = str(error)
+    found.append(Finding(OK if result == "ok" else PROBLEM, "catalog", f"integrity check: {result}"))
+    return found

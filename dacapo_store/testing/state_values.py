@@ -1,0 +1,281 @@
+"""Values a state dict may hold, sorted by whether ``torch.load(weights_only=True)`` reads them
+back: the catalogue behind the contract suite's "every stored checkpoint loads" tests.
+
+Each entry is a ``pytest.param`` of a zero-argument factory (fresh objects per test), with the
+value's label as its id. :data:`LOADABLE_VALUES` must round-trip through every store;
+:data:`REFUSED_VALUES` must be refused by ``put_weights`` before anything is stored. The
+library's own tests check both lists against torch itself, so the catalogue cannot drift from
+what torch loads.
+"""
+
+from __future__ import annotations
+
+import array
+import collections
+import datetime
+import decimal
+import enum
+import fractions
+import io
+import math
+import pathlib
+import pickle
+import uuid
+import zipfile
+from typing import Any, Callable
+
+import numpy as np
+import pytest
+import torch
+
+
+class _Colour(enum.Enum):
+    RED = 1
+
+
+class _Level(enum.IntEnum):
+    HIGH = 2
+
+
+class _Point(tuple):
+    """A tuple subclass (what ``collections.namedtuple`` makes)."""
+
+
+_Pair = collections.namedtuple("_Pair", "a b")
+
+
+class _Settings(dict):
+    """A dict subclass."""
+
+
+class _Plain:
+    """A custom object."""
+
+
+class _TaggedTensor(torch.Tensor):
+    """A tensor subclass."""
+
+
+def _with_attribute(value: Any) -> torch.Tensor:
+    tensor = torch.arange(3.0)
+    tensor.note = value
+    return tensor
+
+
+def _self_referencing() -> dict:
+    state: dict = {"weight": torch.ones(2)}
+    state["self"] = state
+    return state
+
+
+def _shared_tensor() -> dict:
+    tensor = torch.arange(4.0)
+    return {"a": tensor, "b": tensor, "view": tensor[1:3]}
+
+
+def _adam_with_numpy_lr() -> dict:
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    state = optimizer.state_dict()
+    state["param_groups"][0]["lr"] = np.float64(1e-3)  # what some LR schedules leave there
+    return state
+
+
+Factory = Callable[[], Any]
+
+
+def _entry(label: str, make: Factory, beta: bool = False) -> Any:
+    """One catalogue entry; ``beta``: torch warns that the type is beta or deprecated."""
+    marks = [pytest.mark.filterwarnings("ignore::UserWarning")] if beta else []
+    return pytest.param(make, id=label, marks=marks)
+
+
+LOADABLE_VALUES = [
+    _entry("int", lambda: 7),
+    _entry("big int", lambda: 2**100),
+    _entry("float", lambda: 0.1),
+    _entry("nan", lambda: math.nan),
+    _entry("inf", lambda: -math.inf),
+    _entry("bool", lambda: True),
+    _entry("None", lambda: None),
+    _entry("str", lambda: "ünïcødé ✓"),
+    _entry("bytes", lambda: b"\x00\xff"),
+    _entry("bytearray", lambda: bytearray(b"ab")),
+    _entry("complex", lambda: 1 + 2j),
+    _entry("list", lambda: [1, "a", None]),
+    _entry("tuple", lambda: (1, 2.5)),
+    _entry("set", lambda: {1, 2}),
+    _entry("dict with int keys", lambda: {0: {"step": 3}}),
+    _entry("tuple key", lambda: {(1, "a"): 2}),
+    _entry("OrderedDict", lambda: collections.OrderedDict(b=1, a=2)),
+    _entry("Counter", lambda: collections.Counter(a=2)),
+    _entry("tensor", lambda: torch.arange(6.0).reshape(2, 3)),
+    _entry("0-d tensor", lambda: torch.tensor(3.5)),
+    _entry("empty tensor", lambda: torch.empty(0, 4)),
+    _entry("non-contiguous tensor", lambda: torch.arange(6.0).reshape(2, 3).t()),
+    _entry("bfloat16 tensor", lambda: torch.arange(4.0, dtype=torch.bfloat16)),
+    _entry("float8 tensor", lambda: torch.arange(4.0).to(torch.float8_e4m3fn)),
+    _entry("complex tensor", lambda: torch.ones(2, dtype=torch.complex64)),
+    _entry("bool tensor", lambda: torch.tensor([True, False])),
+    _entry("uint16 tensor", lambda: torch.tensor([1, 65535], dtype=torch.uint16)),
+    _entry("sparse COO tensor", lambda: torch.eye(3).to_sparse()),
+    _entry("sparse CSR tensor", lambda: torch.eye(3).to_sparse_csr(), beta=True),
+    _entry("quantized tensor", lambda: torch.quantize_per_tensor(torch.arange(4.0), 0.5, 0, torch.quint8), beta=True),
+    _entry("meta tensor", lambda: torch.empty(2, 3, device="meta")),
+    _entry("Parameter", lambda: torch.nn.Parameter(torch.ones(2))),
+    _entry("frozen Parameter", lambda: torch.nn.Parameter(torch.ones(2), requires_grad=False)),
+    _entry("tensor with an attribute", lambda: _with_attribute("a note")),
+    _entry("shared tensor and view", _shared_tensor),
+    _entry("self-referencing dict", _self_referencing),
+    _entry("torch.Size", lambda: torch.Size([2, 3])),
+    _entry("torch.device", lambda: torch.device("cpu")),
+    _entry("torch.dtype", lambda: torch.float16),
+    _entry("torch.layout", lambda: torch.sparse_coo),
+    _entry("torch.qscheme", lambda: torch.per_tensor_affine),
+    _entry("RNG state", torch.get_rng_state),
+    _entry("typed storage", lambda: torch.arange(3.0).storage()),
+    _entry("untyped storage", lambda: torch.arange(3.0).untyped_storage()),
+]
+
+REFUSED_VALUES = [
+    _entry("numpy array", lambda: np.ones(3)),
+    _entry("numpy float64", lambda: np.float64(0.5)),
+    _entry("numpy float32", lambda: np.float32(0.5)),
+    _entry("numpy int64", lambda: np.int64(3)),
+    _entry("numpy bool", lambda: np.bool_(True)),
+    _entry("numpy str", lambda: np.str_("a")),
+    _entry("numpy int key", lambda: {np.int64(0): 1}),
+    _entry("numpy lr in Adam param_groups", _adam_with_numpy_lr),
+    _entry("numpy value in a tuple key", lambda: {(1, np.int8(2)): 1}),
+    _entry("numpy value in a set", lambda: {np.float32(1.0)}),
+    _entry("numpy tensor attribute", lambda: _with_attribute(np.float64(1.0))),
+    _entry("nn.Module", lambda: torch.nn.Linear(2, 2)),
+    _entry("tensor subclass", lambda: torch.ones(2).as_subclass(_TaggedTensor)),
+    _entry("custom object", _Plain),
+    _entry("dict subclass", lambda: _Settings(a=1)),
+    _entry("defaultdict", lambda: collections.defaultdict(int, a=1)),
+    _entry("deque", lambda: collections.deque([1, 2])),
+    _entry("namedtuple", lambda: _Pair(1, 2)),
+    _entry("tuple subclass", lambda: _Point((1, 2))),
+    _entry("frozenset", lambda: frozenset({1})),
+    _entry("Enum", lambda: _Colour.RED),
+    _entry("IntEnum", lambda: _Level.HIGH),
+    _entry("Decimal", lambda: decimal.Decimal("0.1")),
+    _entry("Fraction", lambda: fractions.Fraction(1, 3)),
+    _entry("datetime", lambda: datetime.datetime(2024, 1, 1)),
+    _entry("Path", lambda: pathlib.Path("/tmp")),
+    _entry("UUID", lambda: uuid.UUID(int=1)),
+    _entry("array.array", lambda: array.array("i", [1])),
+    _entry("range", lambda: range(3)),
+    _entry("slice", lambda: slice(1, 2)),
+    _entry("Ellipsis", lambda: ...),
+    _entry("function", lambda: len),
+    _entry("class", lambda: int),
+    _entry("optimizer class", lambda: torch.optim.Adam),
+    _entry("torch.memory_format", lambda: torch.channels_last),
+]
+
+
+def assert_loaded_equal(actual: Any, expected: Any) -> None:
+    """Compare a value loaded back with the value stored: tensors exactly (by layout: sparse,
+    quantized and meta tensors too, and their attributes), storages by their bytes, NaN equal to
+    NaN, containers item by item and of the same type; a self-referencing container is compared
+    once."""
+    _compare(actual, expected, set())
+
+
+def _compare(actual: Any, expected: Any, seen: set[int]) -> None:
+    if isinstance(expected, (torch.UntypedStorage, torch.TypedStorage)):  # loads back typed
+        assert isinstance(actual, torch.TypedStorage) and _storage_bytes(actual) == _storage_bytes(expected)
+        return
+    assert type(actual) is type(expected), f"{type(actual).__name__} != {type(expected).__name__}"
+    if isinstance(expected, torch.Tensor):
+        _compare_tensors(actual, expected)
+        assert vars(actual).keys() == vars(expected).keys()
+        for name, item in vars(expected).items():
+            _compare(getattr(actual, name), item, seen)
+    elif isinstance(expected, (dict, list, tuple)):
+        if id(expected) in seen:
+            return
+        seen.add(id(expected))
+        assert len(actual) == len(expected)
+        if isinstance(expected, dict):
+            assert list(actual) == list(expected)
+            pairs = [(actual[key], expected[key]) for key in expected]
+        else:
+            pairs = list(zip(actual, expected))
+        for a, e in pairs:
+            _compare(a, e, seen)
+    elif isinstance(expected, float) and math.isnan(expected):
+        assert math.isnan(actual)
+    else:
+        assert actual == expected
+
+
+def _storage_bytes(storage: Any) -> bytes:
+    untyped = storage.untyped() if isinstance(storage, torch.TypedStorage) else storage
+    return bytes(untyped.tolist())
+
+
+def _compare_tensors(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    assert (actual.dtype, actual.shape, actual.layout) == (expected.dtype, expected.shape, expected.layout)
+    assert actual.requires_grad == expected.requires_grad
+    if expected.device.type == "meta":
+        assert actual.device.type == "meta"
+    elif expected.is_quantized:
+        assert actual.q_scale() == expected.q_scale() and actual.q_zero_point() == expected.q_zero_point()
+        assert torch.equal(actual.int_repr(), expected.int_repr())
+    elif expected.layout != torch.strided:
+        assert torch.equal(actual.to_dense(), expected.to_dense())
+    elif expected.dtype.is_floating_point and expected.element_size() == 1:  # float8: compare the bits
+        assert torch.equal(actual.view(torch.uint8), expected.view(torch.uint8))
+    else:
+        assert torch.equal(actual, expected)
+
+
+def torch_archive(state: Any = None, deflated: bool = False, **changes: bytes | None) -> bytes:
+    """A ``torch.save`` archive of ``state`` (default: a small state dict), with the records
+    named in ``changes`` (by the end of their name) replaced, or removed where the value is
+    ``None``; every record compressed if ``deflated`` (``torch.save`` never compresses, and
+    torch still reads such an archive: a small file can expand without bound)."""
+    buffer = io.BytesIO()
+    torch.save({"weight": torch.zeros(1000)} if state is None else state, buffer)
+    with zipfile.ZipFile(io.BytesIO(buffer.getvalue())) as archive:
+        records = {name: archive.read(name) for name in archive.namelist()}
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED if deflated else zipfile.ZIP_STORED) as archive:
+        for name, data in records.items():
+            key = name.rsplit("/", 1)[-1]
+            if key in changes and changes[key] is None:
+                continue
+            archive.writestr(name, changes.get(key, data))
+    return out.getvalue()
+
+
+def _foreign_zip() -> bytes:
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as archive:
+        archive.writestr("notes.txt", "not a checkpoint")
+    return out.getvalue()
+
+
+def _legacy_torch_file() -> bytes:
+    buffer = io.BytesIO()
+    torch.save({"weight": torch.ones(2)}, buffer, _use_new_zipfile_serialization=False)
+    return buffer.getvalue()
+
+
+FOREIGN_PAYLOADS = [
+    pytest.param(lambda: b"", id="empty"),
+    pytest.param(lambda: b"\x00garbage" * 100, id="garbage"),
+    pytest.param(lambda: pickle.dumps({"weight": [1.0]}), id="plain pickle"),
+    pytest.param(lambda: pickle.dumps(12345), id="pickled int"),
+    pytest.param(_legacy_torch_file, id="pre-zip torch file"),
+    pytest.param(_foreign_zip, id="foreign zip"),
+    pytest.param(lambda: torch_archive(**{"data.pkl": b"garbage"}), id="garbage pickle in archive"),
+    pytest.param(lambda: torch_archive(version=None), id="archive without version"),
+    pytest.param(lambda: torch_archive(byteorder=b"middle"), id="archive with bad byteorder"),
+    pytest.param(lambda: torch_archive(**{"0": b"short"}), id="archive with short tensor data"),
+]
+"""Payloads that are not what ``torch.save`` writes for a state dict: a store that finds one
+(planted with a matching digest) must report it as corrupt, and ``import`` must refuse it."""

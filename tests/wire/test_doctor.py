@@ -1,0 +1,100 @@
+"""``dacapo-store doctor`` over the wire: what it reports for a good setup, a read-only user,
+missing indexes, a weak write concern, a standalone server, an unreachable server and a local
+store."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from dacapo_store.cli import main
+from dacapo_store.testing.wire import WireServer
+
+from .conftest import DATABASE, open_stats, open_weights
+
+
+def doctor(store: str) -> tuple[int, list[dict]]:
+    result = CliRunner().invoke(main, ["doctor", "--json", "--store", store])
+    return result.exit_code, json.loads(result.output[: result.output.rindex("]") + 1])
+
+
+def levels(findings: list[dict]) -> dict[str, set[str]]:
+    by_topic: dict[str, set[str]] = {}
+    for finding in findings:
+        by_topic.setdefault(finding["topic"], set()).add(finding["level"])
+    return by_topic
+
+
+@pytest.fixture
+def opened(server, clock):
+    """A store opened once for writing (so its indexes exist)."""
+    open_weights(server, clock)
+    open_stats(server, clock)
+    server.clear()
+    return server
+
+
+def test_a_good_setup_has_no_problem_and_doctor_writes_nothing(opened) -> None:
+    status, findings = doctor(opened.uri_with(DATABASE, wtimeoutMS="60000"))
+    assert status == 0
+    by_topic = levels(findings)
+    assert by_topic["connection"] == by_topic["server"] == by_topic["user"] == by_topic["indexes"] == {"ok"}
+    assert by_topic["write concern"] == {"ok"}
+    assert by_topic["topology"] == {"warning"}  # one member only
+    names = {c.name for c in opened.sent()}
+    assert {"buildInfo", "connectionStatus", "listIndexes"} <= names
+    assert names.isdisjoint({"insert", "update", "delete", "findAndModify", "createIndexes"})
+
+
+def test_a_read_user_a_weak_write_concern_and_direct_connection_are_warnings(opened) -> None:
+    opened.role = "read"
+    status, findings = doctor(opened.uri_with(DATABASE, w="1", journal="false", directConnection="true"))
+    assert status == 0
+    messages = " | ".join(f["message"] for f in findings if f["level"] == "warning")
+    assert "may only read database 'labdb'" in messages
+    assert "w=1" in messages and "journal=false" in messages and "no wtimeoutMS" in messages
+    assert "directConnection=true never follows a new primary" in messages
+
+
+def test_a_missing_index_is_a_problem(opened, clock) -> None:
+    weights = open_weights(opened, clock, read_only=True)
+    opened.database(DATABASE)[weights.checkpoints.name].drop_index("run_iteration")
+    status, findings = doctor(opened.uri_with(DATABASE))
+    assert status == 1
+    [problem] = [f for f in findings if f["level"] == "problem"]
+    assert problem["topic"] == "indexes" and "lacks run_iteration" in problem["message"]
+
+
+def test_an_empty_database_is_named(server) -> None:
+    status, findings = doctor(server.uri_with("typo"))
+    assert status == 0
+    assert any("database 'typo' holds no dacapo-store collections" in f["message"] for f in findings)
+
+
+def test_a_standalone_server_is_a_warning() -> None:
+    with WireServer(replica_set=False) as standalone:
+        status, findings = doctor(standalone.uri_with(DATABASE))
+    assert status == 0
+    [topology] = [f for f in findings if f["topic"] == "topology"]
+    assert topology["level"] == "warning" and "standalone" in topology["message"]
+
+
+def test_an_unreachable_server_is_a_problem_without_the_password() -> None:
+    status, findings = doctor("mongodb://u:Zq9%40Xw@127.0.0.1:9/lab?serverSelectionTimeoutMS=200")
+    assert status == 1
+    assert [f["level"] for f in findings] == ["ok", "problem"]
+    assert "Zq9" not in json.dumps(findings) and "Connection refused" in findings[1]["message"]
+
+
+def test_doctor_on_local_stores(tmp_path) -> None:
+    status, findings = doctor(str(tmp_path / "missing"))
+    assert status == 1 and "no store at" in findings[0]["message"]
+    from dacapo_store import LocalWeightsStore
+
+    LocalWeightsStore(tmp_path / "store")
+    status, findings = doctor(str(tmp_path / "store"))
+    assert status == 0
+    assert [(f["topic"], f["level"]) for f in findings] == [("store", "ok"), ("permissions", "ok"), ("catalog", "ok")]
+    assert "integrity check: ok" in findings[2]["message"]
