@@ -211,7 +211,7 @@ def test_cli_read_commands_work_on_an_unwritable_directory_and_writes_fail_clear
         runner = CliRunner()
         runs = runner.invoke(main, ["runs", "--store", str(store_dir)])
         assert runs.exit_code == 0, runs.output
-        assert runs.output.splitlines()[1].split()[:3] == ["r", "2", "2"]
+        assert runs.stdout.splitlines()[1].split()[:3] == ["r", "2", "2"]
         for command in (["checkpoints", "r"], ["scores", "r"], ["best", "r", "val", "dice"], ["du"], ["verify"],
                         ["export", "r", "2", "-o", str(exported)], ["gc", "--dry-run"],
                         ["prune", "r", "--keep-last", "1", "--dry-run"]):

@@ -54,9 +54,10 @@ def assert_records_hide(caplog, password: str) -> None:
 def assert_cli_hides(args: list[str], password: str, env: dict | None = None) -> str:
     result = CliRunner().invoke(main, args, env=env)
     assert result.exit_code == 1
-    assert result.output.startswith("error: ") and result.output.count("\n") == 1
+    errors = [line for line in result.stderr.splitlines() if not line.startswith("store: ")]
+    assert len(errors) == 1 and errors[0].startswith("error: ") and result.stdout == ""
     assert_hidden(result.output, password)
-    return result.output
+    return errors[0] + "\n"
 
 
 @pytest.mark.parametrize(

@@ -121,8 +121,6 @@ def _catalog_problem(catalog: Path, message: str) -> str:
         return f"the store's catalog {catalog} is a directory, not an SQLite database file"
     if "not a database" in message:
         return f"the store's catalog {catalog} is not an SQLite database (damaged or foreign): {message}"
-    if "readonly" in message or "read-only" in message:
-        return f"the store's catalog {catalog} cannot be written (read-only): {message}"
     return f"the store's catalog {catalog} cannot be used: {message}"
 
 

@@ -124,7 +124,7 @@ class Catalog:
                 _add_missing_columns(db)
             return
         self.read_only_reason = "opened read-only" if read_only else "not writable by this user"
-        if not self.path.is_file():
+        if not self.path.exists():
             what = "does not exist" if not self.basedir.exists() else f"has no {CATALOG_FILENAME}"
             raise StoreNotFoundError(
                 f"no store at {self.basedir}: the directory {what} (a store is created by its first write)"

@@ -15,6 +15,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from dacapo_store import LocalStatsStore
 from dacapo_store.cli import BROKEN_PIPE_EXIT_CODE, main
 from dacapo_store.local.catalog import CATALOG_FILENAME
 from dacapo_store.testing.state_values import torch_archive
@@ -57,6 +58,7 @@ def test_an_unusable_catalog_is_one_error_line(tmp_path: Path, damage: str, comm
 
 @pytest.mark.parametrize("command", [["demo", "--iterations", "2"], ["runs"]])
 def test_a_closed_standard_output_ends_quietly(tmp_path: Path, command: list[str]) -> None:
+    LocalStatsStore(tmp_path / "store")  # a store to read
     read_end, write_end = os.pipe()
     os.close(read_end)  # the reader is gone before the first line, as after `| head -0`
     try:
@@ -117,7 +119,7 @@ def test_a_read_only_store_is_one_error_line(tmp_path: Path, monkeypatch: pytest
     then payload writes failing with EROFS."""
     store = tmp_path / "store"
     runner = CliRunner()
-    assert runner.invoke(main, ["runs", "--store", str(store)]).exit_code == 0  # creates the store
+    LocalStatsStore(store)  # creates the store
     exported = tmp_path / "weights.pt"
     torch.save({"w": torch.ones(2)}, exported)
     connect = sqlite3.connect
@@ -129,7 +131,8 @@ def test_a_read_only_store_is_one_error_line(tmp_path: Path, monkeypatch: pytest
         patch.setattr(sqlite3, "connect", read_only_connect)
         result = runner.invoke(main, ["import", str(exported), "r", "1", "--store", str(store)])
     assert result.exit_code == 1 and result.exception.__class__ is SystemExit
-    assert result.output.startswith("error: the store's catalog") and "read-only" in result.output
+    assert result.output.startswith(f"error: the local store at {store} refused a write") and "readonly" in result.output
+    assert result.output.count("\n") == 1
 
     def read_only_replace(source, target):
         raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(target))

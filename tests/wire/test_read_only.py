@@ -105,7 +105,7 @@ def test_cli_runs_and_other_read_commands_work_for_a_read_user(seeded, tmp_path)
     runner = CliRunner()
     runs = runner.invoke(main, ["runs", "--store", uri])
     assert runs.exit_code == 0, runs.output
-    assert runs.output.splitlines()[1].split()[:3] == ["r", "2", "2"]
+    assert runs.stdout.splitlines()[1].split()[:3] == ["r", "2", "2"]
     for command in (["checkpoints", "r"], ["scores", "r"], ["best", "r", "val", "dice"], ["du"], ["verify"],
                     ["export", "r", "2", "-o", str(tmp_path / "c.pt")], ["plot", "r", "-o", str(tmp_path / "r.png")]):
         result = runner.invoke(main, [*command, "--store", uri])
