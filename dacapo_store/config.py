@@ -77,8 +77,7 @@ def options_file_candidates() -> list[Path]:
 
 
 def location_from_value(value: str, source: str, db_name: str | None = None) -> StoreLocation:
-    """Interpret a store setting (a MongoDB URI or a directory; a relative directory is taken
-    relative to the current directory, as DaCapo takes its ``runs_base_dir``).
+    """Interpret a store setting (a MongoDB URI or a directory).
 
     Raises:
         ConfigurationError: empty value, or a malformed MongoDB URI (an unescaped password among
@@ -94,8 +93,7 @@ def location_from_value(value: str, source: str, db_name: str | None = None) -> 
             f"store setting from {source} is neither a directory nor a mongodb:// URI: "
             f"{redact_uri(value)!r}"
         )
-    # absolute now, so that a later change of directory does not move the store
-    return StoreLocation("local", os.path.abspath(Path(value).expanduser()), DEFAULT_DB_NAME, source)
+    return StoreLocation("local", str(Path(value).expanduser()), DEFAULT_DB_NAME, source)
 
 
 def _database_in_uri(uri: str, source: str) -> str:

@@ -19,6 +19,7 @@ importing :mod:`dacapo_store` itself never does.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import os
 import sys
@@ -64,7 +65,10 @@ class _Installation:
         return self.stats if self.stats is not None else self._open("stats", config.create_stats_store)
 
     def _open(self, kind: str, opener: Callable[[], Any]) -> Any:
-        key = (kind, config.resolve_store(), os.environ.get(config.PREFIX_ENV))
+        location = config.resolve_store()
+        if location.kind == "local":  # a relative runs_base_dir means another store after a chdir
+            location = dataclasses.replace(location, target=os.path.abspath(location.target))
+        key = (kind, location, os.environ.get(config.PREFIX_ENV))
         with self._lock:
             if key not in self._opened:
                 self._opened[key] = opener()

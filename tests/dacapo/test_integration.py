@@ -110,6 +110,26 @@ def test_without_arguments_the_stores_come_from_dacapo_stores_configuration(daca
     assert not list(dacapo_options.rglob("checkpoints"))
 
 
+def test_a_relative_runs_base_dir_follows_the_current_directory(tmp_path, monkeypatch) -> None:
+    """``runs_base_dir: runs`` means ``./runs`` wherever DaCapo creates its store (DaCapo's own
+    tests change directory per test): a store opened in one directory is not reused in another."""
+    options = tmp_path / "dacapo.yaml"
+    options.write_text("runs_base_dir: runs\n")
+    monkeypatch.setenv("DACAPO_OPTIONS_FILE", str(options))
+    monkeypatch.delenv("DACAPO_STORE_URI", raising=False)
+    integration.install()
+    try:
+        found = {}
+        for name in ("first", "second", "first"):
+            (tmp_path / name).mkdir(exist_ok=True)
+            monkeypatch.chdir(tmp_path / name)
+            store = create_store.create_weights_store().weights
+            assert store.basedir == tmp_path / name / "runs"
+            assert found.setdefault(name, store) is store  # opened once per place
+    finally:
+        integration.uninstall()
+
+
 # ---- DaCapo's training loop on dacapo-store -----------------------------------------------------
 
 

@@ -66,15 +66,6 @@ def test_resolution_order(isolated, monkeypatch) -> None:
     assert resolve_store(Path("~/x")).target == str(isolated / "home" / "x")
 
 
-def test_a_relative_directory_is_made_absolute_at_once(isolated, monkeypatch) -> None:
-    """DaCapo's ``runs_base_dir: tests`` means the directory under the current one when read;
-    a store opened there must not move when the process changes directory later."""
-    monkeypatch.chdir(isolated / "work")
-    write_options(isolated / "work/dacapo.yaml", "runs_base_dir: tests\n")
-    assert resolve_store().target == str(isolated / "work" / "tests")
-    assert resolve_store("relative/store").target == str(isolated / "work" / "relative" / "store")
-
-
 def test_mongo_options_file(isolated) -> None:
     write_options(
         isolated / "work/dacapo.yaml",
