@@ -90,6 +90,17 @@ def run_name_of(run: Any) -> str:
     return check_name(name, "run")
 
 
+def dataset_name_of(dataset: Any) -> str:
+    """Return the checked name of ``dataset`` (a dataset object with ``.name``, as DaCapo
+    passes, or a name).
+
+    Raises:
+        TypeError / ValueError: as :func:`check_name`.
+    """
+    name = dataset if isinstance(dataset, str) else getattr(dataset, "name", dataset)
+    return check_name(name, "dataset")
+
+
 def check_score(value: Any, criterion: str) -> float:
     """Return ``value`` as a float if it is a real number (NaN and +-inf allowed; bool is not).
 

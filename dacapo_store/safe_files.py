@@ -9,6 +9,7 @@ returns a reader bounded by the size the file had when it was opened.
 from __future__ import annotations
 
 import io
+import errno
 import os
 import stat
 from typing import BinaryIO
@@ -89,8 +90,8 @@ class _BoundedFile(io.RawIOBase):
 
     def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
         base = {os.SEEK_SET: 0, os.SEEK_CUR: self._position, os.SEEK_END: self._size}[whence]
-        if base + offset < 0:
-            raise ValueError(f"negative seek position {base + offset}")
+        if base + offset < 0:  # as a real file does (zipfile relies on it for tiny files)
+            raise OSError(errno.EINVAL, f"negative seek position {base + offset}")
         self._position = base + offset
         return self._position
 

@@ -8,7 +8,15 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from .checks import check_iteration, check_name, check_score, check_scores, parameters_key, run_name_of
+from .checks import (
+    check_iteration,
+    check_name,
+    check_score,
+    check_scores,
+    dataset_name_of,
+    parameters_key,
+    run_name_of,
+)
 from .records import TrainingIterationStats, ValidationScore, score_rank
 
 RunLike = Any
@@ -146,8 +154,10 @@ class StatsStore(ABC):
         """
         return self._delete_scores(run_name_of(run), _after(after))
 
-    def best_validation_score(self, run: RunLike, dataset: str, criterion: str) -> ValidationScore:
+    def best_validation_score(self, run: RunLike, dataset: Any, criterion: str) -> ValidationScore:
         """Return the best score of ``run`` on ``(dataset, criterion)`` (one indexed query).
+
+        ``dataset`` is a name or a dataset object with ``.name`` (as DaCapo passes).
 
         NaN never wins; ties go to the earliest iteration.
 
@@ -155,7 +165,7 @@ class StatsStore(ABC):
             NoScoreError: no non-NaN score (a ``ValueError`` and ``LookupError``).
         """
         return self._best_score(
-            run_name_of(run), check_name(dataset, "dataset"), check_name(criterion, "criterion")
+            run_name_of(run), dataset_name_of(dataset), check_name(criterion, "criterion")
         )
 
     @abstractmethod

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .background import BackgroundUploads
-from .checks import check_iteration, check_name, run_name_of
+from .checks import check_iteration, check_name, dataset_name_of, run_name_of
 from .errors import CheckpointNotFoundError, ReservationLostError, CorruptCheckpointError
 from .owner import current_owner, owner_is_dead, upload_ended, upload_started
 from .records import PARTS, CheckpointInfo, PartInfo, Weights
@@ -417,8 +417,10 @@ class WeightsStore(ABC):
         else:
             logger.warning("%s has no optimizer state; optimizer left as is", describe(run.name, iteration))
 
-    def load_best(self, run: RunLike, dataset: str, criterion: str) -> int:
+    def load_best(self, run: RunLike, dataset: Any, criterion: str) -> int:
         """Load the best checkpoint for ``(dataset, criterion)`` into ``run``; return its iteration.
+
+        ``dataset`` is a name or a dataset object with ``.name`` (as DaCapo passes).
 
         Raises:
             NoScoreError, CheckpointNotFoundError, CorruptCheckpointError.
@@ -427,8 +429,10 @@ class WeightsStore(ABC):
         self.load_weights(run, iteration)
         return iteration
 
-    def retrieve_best(self, run: RunLike, dataset: str, criterion: str) -> int:
+    def retrieve_best(self, run: RunLike, dataset: Any, criterion: str) -> int:
         """Return the iteration with the best score of ``run`` on ``(dataset, criterion)``.
+
+        ``dataset`` is a name or a dataset object with ``.name`` (as DaCapo passes).
 
         Best is over all iterations and parameter sets, in the direction stored with each
         score; NaN never wins; ties go to the earliest iteration. One indexed query.
@@ -438,7 +442,7 @@ class WeightsStore(ABC):
             TypeError / ValueError: bad names.
         """
         return self._best_iteration(
-            run_name_of(run), check_name(dataset, "dataset"), check_name(criterion, "criterion")
+            run_name_of(run), dataset_name_of(dataset), check_name(criterion, "criterion")
         )
 
     def latest_iteration(self, run: RunLike) -> int | None:

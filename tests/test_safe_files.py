@@ -64,3 +64,13 @@ def test_a_symbolic_link_to_a_regular_file_is_followed(tmp_path) -> None:
     (tmp_path / "link").symlink_to(target)
     with open_regular_file(tmp_path / "link") as file:
         assert file.read() == b"linked"
+
+
+def test_a_tiny_file_is_told_apart_from_a_zip_archive(tmp_path) -> None:
+    """A seek before the start fails as on a real file (OSError), which zipfile expects."""
+    import zipfile
+
+    path = tmp_path / "tiny"
+    path.write_bytes(b"PK\x03")
+    with open_regular_file(path) as file:
+        assert not zipfile.is_zipfile(file)

@@ -657,6 +657,22 @@ class StoreContract:
         assert (best.iteration, best.value, dict(best.parameters)) == (20, 0.9, {"threshold": 0.3})
         assert weights_store.retrieve_best(run, "d", "f1") == 20
 
+    def test_best_accepts_a_dataset_object(
+        self, weights_store: WeightsStore, stats_store: StatsStore, run: ToyRun
+    ) -> None:
+        """DaCapo passes its dataset objects where a dataset name is expected."""
+
+        class Dataset:
+            name = "validate"
+
+        for iteration, value in [(10, 0.2), (20, 0.7)]:
+            stats_store.store_validation_scores(run, iteration, "validate", {"f1": value}, {"f1": True})
+        assert weights_store.retrieve_best(run, Dataset(), "f1") == 20
+        assert stats_store.best_validation_score(run, Dataset(), "f1").iteration == 20
+        run.train_steps(1)
+        weights_store.store_weights(run, 20)
+        assert weights_store.load_best(run, Dataset(), "f1") == 20
+
     @pytest.mark.parametrize("scores", [[], [math.nan, math.nan]])
     def test_no_usable_score_is_a_value_and_lookup_error(
         self, weights_store: WeightsStore, stats_store: StatsStore, run: ToyRun, scores: list[float]

@@ -1,0 +1,1 @@
+"""Stand-in package (see fibsem_tools/__init__.py)."""
