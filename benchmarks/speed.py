@@ -321,12 +321,42 @@ def inference(trained: TrainedModel, label: str, rounds: int, cold: bool) -> lis
     return rows
 
 
+def _bare_copy(run: SimpleNamespace) -> Callable[[], None]:
+    """The floor of a snapshot: copy every tensor of the run's model and optimizer state into
+    buffers allocated once (as a background store reuses its last snapshot's memory)."""
+    tensors = [
+        tensor
+        for state in (run.model.state_dict(), run.optimizer.state_dict())
+        for tensor in _tensors(state)
+    ]
+    buffers = [torch.empty_like(tensor) for tensor in tensors]
+
+    def copy() -> None:
+        for buffer, tensor in zip(buffers, tensors):
+            buffer.copy_(tensor)
+
+    return copy
+
+
+def _tensors(value: Any) -> Iterator[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _tensors(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _tensors(item)
+
+
 def checkpoint_stall(trained: TrainedModel, label: str, rounds: int) -> list[Row]:
     """Figure 5: how long a checkpoint stops the training loop: ``store_weights(...,
     background=True)`` (snapshot, then upload on a thread) against ``store_weights``, on the
-    local store and on mongomock. Before each run the previous background upload is waited
-    for, untimed."""
+    local store and on mongomock, and against the floor of any snapshot: a bare copy of every
+    tensor into buffers allocated before. Before each run the previous background upload is
+    waited for, untimed."""
     run, counter, rows = _run(trained), itertools.count(1), []
+    copy = _bare_copy(run)
     with _local_store() as (local, _):
         for name, store in (("local", local), ("mongomock", MongoWeightsStore(mongomock_client()))):
             def settle(store: Any = store) -> None:
@@ -337,10 +367,13 @@ def checkpoint_stall(trained: TrainedModel, label: str, rounds: int) -> list[Row
             samples = interleaved({
                 "background": Contender(lambda: store.store_weights(run, next(counter), background=True), settle),
                 "synchronous": Contender(lambda: store.store_weights(run, next(counter)), settle),
+                "copy": Contender(copy, settle),
             }, rounds)
             store.flush()
             rows.append(fraction_row("5 checkpoint stall", f"{name}, {label}", samples, "background", "synchronous",
                                      "store_weights (synchronous)", 0.25))
+            rows.append(fraction_row("5 checkpoint stall", f"{name}, {label}", samples, "background", "copy",
+                                     "copy of every tensor (the floor)", 1.25))
     return rows
 
 
