@@ -227,6 +227,8 @@ class WeightsStore(ABC):
         self.stale_after = stale_after
         self._failed_drops: list[Reservation] = []
         self._failed_drops_lock = threading.Lock()
+        self._background = BackgroundUploads()
+        """The uploads of ``store_weights(background=True)``: at most one in flight."""
 
     # ---- DaCapo API -------------------------------------------------------------------------
 
@@ -282,17 +284,7 @@ class WeightsStore(ABC):
         Raises:
             the upload's error, if it failed (once; the checkpoint was not stored).
         """
-        uploads = self.__dict__.get("_background_uploads")
-        if uploads is not None:
-            uploads.flush()
-
-    @property
-    def _background(self) -> BackgroundUploads:
-        """This store's :class:`~dacapo_store.background.BackgroundUploads` (made on first use)."""
-        uploads = self.__dict__.get("_background_uploads")
-        if uploads is None:  # two threads racing here keep the same one
-            uploads = self.__dict__.setdefault("_background_uploads", BackgroundUploads())
-        return uploads
+        self._background.flush()
 
     def put_weights(
         self, run: RunLike, iteration: int, weights: Weights, overwrite: bool = False
