@@ -223,10 +223,11 @@ class MongoWeightsStore(WeightsStore):
                 continue
             if not _claim_of(existing).abandoned(now - self.stale_after):
                 raise CheckpointExistsError(f"{describe(run, iteration)} is being stored by another writer")
-            logger.warning("taking over the abandoned upload of %s", describe(run, iteration))
-            self.checkpoints.delete_one(
+            dropped = self.checkpoints.delete_one(
                 {"_id": existing["_id"], "token": existing["token"], "state": "pending"}
             )
+            if dropped.deleted_count:  # else it was committed or taken over meanwhile: look again
+                logger.warning("taking over the abandoned upload of %s", describe(run, iteration))
         raise CheckpointExistsError(f"{describe(run, iteration)} is being stored by another writer")
 
     def _claim_replacement(self, existing: Mapping[str, Any], claim: dict[str, Any], now: float) -> bool:
@@ -242,7 +243,6 @@ class MongoWeightsStore(WeightsStore):
         if held is not None:
             if not _claim_of(existing).abandoned(now - self.stale_after):
                 raise CheckpointExistsError(f"{where} is being replaced by another writer")
-            logger.warning("taking over the abandoned replacement of %s", where)
         result = self.checkpoints.update_one(
             {
                 "_id": existing["_id"],
@@ -252,6 +252,8 @@ class MongoWeightsStore(WeightsStore):
             },
             {"$set": {"replacement": claim}},
         )
+        if held is not None and result.matched_count == 1:
+            logger.warning("taking over the abandoned replacement of %s", where)
         return result.matched_count == 1
 
     def _heartbeat(self, reservation: Reservation) -> None:
