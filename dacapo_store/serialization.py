@@ -1,14 +1,17 @@
 """Serializing state dicts into a backend's payload storage, and loading them back verified.
 
-A part is written with ``torch.save`` through a :class:`HashingWriter`, which counts the bytes
-and hashes them (XXH3-128, see :mod:`dacapo_store.digests`) while it hands them on to the
-backend's sink: the serialized checkpoint is streamed, never held in memory as a whole.
+A part is written as a flat payload (:mod:`~dacapo_store.flat_format`: a JSON description and
+the tensors' bytes, no pickle) when its state dict is plain, else with ``torch.save``; either
+way through a :class:`HashingWriter`, which counts the bytes and hashes them (XXH3-128, see
+:mod:`dacapo_store.digests`) while it hands them on to the backend's sink: the serialized
+checkpoint is streamed, never held in memory as a whole.
 
 A part is read back into private memory (:func:`private_memory`), hashed as it arrives, and
-parsed by torch only once its size and digest match what the catalog recorded; the tensors are
-built in that memory (:func:`load_state_from_memory`), so every byte is copied once and torch
-parses exactly what was verified. Loads are weights only (``torch.load(weights_only=True)``'s
-unpickler): anything but a plain state dict is refused, so no pickled code runs.
+parsed only once its size and digest match what the catalog recorded; the tensors are built in
+that memory (:func:`load_state_from_memory`), so every byte is copied once and what is parsed
+is exactly what was verified. Loads are weights only: a flat payload holds nothing but data,
+and a ``torch.save`` archive is read with ``torch.load(weights_only=True)``'s unpickler, which
+refuses anything but a plain state dict, so no pickled code runs.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from typing import Any, BinaryIO, Callable
 import torch
 from torch.serialization import default_restore_location
 
+from . import flat_format
 from .digests import DEFAULT_ALGORITHM, algorithm_of, format_digest, new_hash
 from .errors import CorruptCheckpointError
 from .records import PartInfo
@@ -138,6 +142,36 @@ def _save(state: Any, writer: BinaryIO) -> None:
     archive.write_end_of_file()
 
 
+PAYLOAD_FORMAT_VARIABLE = "DACAPO_STORE_PAYLOAD_FORMAT"
+PAYLOAD_FORMATS = ("flat", "torch")
+
+
+def payload_format() -> str:
+    """The payload format new checkpoints are written in: ``$DACAPO_STORE_PAYLOAD_FORMAT``,
+    ``"flat"`` (the default: flat payloads for plain state dicts, which dacapo-store 0.4 and
+    later read) or ``"torch"`` (``torch.save`` archives only, which every version reads).
+
+    Raises:
+        ValueError: the variable holds another value.
+    """
+    chosen = os.environ.get(PAYLOAD_FORMAT_VARIABLE, "").strip().lower() or "flat"
+    if chosen not in PAYLOAD_FORMATS:
+        raise ValueError(
+            f"${PAYLOAD_FORMAT_VARIABLE} is {chosen!r}: it must be one of {', '.join(PAYLOAD_FORMATS)}"
+        )
+    return chosen
+
+
+def _flat_plan(state: Any) -> flat_format.FlatPayload | None:
+    """``state`` planned as a flat payload, or ``None`` (not plain enough, or not chosen)."""
+    if payload_format() != "flat":
+        return None
+    try:
+        return flat_format.plan(state)
+    except flat_format.NotFlat:
+        return None
+
+
 def serialize_state(
     state: Any,
     sink: Callable[[memoryview], object],
@@ -146,7 +180,10 @@ def serialize_state(
     heartbeat_every: float = DEFAULT_HEARTBEAT_SECONDS,
     slice_bytes: int | None = None,
 ) -> PartInfo:
-    """Stream ``torch.save(state)`` into ``sink`` and return the part's size and digest.
+    """Stream ``state`` into ``sink`` as a payload and return the part's size and digest.
+
+    The payload is a flat payload (:mod:`~dacapo_store.flat_format`) where ``state`` is plain
+    enough and :func:`payload_format` allows it, else a ``torch.save`` archive.
 
     ``sink`` is called with each piece of the payload in order (at most ``slice_bytes`` each,
     if given: see :class:`HashingWriter`); a piece is only valid during the call.
@@ -154,10 +191,14 @@ def serialize_state(
     Raises:
         the first exception of ``sink`` or ``heartbeat`` (not torch's follow-up error).
     """
+    flat = _flat_plan(state)
     writer = HashingWriter(sink, heartbeat, heartbeat_every, slice_bytes)
     gathering = io.BufferedWriter(writer, buffer_size=GATHER_BYTES)
     try:
-        _save(state, gathering)
+        if flat is not None:
+            flat.write(gathering.write)
+        else:
+            _save(state, gathering)
         gathering.flush()
     except BaseException:
         if writer.error is not None:
@@ -220,22 +261,63 @@ def load_state(source: Any, map_location: Any, describe: str, mmap: bool = False
             unavailable ``map_location`` device, out of memory): the checkpoint is not blamed.
         OSError: reading ``source`` failed.
     """
-    _check_head(_read_head(source, len(ZIP_MAGIC)), describe)
+    head = _read_head(source, len(flat_format.MAGIC))
+    _check_head(head, describe)
+    if flat_format.is_flat(head):
+        return load_state_from_memory(_flat_memory(source, mmap), map_location, describe)
     placement = _Placement(map_location)
     with _blaming_the_payload(placement, describe):
         return torch.load(source, map_location=placement.map_location, weights_only=True, mmap=mmap)
 
 
-def _check_head(head: bytes, describe: str) -> None:
-    """Refuse a payload whose first bytes are not a zip archive's, before torch reads it.
+def _flat_memory(source: Any, mmap: bool) -> Any:
+    """The bytes of the flat payload ``source`` as writable memory of this process: the file
+    mapped copy-on-write (``mmap`` and a path), else read into private memory."""
+    if isinstance(source, (str, os.PathLike)):
+        with open(source, "rb") as file:
+            size = os.fstat(file.fileno()).st_size
+            if mmap:
+                return mmap_module.mmap(file.fileno(), size, access=mmap_module.ACCESS_COPY)
+            return _read_into_private_memory(file, size)
+    start = source.tell()
+    size = source.seek(0, os.SEEK_END) - start
+    source.seek(start)
+    return _read_into_private_memory(source, size)
+
+
+def _read_into_private_memory(file: BinaryIO, size: int) -> Any:
+    """The next ``size`` bytes of ``file`` in :func:`private_memory`.
 
     Raises:
-        CorruptCheckpointError: ``head`` is not :data:`ZIP_MAGIC`.
+        OSError: the file ends before ``size`` bytes.
     """
-    if head != ZIP_MAGIC:
+    memory = private_memory(size)
+    view = memoryview(memory)
+    try:
+        done = 0
+        while done < size:
+            count = file.readinto(view[done:])
+            if not count:
+                raise OSError(f"the payload file ended after {done} of {size} bytes")
+            done += count
+    finally:
+        view.release()
+    return memory
+
+
+def _check_head(head: bytes, describe: str) -> None:
+    """Refuse a payload whose first bytes are neither a zip archive's nor a flat payload's,
+    before anything parses it.
+
+    Raises:
+        CorruptCheckpointError: ``head`` starts with neither :data:`ZIP_MAGIC` nor
+            :data:`~dacapo_store.flat_format.MAGIC`.
+    """
+    if not (head.startswith(ZIP_MAGIC) or flat_format.is_flat(head)):
         raise CorruptCheckpointError(
-            f"{describe}: refused to load the payload, it is not a torch archive "
-            f"(it starts with {head!r}, torch.save writes {ZIP_MAGIC!r})"
+            f"{describe}: refused to load the payload, it is neither a torch archive nor a flat "
+            f"payload (it starts with {head!r}; torch.save writes {ZIP_MAGIC!r}, dacapo-store "
+            f"{flat_format.MAGIC!r})"
         )
 
 
@@ -324,17 +406,20 @@ def load_state_from_memory(memory: Any, map_location: Any, describe: str) -> Any
     """Load a payload held in writable memory (an ``mmap`` or ``bytearray`` the caller gives up),
     weights only, as ``torch.load`` would load it from a file.
 
-    Tensors loaded to the CPU are views of ``memory`` where this torch allows it
-    (:data:`LOADS_IN_PLACE`): nothing is copied, and ``memory`` lives as long as any of them.
-    Otherwise torch copies each tensor out of it.
+    Tensors loaded to the CPU are views of ``memory`` (for a ``torch.save`` archive, where this
+    torch allows it: :data:`LOADS_IN_PLACE`, else torch copies each tensor out of it): nothing is
+    copied, and ``memory`` lives as long as any of them.
 
     Raises:
         as :func:`load_state`.
     """
     view = memoryview(memory).cast("B")
-    _check_head(bytes(view[: len(ZIP_MAGIC)]), describe)
+    head = bytes(view[: len(flat_format.MAGIC)])
+    _check_head(head, describe)
     placement = _Placement(map_location)
     with _blaming_the_payload(placement, describe):
+        if flat_format.is_flat(head):
+            return flat_format.load(memory, None if placement.is_meta else placement.map_location)
         if not LOADS_IN_PLACE:
             return torch.load(_MemoryFile(view), map_location=placement.map_location, weights_only=True)
         storage = torch.frombuffer(memory, dtype=torch.uint8).untyped_storage()
@@ -402,10 +487,10 @@ class _Placement:
     def __init__(self, map_location: Any) -> None:
         self.failed = False
         self._map_location = map_location
-        is_meta = (isinstance(map_location, str) and map_location == "meta") or (
+        self.is_meta = (isinstance(map_location, str) and map_location == "meta") or (
             isinstance(map_location, torch.device) and map_location.type == "meta"
         )
-        self.map_location = map_location if is_meta else self._restore
+        self.map_location = map_location if self.is_meta else self._restore
 
     def _restore(self, storage: Any, location: str) -> Any:
         try:
@@ -417,6 +502,8 @@ class _Placement:
     def _place(self, storage: Any, location: str) -> Any:
         """``torch.load``'s placement for each kind of ``map_location``."""
         map_location = self._map_location
+        if location == "cpu" and (map_location is None or map_location == "cpu"):
+            return storage  # what default_restore_location does, without its lookups
         if map_location is None:
             return default_restore_location(storage, location)
         if isinstance(map_location, dict):

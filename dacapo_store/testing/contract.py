@@ -610,6 +610,7 @@ class StoreContract:
         def planting_save(state: Any, file: Any) -> None:  # the catalog records its true digest
             file.write(payload)
 
+        monkeypatch.setenv(serialization.PAYLOAD_FORMAT_VARIABLE, "torch")  # written by _save, then
         monkeypatch.setattr(serialization, "_save", planting_save)  # how a payload is written
         weights_store.put_weights(run.name, 6, Weights(run.model.state_dict(), None))
         monkeypatch.undo()

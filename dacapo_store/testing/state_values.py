@@ -17,9 +17,11 @@ import decimal
 import enum
 import fractions
 import io
+import json
 import math
 import pathlib
 import pickle
+import struct
 import uuid
 import zipfile
 from typing import Any, Callable
@@ -27,6 +29,8 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 import torch
+
+from ..flat_format import ALIGNMENT, MAGIC
 
 
 class _Colour(enum.Enum):
@@ -265,6 +269,24 @@ def _legacy_torch_file() -> bytes:
     return buffer.getvalue()
 
 
+def flat_payload(header: Any, data: bytes = b"") -> bytes:
+    """A flat payload (see ``dacapo_store.flat_format``) of the JSON ``header`` and ``data``."""
+    encoded = json.dumps(header).encode()
+    prefix = struct.pack("<8sQ", MAGIC, len(encoded)) + encoded
+    return prefix + bytes(-len(prefix) % ALIGNMENT) + data
+
+
+def flat_header(**changes: Any) -> dict[str, Any]:
+    """The header of a flat payload of one float32 tensor ``w`` of 4 elements, with ``changes``."""
+    header = {
+        "version": 1,
+        "storages": [[0, 16, "cpu"]],
+        "tensors": [[0, "float32", [4], [1], 0, False, False]],
+        "root": {"d": ["w", {"t": 0}]},
+    }
+    return {**header, **changes}
+
+
 FOREIGN_PAYLOADS = [
     pytest.param(lambda: b"", id="empty"),
     pytest.param(lambda: b"\x00garbage" * 100, id="garbage"),
@@ -276,6 +298,16 @@ FOREIGN_PAYLOADS = [
     pytest.param(lambda: torch_archive(version=None), id="archive without version"),
     pytest.param(lambda: torch_archive(byteorder=b"middle"), id="archive with bad byteorder"),
     pytest.param(lambda: torch_archive(**{"0": b"short"}), id="archive with short tensor data"),
+    pytest.param(lambda: flat_payload(flat_header())[:-4], id="flat payload cut in its header"),
+    pytest.param(lambda: flat_payload(flat_header(root={"x": 1}), bytes(16)), id="flat payload with an unknown tag"),
+    pytest.param(
+        lambda: flat_payload(flat_header(storages=[[0, 64, "cpu"]]), bytes(16)), id="flat payload with a short storage"
+    ),
+    pytest.param(
+        lambda: flat_payload(flat_header(tensors=[[0, "float32", [5], [1], 0, False, False]]), bytes(16)),
+        id="flat payload with a tensor past its storage",
+    ),
 ]
-"""Payloads that are not what ``torch.save`` writes for a state dict: a store that finds one
+"""Payloads that are neither what ``torch.save`` writes for a state dict nor a valid flat payload:
+a store that finds one
 (planted with a matching digest) must report it as corrupt, and ``import`` must refuse it."""

@@ -113,9 +113,14 @@ def make_backend(kind: str, tmp_path: Path) -> Iterator[Backend]:
 
 
 def make_weights(tag: float, size: int = 600) -> Weights:
-    """Small model and optimizer state whose every value encodes ``tag`` (about 5 KB serialized)."""
+    """Small model and optimizer state whose every value encodes ``tag`` (each part a few KB
+    serialized: several chunks of :data:`SMALL_CHUNK_BYTES`)."""
     model = {"layer.weight": torch.full((size,), float(tag)), "layer.bias": torch.full((3,), float(tag))}
-    optimizer = {"state": {0: {"step": torch.tensor(float(tag))}}, "param_groups": [{"lr": 0.1, "params": [0]}]}
+    moment = torch.full((size,), float(tag))
+    optimizer = {
+        "state": {0: {"step": torch.tensor(float(tag)), "exp_avg": moment}},
+        "param_groups": [{"lr": 0.1, "params": [0]}],
+    }
     return Weights(model, optimizer)
 
 
@@ -125,6 +130,7 @@ def tag_of(weights: Weights) -> float:
     tag = float(values[0])
     assert torch.all(values == tag), "a checkpoint mixes tensors of different writers"
     assert float(weights.optimizer["state"][0]["step"]) == tag
+    assert torch.all(weights.optimizer["state"][0]["exp_avg"] == tag)
     return tag
 
 
