@@ -9,6 +9,7 @@ import collections
 import io
 import math
 import struct
+import time
 from typing import Any
 
 import pytest
@@ -198,6 +199,11 @@ def test_a_store_reads_torch_save_and_flat_checkpoints_side_by_side(backend: str
         loaded = store.retrieve_weights("run", iteration)
         assert_loaded_equal(loaded.model, torch_round_trip(weights.model))
         assert_loaded_equal(loaded.optimizer, torch_round_trip(weights.optimizer))
+    monkeypatch.setenv(PAYLOAD_FORMAT_VARIABLE, "fast")
+    with pytest.raises(ValueError, match="DACAPO_STORE_PAYLOAD_FORMAT"):
+        store.put_weights("run", 3, weights)
+    assert [info.iteration for info in store.list_checkpoints("run")] == [1, 2]
+    assert store.collect_garbage(older_than=store.stale_after, now=time.time() + store.stale_after + 1, dry_run=True).items == ()
 
 
 def test_map_location_applies_to_flat_payloads() -> None:
