@@ -322,8 +322,9 @@ def inference(trained: TrainedModel, label: str, rounds: int, cold: bool) -> lis
 
 
 def _bare_copy(run: SimpleNamespace) -> Callable[[], None]:
-    """The floor of a snapshot: copy every tensor of the run's model and optimizer state into
-    buffers allocated once (as a background store reuses its last snapshot's memory)."""
+    """What a snapshot costs at least on one thread: copy every tensor of the run's model and
+    optimizer state into buffers allocated once (as a background store reuses its last
+    snapshot's memory), one after the other."""
     tensors = [
         tensor
         for state in (run.model.state_dict(), run.optimizer.state_dict())
@@ -352,9 +353,9 @@ def _tensors(value: Any) -> Iterator[torch.Tensor]:
 def checkpoint_stall(trained: TrainedModel, label: str, rounds: int) -> list[Row]:
     """Figure 5: how long a checkpoint stops the training loop: ``store_weights(...,
     background=True)`` (snapshot, then upload on a thread) against ``store_weights``, on the
-    local store and on mongomock, and against the floor of any snapshot: a bare copy of every
-    tensor into buffers allocated before. Before each run the previous background upload is
-    waited for, untimed."""
+    local store and on mongomock, and against a bare copy of every tensor into buffers allocated
+    before, on one thread (the snapshot copies on up to 4). Before each run the previous
+    background upload is waited for, untimed."""
     run, counter, rows = _run(trained), itertools.count(1), []
     copy = _bare_copy(run)
     with _local_store() as (local, _):
@@ -373,7 +374,7 @@ def checkpoint_stall(trained: TrainedModel, label: str, rounds: int) -> list[Row
             rows.append(fraction_row("5 checkpoint stall", f"{name}, {label}", samples, "background", "synchronous",
                                      "store_weights (synchronous)", 0.25))
             rows.append(fraction_row("5 checkpoint stall", f"{name}, {label}", samples, "background", "copy",
-                                     "copy of every tensor (the floor)", 1.25))
+                                     "one-thread copy of every tensor", 1.25))
     return rows
 
 

@@ -22,7 +22,7 @@ import os
 import threading
 import weakref
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,6 +69,8 @@ class _Copier:
         self._spare = spare
         self._copies: dict[tuple[str, int], torch.UntypedStorage] = {}
         self.buffers: list[tuple[BufferKind, torch.Tensor]] = []
+        self.host_copies: list[tuple[torch.Tensor, torch.Tensor]] = []
+        """Copies between host buffers still to make: ``(target, source)``, uint8 of one size."""
         self.from_cuda = False
 
     def tensor(self, tensor: torch.Tensor) -> torch.Tensor:
@@ -85,7 +87,11 @@ class _Copier:
             pinned = kind[1]
             spare = self._spare.get(kind)
             host = spare.pop() if spare else host_buffer(*kind)
-            host.copy_(torch.empty(0, dtype=torch.uint8, device=storage.device).set_(storage), non_blocking=pinned)
+            source = torch.empty(0, dtype=torch.uint8, device=storage.device).set_(storage)
+            if pinned:
+                host.copy_(source, non_blocking=True)  # asynchronous, on the current stream
+            else:
+                self.host_copies.append((host, source))
             self.buffers.append((kind, host))
             self.from_cuda |= pinned
             copy = self._copies[key] = host.untyped_storage()
@@ -111,11 +117,76 @@ def snapshot_state(weights: Weights, spare: Spare | None = None) -> Snapshot:
     """
     copier = _Copier(spare if spare is not None else {})
     copied = Weights(copier.state(weights.model), copier.state(weights.optimizer))
+    copy_in_parallel(copier.host_copies)
     if not copier.from_cuda:
         return Snapshot(copied, lambda: None, copier.buffers)
     done = torch.cuda.Event()
     done.record()
     return Snapshot(copied, done.synchronize, copier.buffers)
+
+
+PARALLEL_COPY_BYTES = 16 * 1024 * 1024
+"""Host copies smaller than this in total run on the calling thread alone."""
+COPY_SLICE_BYTES = 4 * 1024 * 1024
+"""A large storage is copied in slices of this size, so that every thread gets a fair share."""
+_copy_pool: tuple[int, ThreadPoolExecutor] | None = None
+"""The process id that made the pool of copy threads, and the pool (a forked child makes its own)."""
+_copy_pool_lock = threading.Lock()
+
+
+MAX_COPY_THREADS = 4
+"""Beyond this many threads, memory bandwidth rather than CPU limits a copy."""
+
+
+def copy_threads() -> int:
+    """How many threads copy a snapshot in host memory: the CPUs this process may run on, at
+    most :data:`MAX_COPY_THREADS`."""
+    available = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
+    return max(1, min(MAX_COPY_THREADS, len(available)))
+
+
+def copy_in_parallel(copies: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """Make every ``target.copy_(source)`` of ``copies`` (uint8 tensors in host memory), split
+    over :func:`copy_threads` threads, the caller's included: training waits for the snapshot
+    anyway, and one core copies at well below the memory's bandwidth (here 1.6x faster on two).
+    torch releases the GIL while it copies."""
+    total = sum(target.numel() for target, _ in copies)
+    threads = copy_threads()
+    if threads == 1 or total < PARALLEL_COPY_BYTES:
+        for target, source in copies:
+            target.copy_(source)
+        return
+    slices = [
+        (target[start : start + COPY_SLICE_BYTES], source[start : start + COPY_SLICE_BYTES])
+        for target, source in copies
+        for start in range(0, target.numel(), COPY_SLICE_BYTES)
+    ]
+    shares: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in range(threads)]
+    share_bytes = -(-total // threads)
+    done = 0
+    for target, source in slices:
+        shares[min(threads - 1, done // share_bytes)].append((target, source))
+        done += target.numel()
+    pool = _copy_threads_pool()
+    helpers = [pool.submit(_copy_all, share) for share in shares[1:]]
+    _copy_all(shares[0])
+    for helper in helpers:
+        helper.result()
+
+
+def _copy_all(copies: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    for target, source in copies:
+        target.copy_(source)
+
+
+def _copy_threads_pool() -> ThreadPoolExecutor:
+    """This process's pool of snapshot copy threads (made on first use, and anew in a forked
+    child, where the parent's threads do not exist)."""
+    global _copy_pool
+    with _copy_pool_lock:
+        if _copy_pool is None or _copy_pool[0] != os.getpid():
+            _copy_pool = (os.getpid(), ThreadPoolExecutor(MAX_COPY_THREADS - 1, thread_name_prefix="dacapo-store-copy"))
+        return _copy_pool[1]
 
 
 def spare_buffers(buffers: list[tuple[BufferKind, torch.Tensor]]) -> Spare:

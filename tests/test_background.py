@@ -155,3 +155,40 @@ def test_a_forked_child_does_not_wait_for_its_parents_upload(tmp_path) -> None:
     store.flush()
     assert os.waitstatus_to_exitcode(status) == 0
     assert store.latest_iteration("r") == 1
+
+
+def test_a_large_snapshot_is_copied_exactly_by_several_threads(monkeypatch) -> None:
+    monkeypatch.setattr(background, "copy_threads", lambda: 3)
+    monkeypatch.setattr(background, "COPY_SLICE_BYTES", 1000)
+    monkeypatch.setattr(background, "PARALLEL_COPY_BYTES", 0)
+    shares: list[tuple[str, int]] = []  # (thread, bytes) of each share of the copy
+    real = background._copy_all
+
+    def recording(copies):
+        shares.append((threading.current_thread().name, sum(target.numel() for target, _ in copies)))
+        real(copies)
+
+    monkeypatch.setattr(background, "_copy_all", recording)
+    base = torch.arange(10_000.0)
+    model = {"big": base, "odd": torch.arange(777, dtype=torch.int16), "view": base[3:9]}
+    snapshot = snapshot_state(Weights(model, {"state": {0: {"m": torch.full((2_500,), 7.0)}}}))
+    assert_state_equal(snapshot.weights.model, model)
+    assert torch.equal(snapshot.weights.optimizer["state"][0]["m"], torch.full((2_500,), 7.0))
+    assert len(shares) == 3 and [name for name, _ in shares].count(threading.current_thread().name) == 1
+    total = sum(size for _, size in shares)
+    assert total == 40_000 + 777 * 2 + 10_000 and all(size <= total // 3 + 1000 for _, size in shares)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_copies_with_threads_of_its_own(monkeypatch) -> None:
+    """The parent's copy threads do not exist in a forked child (a DataLoader worker, say)."""
+    monkeypatch.setattr(background, "copy_threads", lambda: 2)
+    monkeypatch.setattr(background, "PARALLEL_COPY_BYTES", 0)
+    snapshot_state(Weights({"w": torch.ones(1000)}, None))  # the parent's pool exists now
+    context = multiprocessing.get_context("fork")
+    with context.Pool(1) as pool:
+        assert pool.apply(_snapshot_sum, (torch.arange(5000.0),)) == float(torch.arange(5000.0).sum())
+
+
+def _snapshot_sum(tensor: torch.Tensor) -> float:
+    return float(snapshot_state(Weights({"w": tensor}, None)).weights.model["w"].sum())
