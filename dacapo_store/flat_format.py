@@ -136,7 +136,7 @@ class _Planner:
         self.storages: list[torch.UntypedStorage] = []
         self.storage_records: list[list[Any]] = []
         self.tensors: list[list[Any]] = []
-        self._storage_index: dict[tuple[str, int], int] = {}
+        self._storage_index: dict[tuple[Any, ...], int] = {}
         self._tensor_index: dict[int, int] = {}
         self._containers: set[int] = set()
         self._data_size = 0
@@ -212,7 +212,9 @@ class _Planner:
         device = storage.device
         if device.type != "cpu" and device.type != "cuda":
             raise NotFlat(f"a tensor on {device}")
-        key = (device.type != "cpu" and str(device), storage.data_ptr()) if size else ("empty", len(self.storages))
+        # One record per memory region: storages over the same bytes (views of one tensor, tied
+        # weights) share it; two that start alike but differ in size (slices) are kept apart.
+        key = (device.type != "cpu" and str(device), storage.data_ptr(), size) if size else ("empty", len(self.storages))
         index = self._storage_index.get(key)
         if index is None:
             index = self._storage_index[key] = len(self.storages)

@@ -143,6 +143,14 @@ def test_views_of_one_storage_as_different_types_share_it_again() -> None:
     assert loaded["float"].tolist() == [0.0, 1.0, 1.0] and loaded["bits"].dtype == torch.int32
 
 
+def test_storages_that_start_alike_but_differ_in_size_are_both_kept() -> None:
+    whole = torch.arange(8.0).untyped_storage()
+    short = torch.empty(0).set_(whole[:8], 0, (2,), (1,))
+    long = torch.empty(0).set_(whole[:32], 0, (8,), (1,))
+    loaded = load(payload_of({"short": short, "long": long}))
+    assert loaded["short"].tolist() == [0.0, 1.0] and loaded["long"].tolist() == [float(i) for i in range(8)]
+
+
 def test_one_tensor_object_twice_loads_as_one_object() -> None:
     tensor = torch.ones(2)
     loaded = load(payload_of({"a": tensor, "b": [tensor]}))
