@@ -101,7 +101,10 @@ class _Copier:
         if isinstance(value, torch.Tensor):
             return self.tensor(value)
         if isinstance(value, dict):
-            return type(value)((key, self.state(item)) for key, item in value.items())
+            copied = type(value)((key, self.state(item)) for key, item in value.items())
+            if hasattr(value, "__dict__"):  # an OrderedDict's _metadata (load_state_dict reads it)
+                copied.__dict__.update(vars(value))
+            return copied
         if isinstance(value, (list, tuple)) and type(value) in (list, tuple):
             return type(value)(self.state(item) for item in value)
         return value  # numbers, strings, None: immutable
@@ -167,11 +170,19 @@ def copy_in_parallel(copies: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
     for target, source in slices:
         shares[min(threads - 1, done // share_bytes)].append((target, source))
         done += target.numel()
-    pool = _copy_threads_pool()
-    helpers = [pool.submit(_copy_all, share) for share in shares[1:]]
-    _copy_all(shares[0])
-    for helper in helpers:
-        helper.result()
+    helpers: list[Future] = []
+    mine = shares[0]
+    try:
+        pool = _copy_threads_pool()
+        for share in shares[1:]:
+            helpers.append(pool.submit(_copy_all, share))
+    except RuntimeError:  # no new threads once the interpreter shuts down (an atexit handler)
+        mine = shares[0] + [copy for share in shares[1 + len(helpers) :] for copy in share]
+    try:
+        _copy_all(mine)
+    finally:  # even if this thread's share failed: no helper may still write when this returns
+        for helper in helpers:
+            helper.result()
 
 
 def _copy_all(copies: list[tuple[torch.Tensor, torch.Tensor]]) -> None:

@@ -36,13 +36,17 @@ import collections
 import ctypes
 import gc
 import json
+import os
+import re
 import struct
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import numpy
 import torch
 
 MAGIC = b"\x93DCSFLAT"
@@ -51,6 +55,9 @@ VERSION = 1
 ALIGNMENT = 64
 """Storages start at multiples of this many bytes (as in ``torch.save``'s archives)."""
 _PREFIX = struct.Struct("<8sQ")
+MAX_INT_BITS = 1024
+"""Larger integers are left to ``torch.save``: Python refuses to parse integers of over 4,300
+digits from text by default."""
 MAX_DEPTH = 100
 """Containers nested deeper than this are left to ``torch.save`` (see ``state_checks``)."""
 
@@ -79,6 +86,19 @@ def _padding(offset: int) -> int:
 _gc_pausers = 0
 _gc_lock = threading.Lock()
 _gc_was_enabled = False
+
+
+def _reset_gc_pause_in_child() -> None:
+    """In a child forked while a thread of the parent paused the collector: no thread of the
+    child pauses it (only the forking thread exists there), so enable it again if it was."""
+    global _gc_pausers, _gc_lock
+    if _gc_pausers and _gc_was_enabled:
+        gc.enable()
+    _gc_pausers, _gc_lock = 0, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_gc_pause_in_child)
 
 
 @contextmanager
@@ -136,14 +156,18 @@ class _Planner:
         self.storages: list[torch.UntypedStorage] = []
         self.storage_records: list[list[Any]] = []
         self.tensors: list[list[Any]] = []
-        self._storage_index: dict[tuple[Any, ...], int] = {}
+        self._storage_index: dict[int, int] = {}
         self._tensor_index: dict[int, int] = {}
         self._containers: set[int] = set()
         self._data_size = 0
 
     def value(self, value: Any, depth: int) -> Any:
         kind = type(value)
-        if kind is str or kind is int or kind is float or kind is bool or value is None:
+        if kind is str or kind is float or kind is bool or value is None:
+            return value
+        if kind is int:
+            if value.bit_length() > MAX_INT_BITS:
+                raise NotFlat(f"an integer of more than {MAX_INT_BITS} bits")
             return value
         if kind in _TENSOR_TYPES:
             return {"t": self.tensor(value)}
@@ -212,9 +236,10 @@ class _Planner:
         device = storage.device
         if device.type != "cpu" and device.type != "cuda":
             raise NotFlat(f"a tensor on {device}")
-        # One record per memory region: storages over the same bytes (views of one tensor, tied
-        # weights) share it; two that start alike but differ in size (slices) are kept apart.
-        key = (device.type != "cpu" and str(device), storage.data_ptr(), size) if size else ("empty", len(self.storages))
+        # One record per storage object, as torch.save keys them (views of one tensor and tied
+        # weights share one; two storage objects over the same bytes get one each). The planner
+        # holds every storage it met, so no key is reused while it plans.
+        key = storage._cdata
         index = self._storage_index.get(key)
         if index is None:
             index = self._storage_index[key] = len(self.storages)
@@ -244,13 +269,40 @@ def is_flat(head: bytes) -> bool:
     return head[: len(MAGIC)] == MAGIC
 
 
+MAX_HEADER_DEPTH = 2 * MAX_DEPTH + 8
+"""The deepest bracket nesting a header of :func:`plan` can have (two levels per container)."""
+SAFE_RECURSION_LIMIT = 5000
+"""Up to this recursion limit, a too deeply nested header makes JSON's parser (which recurses
+in C) raise RecursionError; above it, the parser could overflow the C stack first, so the
+header's depth is measured before it is parsed."""
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+
+
+def _check_depth(header: bytes) -> None:
+    """Refuse a header nested deeper than :data:`MAX_HEADER_DEPTH`, without parsing it.
+
+    Raises:
+        ValueError: too deep.
+    """
+    skeleton = numpy.frombuffer(_JSON_STRING.sub(b'""', header), dtype=numpy.uint8)
+    opening = (skeleton == ord("[")) | (skeleton == ord("{"))
+    closing = (skeleton == ord("]")) | (skeleton == ord("}"))
+    depth = numpy.cumsum(opening.astype(numpy.int64) - closing)
+    if len(depth) and int(depth.max()) > MAX_HEADER_DEPTH:
+        raise ValueError(f"a header nested deeper than {MAX_HEADER_DEPTH}")
+
+
 def load(memory: Any, restore: Callable[[torch.UntypedStorage, str], torch.UntypedStorage] | None) -> Any:
     """Build the state dict of the flat payload in ``memory`` (a writable buffer the caller
     gives up: an ``mmap`` or ``bytearray``; the CPU tensors are views of it and keep it alive).
 
     ``restore(storage, location)`` places each storage, as ``torch.load``'s ``map_location``
     callables do (it gets a CPU view of the bytes and the location tag written); ``None`` builds
-    tensors on the meta device without reading any tensor data.
+    tensors on the meta device without reading any data.
+
+    Every record is checked before it is used: storages in order, without overlap, inside the
+    payload (so all of them together hold at most the payload's bytes); every tensor inside its
+    storage, also where ``restore`` returns a copy that ``set_`` could grow.
 
     Raises:
         ValueError, TypeError, KeyError, IndexError, RuntimeError: ``memory`` is not a valid flat
@@ -262,48 +314,86 @@ def load(memory: Any, restore: Callable[[torch.UntypedStorage, str], torch.Untyp
     magic, header_size = _PREFIX.unpack_from(view)
     if magic != MAGIC or header_size > len(view) - _PREFIX.size:
         raise ValueError("not a flat payload, or its header does not fit in it")
+    encoded = bytes(view[_PREFIX.size : _PREFIX.size + header_size])
+    if sys.getrecursionlimit() > SAFE_RECURSION_LIMIT:
+        _check_depth(encoded)
     with _gc_paused():
-        header = json.loads(bytes(view[_PREFIX.size : _PREFIX.size + header_size]))
+        header = json.loads(encoded)
         if type(header) is not dict or header.get("version") != VERSION:
             raise ValueError(f"not a version {VERSION} flat payload header")
         data_start = _PREFIX.size + header_size
         data_start += _padding(data_start)
-        storages = _storages(memory, header["storages"], data_start, len(view), restore)
-        tensors = [_tensor(record, storages) for record in header["tensors"]]
+        records = _storage_records(header["storages"], len(view) - data_start)
+        storages = _storages(records, memory, data_start, restore)
+        tensors = [_tensor(record, records, storages) for record in header["tensors"]]
         return _Builder(tensors).value(header["root"])
 
 
-def _storages(
-    memory: Any, records: list, data_start: int, size: int, restore: Callable | None
-) -> list[torch.UntypedStorage | None]:
-    """The storages of the header's ``records``, views of ``memory`` placed by ``restore``
-    (``None`` each for the meta device)."""
-    whole = torch.frombuffer(memory, dtype=torch.uint8).untyped_storage() if restore is not None else None
-    storages: list[torch.UntypedStorage | None] = []
+def _storage_records(records: Any, data_bytes: int) -> list[tuple[int, int, str]]:
+    """The header's storage records ``(offset, nbytes, location)``, checked: in order of offset,
+    not overlapping, inside the ``data_bytes`` after the data start."""
+    if type(records) is not list:
+        raise ValueError("storage records that are not a list")
+    checked: list[tuple[int, int, str]] = []
+    end = 0
     for offset, nbytes, location in records:
         if not (type(offset) is int and type(nbytes) is int and type(location) is str):
             raise ValueError("a storage record of the wrong types")
-        start = data_start + offset
-        if offset < 0 or nbytes < 0 or start + nbytes > size:
-            raise ValueError(f"a storage of {nbytes} bytes at {offset} does not fit in the payload")
-        storages.append(None if whole is None else restore(whole[start : start + nbytes], location))
-    return storages
+        if offset < end or offset % ALIGNMENT or nbytes < 0 or offset + nbytes > data_bytes:
+            raise ValueError(
+                f"a storage of {nbytes} bytes at {offset} is unaligned, overlaps another or does not fit in the payload"
+            )
+        checked.append((offset, nbytes, location))
+        end = offset + nbytes
+    return checked
 
 
-def _tensor(record: list, storages: list[torch.UntypedStorage | None]) -> torch.Tensor:
-    """The tensor of one header record (a view of its storage, or a meta tensor)."""
+def _storages(
+    records: list[tuple[int, int, str]], memory: Any, data_start: int, restore: Callable | None
+) -> list[torch.UntypedStorage]:
+    """The storages of the checked ``records``: CPU views of ``memory`` placed by ``restore``,
+    or meta storages of their sizes (``restore`` ``None``)."""
+    if restore is None:
+        return [torch.UntypedStorage(nbytes, device="meta") for _, nbytes, _ in records]
+    whole = torch.frombuffer(memory, dtype=torch.uint8).untyped_storage()
+    return [
+        restore(whole[data_start + offset : data_start + offset + nbytes], location)
+        for offset, nbytes, location in records
+    ]
+
+
+def _tensor(record: Any, records: list[tuple[int, int, str]], storages: list[torch.UntypedStorage]) -> torch.Tensor:
+    """The tensor of one header record, a view of its storage (checked to lie inside it)."""
     index, dtype_name, shape, stride, offset, requires_grad, is_parameter = record
     if type(index) is not int or index < 0:
         raise ValueError(f"a tensor of storage {index!r}")
-    storage = storages[index]
     dtype = DTYPES[dtype_name]
-    if storage is None:
-        tensor = torch.empty_strided(shape, stride, dtype=dtype, device="meta")
-    else:
-        tensor = torch.empty(0, dtype=dtype, device=storage.device).set_(storage, offset, shape, stride)
+    _check_extent(shape, stride, offset, dtype.itemsize, records[index][1])
+    storage = storages[index]
+    tensor = torch.empty(0, dtype=dtype, device=storage.device).set_(storage, offset, shape, stride)
     if is_parameter is True:
         return torch.nn.Parameter(tensor, requires_grad=requires_grad is True)
     return tensor.requires_grad_() if requires_grad is True else tensor
+
+
+def _check_extent(shape: Any, stride: Any, offset: Any, itemsize: int, nbytes: int) -> None:
+    """Check that a tensor of ``shape``, ``stride`` and storage ``offset`` (in elements) lies
+    inside its storage of ``nbytes``.
+
+    Raises:
+        ValueError: it does not, or a size, stride or the offset is negative or not given.
+    """
+    if type(shape) is not list or type(stride) is not list or len(shape) != len(stride) or type(offset) is not int:
+        raise ValueError("a tensor whose shape, strides or offset are malformed")
+    if offset < 0 or (shape and (min(shape) < 0 or min(stride) < 0)):
+        raise ValueError("a tensor with a negative size, stride or offset")
+    last = offset
+    for size, step in zip(shape, stride):
+        if size == 0:
+            return
+        last += (size - 1) * step
+    if (last + 1) * itemsize > nbytes:
+        raise ValueError(f"a tensor reaching element {last} of a storage of {nbytes} bytes")
 
 
 class _Builder:
@@ -318,25 +408,25 @@ class _Builder:
             if kind is list:
                 raise ValueError("an untagged list in the header")
             return node
-        if "t" in node:
-            index = node["t"]
-            if type(index) is not int or index < 0:
-                raise ValueError(f"a reference to tensor {index!r}")
-            return self.tensors[index]
-        if "l" in node:
-            return [self.value(item) for item in node["l"]]
-        if "u" in node:
-            return tuple(self.value(item) for item in node["u"])
-        if "d" in node:
-            return dict(self.pairs(node["d"]))
-        if "o" in node:
+        if len(node) == 1:
+            [(tag, body)] = node.items()
+            if tag == "t":
+                if type(body) is not int or body < 0:
+                    raise ValueError(f"a reference to tensor {body!r}")
+                return self.tensors[body]
+            if tag in ("l", "u") and type(body) is list:
+                items = [self.value(item) for item in body]
+                return items if tag == "l" else tuple(items)
+            if tag == "d":
+                return dict(self.pairs(body))
+        if node.keys() in ({"o"}, {"o", "m"}):
             mapping = collections.OrderedDict(self.pairs(node["o"]))
             if "m" in node:
                 mapping._metadata = self.value(node["m"])  # type: ignore[attr-defined]
             return mapping
         raise ValueError(f"an unknown tag {sorted(node)!r} in the header")
 
-    def pairs(self, flat: list) -> list[tuple[Any, Any]]:
+    def pairs(self, flat: Any) -> list[tuple[Any, Any]]:
         if type(flat) is not list or len(flat) % 2:
             raise ValueError("a mapping that is not a list of key, value pairs")
         values = [self.value(item) for item in flat]

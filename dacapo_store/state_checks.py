@@ -23,6 +23,9 @@ import torch
 
 from .records import Weights
 
+MAX_INT_BITS = 2039
+"""Larger integers are refused: pickle writes them with an opcode (``LONG4``) that the
+weights-only unpickler does not know (two's complement in at most 255 bytes loads)."""
 MAX_STATE_DEPTH = 100
 """Containers nested deeper than this are refused (real state dicts nest a few levels;
 ``torch.save`` itself fails a few hundred levels down)."""
@@ -53,7 +56,8 @@ def check_loadable_weights(weights: Weights) -> None:
     Raises:
         TypeError: a value (or key) whose type the weights-only load refuses, named by its
             path (e.g. ``weights.optimizer['param_groups'][0]['lr']``) and type, with the fix.
-        ValueError: containers nested deeper than :data:`MAX_STATE_DEPTH`.
+        ValueError: containers nested deeper than :data:`MAX_STATE_DEPTH`, or an integer of
+            more than :data:`MAX_INT_BITS` bits.
     """
     check_loadable_state(weights.model, "weights.model")
     check_loadable_state(weights.optimizer, "weights.optimizer")
@@ -74,6 +78,12 @@ def check_loadable_state(state: Any, where: str) -> None:
     while pending:
         value, path, depth = pending.pop()
         kind = type(value)
+        if kind is int and value.bit_length() > MAX_INT_BITS:
+            raise ValueError(
+                f"{_short(_spell(path), 120)} is an integer of {value.bit_length()} bits, which "
+                f"torch.load(weights_only=True) refuses (at most {MAX_INT_BITS}), so the checkpoint could "
+                "never be read back; nothing was stored. Store it as a string instead: str(x)"
+            )
         if kind in _SCALARS or (kind in _TENSORS and not vars(value)):
             continue
         if kind in _TENSORS:  # attributes are kept by torch.save and unpickled like any value
@@ -91,7 +101,7 @@ def check_loadable_state(state: Any, where: str) -> None:
             )
         if kind in _MAPPINGS:
             for key, item in value.items():
-                if type(key) not in _SCALARS:  # a tuple key is walked like any value
+                if not _is_plain_leaf(key):  # a tuple key is walked like any value
                     pending.append((key, (path, _KEY), depth + 1))
                 if not _is_plain_leaf(item):
                     pending.append((item, (path, (key,)), depth + 1))
@@ -105,6 +115,8 @@ def _is_plain_leaf(value: Any) -> bool:
     """A scalar, or a tensor without attributes: accepted without a further look (the walk's
     fast path: nearly every value of a state dict is one)."""
     kind = type(value)
+    if kind is int:
+        return value.bit_length() <= MAX_INT_BITS
     return kind in _SCALARS or (kind in _TENSORS and not vars(value))
 
 

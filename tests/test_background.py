@@ -192,3 +192,31 @@ def test_a_forked_child_copies_with_threads_of_its_own(monkeypatch) -> None:
 
 def _snapshot_sum(tensor: torch.Tensor) -> float:
     return float(snapshot_state(Weights({"w": tensor}, None)).weights.model["w"].sum())
+
+
+def test_a_snapshot_keeps_the_metadata_that_load_state_dict_reads() -> None:
+    model = torch.nn.BatchNorm1d(3)
+    state = model.state_dict()
+    snapshot = snapshot_state(Weights(state, None))
+    assert snapshot.weights.model._metadata == state._metadata
+
+
+def test_a_snapshot_taken_while_the_interpreter_shuts_down_copies_on_the_calling_thread() -> None:
+    """No new threads start once shutdown began (an atexit "save on exit" hook)."""
+    script = textwrap.dedent("""
+        import atexit, torch
+        from dacapo_store import Weights, background
+        background.copy_threads = lambda: 3
+        background.PARALLEL_COPY_BYTES = 0
+        model = {"w": torch.arange(100_000.0), "v": torch.ones(50_000)}
+
+        def save_on_exit():
+            snapshot = background.snapshot_state(Weights(model, None))
+            same = all(torch.equal(snapshot.weights.model[k], model[k]) for k in model)
+            print("snapshot equal:", same)
+
+        atexit.register(save_on_exit)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "snapshot equal: True" in done.stdout

@@ -6,9 +6,15 @@ checkpoints, or ``DACAPO_STORE_PAYLOAD_FORMAT=torch``) still load beside flat on
 from __future__ import annotations
 
 import collections
+import gc
 import io
 import math
+import os
 import struct
+import subprocess
+import sys
+import textwrap
+import threading
 import time
 from typing import Any
 
@@ -160,6 +166,7 @@ def test_one_tensor_object_twice_loads_as_one_object() -> None:
 NOT_FLAT = [
     pytest.param(lambda: {1, 2}, id="set"),
     pytest.param(lambda: 1 + 2j, id="complex"),
+    pytest.param(lambda: 3**1000, id="integer of 1,585 bits"),
     pytest.param(lambda: b"x", id="bytes"),
     pytest.param(lambda: torch.Size([2]), id="torch.Size"),
     pytest.param(lambda: torch.float16, id="torch.dtype"),
@@ -218,6 +225,8 @@ def test_map_location_applies_to_flat_payloads() -> None:
     payload = payload_of({"w": torch.arange(4.0), "nested": [torch.ones(2, 2).t()]})
     meta = load(payload, "meta")
     assert meta["w"].device.type == "meta" and meta["nested"][0].stride() == (1, 2)
+    view = load(payload_of({"base": torch.arange(6.0), "view": torch.arange(6.0)[2:5]}), "meta")["view"]
+    assert view.storage_offset() == 2 and view.untyped_storage().nbytes() == 24
     places: list[str] = []
     loaded = load(payload, lambda storage, location: places.append(location))
     assert places == ["cpu", "cpu"] and torch.equal(loaded["w"], torch.arange(4.0))
@@ -229,6 +238,14 @@ def test_loaded_tensors_are_private_to_the_caller() -> None:
     first, second = load(payload), load(payload)
     first["a"].add_(1)
     assert torch.equal(first["b"], torch.zeros(3)) and torch.equal(second["a"], torch.zeros(3))
+
+
+def test_two_storage_objects_over_the_same_memory_load_as_two_as_torch_loads_them() -> None:
+    weight = torch.ones(3)
+    alias = torch.from_numpy(weight.numpy())
+    loaded = assert_loads_as_torch_does({"a": weight, "b": alias})
+    loaded["a"].zero_()
+    assert loaded["b"].tolist() == [1.0, 1.0, 1.0]
 
 
 DAMAGED = [
@@ -247,6 +264,14 @@ DAMAGED = [
     pytest.param(flat_payload(flat_header(root=[1, 2]), bytes(16)), id="untagged list"),
     pytest.param(flat_payload(flat_header(root={"d": ["w"]}), bytes(16)), id="key without value"),
     pytest.param(flat_payload(flat_header(root={"d": [{"l": []}, 1]}), bytes(16)), id="unhashable key"),
+    pytest.param(
+        flat_payload(flat_header(storages=[[0, 16, "cpu"], [0, 16, "cpu"]]), bytes(16)), id="overlapping storages"
+    ),
+    pytest.param(flat_payload(flat_header(storages=[[8, 8, "cpu"]]), bytes(16)), id="unaligned storage"),
+    pytest.param(flat_payload(flat_header(tensors=[[0, "float32", [4], [-1], 3, False, False]]), bytes(16)), id="negative stride"),
+    pytest.param(flat_payload(flat_header(tensors=[[0, "float32", [4], [1, 1], 0, False, False]]), bytes(16)), id="strides unlike shape"),
+    pytest.param(flat_payload(flat_header(root={"l": "abc"}), bytes(16)), id="tag with a string body"),
+    pytest.param(flat_payload(flat_header(root={"t": 0, "l": []}), bytes(16)), id="two tags"),
 ]
 
 
@@ -254,6 +279,36 @@ DAMAGED = [
 def test_a_damaged_flat_payload_is_refused_as_corrupt(payload: bytes) -> None:
     with pytest.raises(CorruptCheckpointError, match="the test payload: refused to load the payload"):
         load(payload)
+
+
+def test_a_tensor_past_its_storage_is_refused_even_where_map_location_copies_the_storage() -> None:
+    """A copy could be grown by ``set_``; the tensor would then read bytes that were never stored."""
+    payload = flat_payload(flat_header(tensors=[[0, "float32", [1000], [1], 0, False, False]]), bytes(16))
+    with pytest.raises(CorruptCheckpointError, match="reaching element 999 of a storage of 16 bytes"):
+        load(payload, lambda storage, location: storage.clone())
+
+
+def test_a_deeply_nested_header_is_refused_even_with_a_raised_recursion_limit() -> None:
+    """JSON's parser recurses in C: with a high recursion limit it could overflow the stack and
+    kill the process, so the header's depth is measured first (in a child process, to be safe)."""
+    script = textwrap.dedent("""
+        import sys
+        from dacapo_store.serialization import load_state_from_memory
+        from dacapo_store.testing.state_values import flat_payload
+        sys.setrecursionlimit(1_000_000)
+        depth = 200_000
+        payload = flat_payload({"version": 1, "storages": [], "tensors": [], "root": None})
+        header = ('{"version":1,"storages":[],"tensors":[],"root":' + '{"l":[' * depth + '1' + ']}' * depth + '}')
+        payload = flat_payload.__globals__["struct"].pack("<8sQ", payload[:8], len(header)) + header.encode()
+        payload += bytes(-len(payload) % 64)
+        try:
+            load_state_from_memory(bytearray(payload), None, "deep")
+        except Exception as error:
+            print(type(error).__name__, error)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "CorruptCheckpointError deep: refused" in done.stdout and "nested deeper than" in done.stdout
 
 
 def test_the_intact_form_of_the_damaged_payloads_loads() -> None:
@@ -322,3 +377,33 @@ def states(draw: Any) -> Any:
 @given(states())
 def test_any_plain_state_loads_from_a_flat_payload_as_from_torch_save(state: Any) -> None:
     assert_loads_as_torch_does(state)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_child_forked_while_another_thread_plans_has_its_garbage_collector_on() -> None:
+    """The collector is paused while a header is built; a child forked meanwhile (a DataLoader
+    worker) has no thread that would resume it."""
+    inside, leave = threading.Event(), threading.Event()
+
+    def pausing() -> None:
+        with flat_format._gc_paused():
+            inside.set()
+            leave.wait()
+
+    thread = threading.Thread(target=pausing)
+    thread.start()
+    inside.wait()
+    try:
+        read, write = os.pipe()
+        child = os.fork()
+        if child == 0:  # the child: report, then leave at once
+            flat_format.plan({"w": torch.ones(2)})
+            os.write(write, b"on" if gc.isenabled() else b"off")
+            os._exit(0)
+        os.close(write)
+        answer = os.read(read, 8)
+        os.waitpid(child, 0)
+    finally:
+        leave.set()
+        thread.join()
+    assert answer == b"on" and gc.isenabled()

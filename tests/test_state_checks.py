@@ -88,3 +88,16 @@ def test_shared_and_cyclic_containers_are_walked_once() -> None:
     state: dict = {"a": shared, "b": shared}
     state["self"] = state
     check_loadable_state(state, "state")
+
+
+@pytest.mark.parametrize("place", ["value", "key", "list item"])
+def test_integers_too_large_for_the_weights_only_unpickler_are_refused_and_the_largest_it_reads_accepted(place) -> None:
+    def state(number: int) -> dict:
+        return {"value": {"x": number}, "key": {number: 1}, "list item": {"x": [1, number]}}[place]
+
+    largest, too_large = 2**2039 - 1, 2**2039
+    assert torch_reads_back(largest) and not torch_reads_back(too_large)
+    check_loadable_state(state(largest), "state")
+    check_loadable_state(state(-largest), "state")
+    with pytest.raises(ValueError, match=r"\bstate\b.* is an integer of 2040 bits, which torch.load\(weights_only=True\) refuses"):
+        check_loadable_state(state(too_large), "state")
