@@ -22,7 +22,8 @@ import os
 import threading
 import weakref
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from copy import deepcopy
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,7 +68,9 @@ class _Copier:
 
     def __init__(self, spare: Spare) -> None:
         self._spare = spare
-        self._copies: dict[tuple[str, int], torch.UntypedStorage] = {}
+        self._copies: dict[int, torch.UntypedStorage] = {}
+        self._sources: list[torch.UntypedStorage] = []
+        """Every storage copied, held so that no other storage takes its key during the walk."""
         self.buffers: list[tuple[BufferKind, torch.Tensor]] = []
         self.host_copies: list[tuple[torch.Tensor, torch.Tensor]] = []
         """Copies between host buffers still to make: ``(target, source)``, uint8 of one size."""
@@ -80,7 +83,7 @@ class _Copier:
         if tensor.layout != torch.strided or tensor.is_quantized:
             return tensor.to("cpu", copy=True)
         storage = tensor.untyped_storage()
-        key = (str(storage.device), storage.data_ptr())
+        key = storage._cdata  # the storage object, as torch.save tells storages apart
         copy = self._copies.get(key) if storage.nbytes() else None
         if copy is None:
             kind = (storage.nbytes(), storage.device.type == "cuda")
@@ -95,15 +98,16 @@ class _Copier:
             self.buffers.append((kind, host))
             self.from_cuda |= pinned
             copy = self._copies[key] = host.untyped_storage()
+            self._sources.append(storage)
         return torch.empty(0, dtype=tensor.dtype).set_(copy, tensor.storage_offset(), tensor.size(), tensor.stride())
 
     def state(self, value: Any) -> Any:
         if isinstance(value, torch.Tensor):
             return self.tensor(value)
         if isinstance(value, dict):
-            copied = type(value)((key, self.state(item)) for key, item in value.items())
+            copied = type(value)({key: self.state(item) for key, item in value.items()})
             if hasattr(value, "__dict__"):  # an OrderedDict's _metadata (load_state_dict reads it)
-                copied.__dict__.update(vars(value))
+                copied.__dict__.update(deepcopy(vars(value)))
             return copied
         if isinstance(value, (list, tuple)) and type(value) in (list, tuple):
             return type(value)(self.state(item) for item in value)
@@ -180,9 +184,10 @@ def copy_in_parallel(copies: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
         mine = shares[0] + [copy for share in shares[1 + len(helpers) :] for copy in share]
     try:
         _copy_all(mine)
-    finally:  # even if this thread's share failed: no helper may still write when this returns
-        for helper in helpers:
-            helper.result()
+    finally:  # even if a share failed: no helper may still write when this returns
+        wait(helpers)
+    for helper in helpers:
+        helper.result()
 
 
 def _copy_all(copies: list[tuple[torch.Tensor, torch.Tensor]]) -> None:

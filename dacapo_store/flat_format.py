@@ -86,15 +86,16 @@ def _padding(offset: int) -> int:
 _gc_pausers = 0
 _gc_lock = threading.Lock()
 _gc_was_enabled = False
+_gc_pauses_of_this_thread = threading.local()
 
 
 def _reset_gc_pause_in_child() -> None:
-    """In a child forked while a thread of the parent paused the collector: no thread of the
-    child pauses it (only the forking thread exists there), so enable it again if it was."""
+    """In a forked child only the forking thread exists: the collector stays paused only as
+    long as that thread's own pauses last (enabled again at once if it had none)."""
     global _gc_pausers, _gc_lock
-    if _gc_pausers and _gc_was_enabled:
+    _gc_pausers, _gc_lock = getattr(_gc_pauses_of_this_thread, "depth", 0), threading.Lock()
+    if _gc_pausers == 0 and _gc_was_enabled:
         gc.enable()
-    _gc_pausers, _gc_lock = 0, threading.Lock()
 
 
 if hasattr(os, "register_at_fork"):
@@ -113,9 +114,11 @@ def _gc_paused() -> Iterator[None]:
             _gc_was_enabled = gc.isenabled()
             gc.disable()
         _gc_pausers += 1
+    _gc_pauses_of_this_thread.depth = getattr(_gc_pauses_of_this_thread, "depth", 0) + 1
     try:
         yield
     finally:
+        _gc_pauses_of_this_thread.depth -= 1
         with _gc_lock:
             _gc_pausers -= 1
             if _gc_pausers == 0 and _gc_was_enabled:
@@ -285,9 +288,9 @@ def _check_depth(header: bytes) -> None:
         ValueError: too deep.
     """
     skeleton = numpy.frombuffer(_JSON_STRING.sub(b'""', header), dtype=numpy.uint8)
-    opening = (skeleton == ord("[")) | (skeleton == ord("{"))
-    closing = (skeleton == ord("]")) | (skeleton == ord("}"))
-    depth = numpy.cumsum(opening.astype(numpy.int64) - closing)
+    steps = ((skeleton == ord("[")) | (skeleton == ord("{"))).view(numpy.int8)
+    steps = steps - ((skeleton == ord("]")) | (skeleton == ord("}"))).view(numpy.int8)
+    depth = numpy.cumsum(steps, dtype=numpy.int32)
     if len(depth) and int(depth.max()) > MAX_HEADER_DEPTH:
         raise ValueError(f"a header nested deeper than {MAX_HEADER_DEPTH}")
 
@@ -315,10 +318,13 @@ def load(memory: Any, restore: Callable[[torch.UntypedStorage, str], torch.Untyp
     if magic != MAGIC or header_size > len(view) - _PREFIX.size:
         raise ValueError("not a flat payload, or its header does not fit in it")
     encoded = bytes(view[_PREFIX.size : _PREFIX.size + header_size])
+    # Parsed as the ASCII text plan writes (json.loads would guess UTF-16 or -32 from bytes), so
+    # the depth check reads exactly the characters the parser gets.
+    text = encoded.decode("ascii")
     if sys.getrecursionlimit() > SAFE_RECURSION_LIMIT:
         _check_depth(encoded)
     with _gc_paused():
-        header = json.loads(encoded)
+        header = json.loads(text)
         if type(header) is not dict or header.get("version") != VERSION:
             raise ValueError(f"not a version {VERSION} flat payload header")
         data_start = _PREFIX.size + header_size

@@ -5,6 +5,7 @@ contract suite (every backend)."""
 
 from __future__ import annotations
 
+import collections
 import multiprocessing
 import os
 import subprocess
@@ -220,3 +221,44 @@ def test_a_snapshot_taken_while_the_interpreter_shuts_down_copies_on_the_calling
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "snapshot equal: True" in done.stdout
+
+
+def test_storages_over_the_same_memory_of_different_sizes_are_snapshotted_apart() -> None:
+    big = torch.arange(64.0)
+    small = torch.empty(0).set_(big.untyped_storage()[0:32], 0, (8,), (1,))
+    for state in ({"small": small, "big": big}, {"big": big, "small": small}):
+        copied = snapshot_state(Weights(state, None)).weights.model
+        assert torch.equal(copied["big"], big) and torch.equal(copied["small"], big[:8])
+
+
+def test_a_snapshot_copies_counters_and_metadata_as_values() -> None:
+    state = collections.OrderedDict(w=torch.ones(2))
+    state._metadata = {"": {"version": 1}}
+    counts = collections.Counter(a=2)
+    copied = snapshot_state(Weights(state, {"counts": counts})).weights
+    state._metadata[""]["version"] = 2
+    assert copied.model._metadata == {"": {"version": 1}}
+    assert copied.optimizer["counts"] == counts and type(copied.optimizer["counts"]) is collections.Counter
+
+
+@pytest.mark.parametrize("failing", ["the calling thread's share", "a helper's share"])
+def test_a_failed_share_of_a_copy_waits_for_every_other_share(monkeypatch, failing: str) -> None:
+    monkeypatch.setattr(background, "copy_threads", lambda: 4)
+    monkeypatch.setattr(background, "PARALLEL_COPY_BYTES", 0)
+    monkeypatch.setattr(background, "COPY_SLICE_BYTES", 1000)
+    finished: list[int] = []
+    failing_share = 0 if failing == "the calling thread's share" else 1  # share k copies targets[k]
+    real = background._copy_all
+
+    def share(copies):
+        first = copies[0][0].data_ptr()
+        if first == targets[failing_share].data_ptr():
+            raise OSError("this share failed")
+        real(copies)
+        finished.append(first)
+
+    monkeypatch.setattr(background, "_copy_all", share)
+    targets = [torch.zeros(4000, dtype=torch.uint8) for _ in range(4)]
+    with pytest.raises(OSError, match="this share failed"):
+        background.copy_in_parallel([(target, torch.ones(4000, dtype=torch.uint8)) for target in targets])
+    assert len(finished) == 3  # every other share was done before the error came out

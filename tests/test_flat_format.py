@@ -8,6 +8,7 @@ from __future__ import annotations
 import collections
 import gc
 import io
+import json
 import math
 import os
 import struct
@@ -272,6 +273,12 @@ DAMAGED = [
     pytest.param(flat_payload(flat_header(tensors=[[0, "float32", [4], [1, 1], 0, False, False]]), bytes(16)), id="strides unlike shape"),
     pytest.param(flat_payload(flat_header(root={"l": "abc"}), bytes(16)), id="tag with a string body"),
     pytest.param(flat_payload(flat_header(root={"t": 0, "l": []}), bytes(16)), id="two tags"),
+    pytest.param(
+        (lambda header: struct.pack("<8sQ", flat_format.MAGIC, len(header)) + header)(
+            json.dumps(flat_header(storages=[])).encode("utf-16-le")
+        ),
+        id="header in UTF-16, which JSON's parser would take and a depth check could misread",
+    ),
 ]
 
 
