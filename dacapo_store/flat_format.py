@@ -14,8 +14,8 @@ Layout of a payload::
     | zero padding to ALIGNMENT | storage 0 | padding | storage 1 | ...
 
 The data start (after the padding) and each storage are at multiples of :data:`ALIGNMENT`; a
-storage's offset counts from the data start. The
-header is ``{"version": 1, "storages": [[offset, nbytes, location], ...], "tensors": [[storage,
+storage's offset counts from the data start, and storages follow each other without overlap.
+The header is ``{"version": 1, "storages": [[offset, nbytes, location], ...], "tensors": [[storage,
 dtype, shape, stride, storage_offset, requires_grad, is_parameter], ...], "root": value}``;
 ``location`` is torch's location tag (``"cpu"``, ``"cuda:0"``). A value is a JSON string,
 integer, float (also ``NaN``/``Infinity``), ``true``/``false`` or ``null`` standing for itself,
@@ -24,10 +24,14 @@ or an object with exactly one tag: ``{"t": i}`` tensor ``i``, ``{"l": [...]}`` a
 ``OrderedDict`` (with ``"m": value`` for its ``_metadata``, which ``load_state_dict`` reads).
 
 A state dict holding anything else (sets, complex scalars, ``torch.Size``, storages, tensor
-attributes, sparse or quantized tensors, a container referenced twice, ...) is not flat:
+attributes, sparse or quantized tensors, a container referenced twice, an integer of over
+:data:`MAX_INT_BITS` bits, ...) is not flat:
 :func:`plan` raises :class:`NotFlat` and the caller writes a ``torch.save`` archive instead,
-which stays readable as before. Sharing is kept where it matters: tensors that view one
-storage (tied weights) load as views of one storage again.
+which stays readable as before. Sharing is kept as ``torch.save`` keeps it: tensors that view
+one storage object (tied weights) load as views of one storage again.
+
+A header is checked before anything it describes is made (see :func:`load`), so a damaged or
+hostile payload raises an error, never a tensor reading bytes it does not own.
 """
 
 from __future__ import annotations
