@@ -160,8 +160,7 @@ def copy_in_parallel(copies: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
     total = sum(target.numel() for target, _ in copies)
     threads = copy_threads()
     if threads == 1 or total < PARALLEL_COPY_BYTES:
-        for target, source in copies:
-            target.copy_(source)
+        _copy_all(copies)
         return
     slices = [
         (target[start : start + COPY_SLICE_BYTES], source[start : start + COPY_SLICE_BYTES])

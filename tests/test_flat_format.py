@@ -28,6 +28,7 @@ from dacapo_store import CorruptCheckpointError, LocalWeightsStore, MongoWeights
 from dacapo_store.serialization import (
     PAYLOAD_FORMAT_VARIABLE,
     ZIP_MAGIC,
+    load_state,
     load_state_from_memory,
     private_memory,
     serialize_state,
@@ -414,3 +415,18 @@ def test_a_child_forked_while_another_thread_plans_has_its_garbage_collector_on(
         leave.set()
         thread.join()
     assert answer == b"on" and gc.isenabled()
+
+
+@pytest.mark.parametrize("how", ["path", "path, mmap", "open file"])
+def test_a_flat_payload_file_loads_from_a_path_mapped_or_not_and_from_an_open_file(tmp_path, how: str) -> None:
+    state = {"w": torch.arange(6.0).reshape(2, 3).t(), "step": 3}
+    path = tmp_path / "payload"
+    path.write_bytes(payload_of(state))
+    if how == "open file":
+        with open(path, "rb") as file:
+            loaded = load_state(file, None, "the file")
+    else:
+        loaded = load_state(path, None, "the file", mmap=how == "path, mmap")
+    assert_loaded_equal(loaded, state)
+    loaded["w"].add_(1)  # private (or copy-on-write): the file keeps its bytes
+    assert_loaded_equal(load_state(path, None, "the file"), state)
