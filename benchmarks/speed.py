@@ -33,6 +33,7 @@ import torch
 
 from dacapo_store import LocalWeightsStore, MongoWeightsStore
 from dacapo_store.mongo.weights import CHUNK_SIZE_BYTES
+from dacapo_store.payload_memory import release_spare_memory
 from dacapo_store.testing.mongomock_support import mongomock_client
 
 from .system import busy_neighbour, can_drop_page_cache, drop_from_page_cache, release_freed_memory, resident_bytes
@@ -249,11 +250,13 @@ class FreshRun:
 
     def rebuild(self) -> None:
         """Build the fresh run; for a resume (``fresh_process``), first give the memory freed by
-        earlier runs back to the system, so loads fault in new pages as in a new process."""
+        earlier runs back to the system (glibc's heap, and dacapo-store's spare load memory), so
+        loads fault in new pages as in a new process."""
         self.run = None
         if self.fresh_process:
             gc.collect()
             release_freed_memory()
+            release_spare_memory()
         model = torch.nn.Module()
         for name, shape in self._shapes.items():
             model.register_parameter(name, torch.nn.Parameter(torch.ones(shape)))

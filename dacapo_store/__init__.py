@@ -19,6 +19,7 @@ from .errors import (
 )
 from .local import LocalStatsStore, LocalWeightsStore
 from .mongo import MongoStatsStore, MongoWeightsStore
+from .payload_memory import release_spare_memory
 from .records import CheckpointInfo, PartInfo, TrainingIterationStats, ValidationScore, Weights
 from .stats_store import StatsStore
 from .weights_store import WeightsStore
@@ -50,5 +51,6 @@ __all__ = [
     "WriteConcernFailedError",
     "create_stats_store",
     "create_weights_store",
+    "release_spare_memory",
     "resolve_store",
 ]

@@ -22,15 +22,17 @@ import os
 import threading
 import weakref
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, wait
 from copy import deepcopy
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
 
+from . import helper_threads
 from .records import CheckpointInfo, Weights
-from .serialization import private_memory
+from .payload_memory import private_memory
 
 logger = logging.getLogger(__name__)
 
@@ -136,29 +138,15 @@ PARALLEL_COPY_BYTES = 16 * 1024 * 1024
 """Host copies smaller than this in total run on the calling thread alone."""
 COPY_SLICE_BYTES = 4 * 1024 * 1024
 """A large storage is copied in slices of this size, so that every thread gets a fair share."""
-_copy_pool: tuple[int, ThreadPoolExecutor] | None = None
-"""The process id that made the pool of copy threads, and the pool (a forked child makes its own)."""
-_copy_pool_lock = threading.Lock()
-
-
-MAX_COPY_THREADS = 4
-"""Beyond this many threads, memory bandwidth rather than CPU limits a copy."""
-
-
-def copy_threads() -> int:
-    """How many threads copy a snapshot in host memory: the CPUs this process may run on, at
-    most :data:`MAX_COPY_THREADS`."""
-    available = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
-    return max(1, min(MAX_COPY_THREADS, len(available)))
 
 
 def copy_in_parallel(copies: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
     """Make every ``target.copy_(source)`` of ``copies`` (uint8 tensors in host memory), split
-    over :func:`copy_threads` threads, the caller's included: training waits for the snapshot
-    anyway, and one core copies at well below the memory's bandwidth (here 1.6x faster on two).
-    torch releases the GIL while it copies."""
+    over :func:`~dacapo_store.helper_threads.thread_count` threads, the caller's included:
+    training waits for the snapshot anyway, and one core copies at well below the memory's
+    bandwidth (here 1.6x faster on two). torch releases the GIL while it copies."""
     total = sum(target.numel() for target, _ in copies)
-    threads = copy_threads()
+    threads = helper_threads.thread_count()
     if threads == 1 or total < PARALLEL_COPY_BYTES:
         _copy_all(copies)
         return
@@ -173,16 +161,11 @@ def copy_in_parallel(copies: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
     for target, source in slices:
         shares[min(threads - 1, done // share_bytes)].append((target, source))
         done += target.numel()
-    helpers: list[Future] = []
-    mine = shares[0]
+    helpers, left = helper_threads.submit([partial(_copy_all, share) for share in shares[1:]])
     try:
-        pool = _copy_threads_pool()
-        for share in shares[1:]:
-            helpers.append(pool.submit(_copy_all, share))
-    except RuntimeError:  # no new threads once the interpreter shuts down (an atexit handler)
-        mine = shares[0] + [copy for share in shares[1 + len(helpers) :] for copy in share]
-    try:
-        _copy_all(mine)
+        _copy_all(shares[0])
+        for share in left:
+            share()
     finally:  # even if a share failed: no helper may still write when this returns
         wait(helpers)
     for helper in helpers:
@@ -192,16 +175,6 @@ def copy_in_parallel(copies: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
 def _copy_all(copies: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
     for target, source in copies:
         target.copy_(source)
-
-
-def _copy_threads_pool() -> ThreadPoolExecutor:
-    """This process's pool of snapshot copy threads (made on first use, and anew in a forked
-    child, where the parent's threads do not exist)."""
-    global _copy_pool
-    with _copy_pool_lock:
-        if _copy_pool is None or _copy_pool[0] != os.getpid():
-            _copy_pool = (os.getpid(), ThreadPoolExecutor(MAX_COPY_THREADS - 1, thread_name_prefix="dacapo-store-copy"))
-        return _copy_pool[1]
 
 
 def spare_buffers(buffers: list[tuple[BufferKind, torch.Tensor]]) -> Spare:

@@ -301,7 +301,8 @@ def _check_depth(header: bytes) -> None:
 
 def load(memory: Any, restore: Callable[[torch.UntypedStorage, str], torch.UntypedStorage] | None) -> Any:
     """Build the state dict of the flat payload in ``memory`` (a writable buffer the caller
-    gives up: an ``mmap`` or ``bytearray``; the CPU tensors are views of it and keep it alive).
+    gives up: an ``mmap``, a ``bytearray`` or a memoryview of them; the CPU tensors are views of
+    it and keep it alive).
 
     ``restore(storage, location)`` places each storage, as ``torch.load``'s ``map_location``
     callables do (it gets a CPU view of the bytes and the location tag written); ``None`` builds

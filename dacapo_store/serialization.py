@@ -6,7 +6,7 @@ way through a :class:`HashingWriter`, which counts the bytes and hashes them (XX
 :mod:`dacapo_store.digests`) while it hands them on to the backend's sink: the serialized
 checkpoint is streamed, never held in memory as a whole.
 
-A part is read back into private memory (:func:`private_memory`), hashed as it arrives, and
+A part is read back into private memory (:mod:`~dacapo_store.payload_memory`), hashed as it arrives, and
 parsed only once its size and digest match what the catalog recorded; the tensors are built in
 that memory (:func:`load_state_from_memory`), so every byte is copied once and what is parsed
 is exactly what was verified. Loads are weights only: a flat payload holds nothing but data,
@@ -33,6 +33,7 @@ from torch.serialization import default_restore_location
 from . import flat_format
 from .digests import DEFAULT_ALGORITHM, algorithm_of, format_digest, new_hash
 from .errors import CorruptCheckpointError
+from .payload_memory import payload_memory
 from .records import PartInfo
 
 DEFAULT_HEARTBEAT_SECONDS = 60.0
@@ -286,12 +287,12 @@ def _flat_memory(source: Any, mmap: bool) -> Any:
 
 
 def _read_into_private_memory(file: BinaryIO, size: int) -> Any:
-    """The next ``size`` bytes of ``file`` in :func:`private_memory`.
+    """The next ``size`` bytes of ``file`` in :func:`~dacapo_store.payload_memory.payload_memory`.
 
     Raises:
         OSError: the file ends before ``size`` bytes.
     """
-    memory = private_memory(size)
+    memory = payload_memory(size)
     view = memoryview(memory)
     try:
         done = 0
@@ -387,24 +388,9 @@ def _torch_loads_in_place() -> bool:
 LOADS_IN_PLACE = _torch_loads_in_place()
 
 
-def private_memory(size: int) -> mmap_module.mmap | bytearray:
-    """``size`` bytes of writable memory private to this process: an anonymous private
-    mapping, in transparent huge pages where the system offers them (far fewer page faults
-    than the allocator's fresh 4 KiB pages), or a ``bytearray`` where anonymous private
-    mappings do not exist (Windows) or ``size`` is 0."""
-    private = getattr(mmap_module, "MAP_PRIVATE", None)
-    anonymous = getattr(mmap_module, "MAP_ANONYMOUS", None)
-    if size == 0 or private is None or anonymous is None:
-        return bytearray(size)
-    memory = mmap_module.mmap(-1, size, flags=private | anonymous)
-    if hasattr(mmap_module, "MADV_HUGEPAGE"):
-        memory.madvise(mmap_module.MADV_HUGEPAGE)
-    return memory
-
-
 def load_state_from_memory(memory: Any, map_location: Any, describe: str) -> Any:
-    """Load a payload held in writable memory (an ``mmap`` or ``bytearray`` the caller gives up),
-    weights only, as ``torch.load`` would load it from a file.
+    """Load a payload held in writable memory (an ``mmap``, a ``bytearray`` or a memoryview of
+    them, which the caller gives up), weights only, as ``torch.load`` would load it from a file.
 
     Tensors loaded to the CPU are views of ``memory`` (for a ``torch.save`` archive, where this
     torch allows it: :data:`LOADS_IN_PLACE`, else torch copies each tensor out of it): nothing is

@@ -16,7 +16,7 @@ import threading
 import pytest
 import torch
 
-from dacapo_store import LocalWeightsStore, Weights, background
+from dacapo_store import LocalWeightsStore, Weights, background, helper_threads
 from dacapo_store.background import snapshot_state
 from dacapo_store.testing.contract import ToyRun, assert_state_equal
 
@@ -159,7 +159,7 @@ def test_a_forked_child_does_not_wait_for_its_parents_upload(tmp_path) -> None:
 
 
 def test_a_large_snapshot_is_copied_exactly_by_several_threads(monkeypatch) -> None:
-    monkeypatch.setattr(background, "copy_threads", lambda: 3)
+    monkeypatch.setattr(helper_threads, "thread_count", lambda: 3)
     monkeypatch.setattr(background, "COPY_SLICE_BYTES", 1000)
     monkeypatch.setattr(background, "PARALLEL_COPY_BYTES", 0)
     shares: list[tuple[str, int]] = []  # (thread, bytes) of each share of the copy
@@ -183,7 +183,7 @@ def test_a_large_snapshot_is_copied_exactly_by_several_threads(monkeypatch) -> N
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_a_forked_child_copies_with_threads_of_its_own(monkeypatch) -> None:
     """The parent's copy threads do not exist in a forked child (a DataLoader worker, say)."""
-    monkeypatch.setattr(background, "copy_threads", lambda: 2)
+    monkeypatch.setattr(helper_threads, "thread_count", lambda: 2)
     monkeypatch.setattr(background, "PARALLEL_COPY_BYTES", 0)
     snapshot_state(Weights({"w": torch.ones(1000)}, None))  # the parent's pool exists now
     context = multiprocessing.get_context("fork")
@@ -206,8 +206,8 @@ def test_a_snapshot_taken_while_the_interpreter_shuts_down_copies_on_the_calling
     """No new threads start once shutdown began (an atexit "save on exit" hook)."""
     script = textwrap.dedent("""
         import atexit, torch
-        from dacapo_store import Weights, background
-        background.copy_threads = lambda: 3
+        from dacapo_store import Weights, background, helper_threads
+        helper_threads.thread_count = lambda: 3
         background.PARALLEL_COPY_BYTES = 0
         model = {"w": torch.arange(100_000.0), "v": torch.ones(50_000)}
 
@@ -243,7 +243,7 @@ def test_a_snapshot_copies_counters_and_metadata_as_values() -> None:
 
 @pytest.mark.parametrize("failing", ["the calling thread's share", "a helper's share"])
 def test_a_failed_share_of_a_copy_waits_for_every_other_share(monkeypatch, failing: str) -> None:
-    monkeypatch.setattr(background, "copy_threads", lambda: 4)
+    monkeypatch.setattr(helper_threads, "thread_count", lambda: 4)
     monkeypatch.setattr(background, "PARALLEL_COPY_BYTES", 0)
     monkeypatch.setattr(background, "COPY_SLICE_BYTES", 1000)
     finished: list[int] = []

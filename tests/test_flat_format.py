@@ -25,12 +25,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dacapo_store import CorruptCheckpointError, LocalWeightsStore, MongoWeightsStore, Weights, flat_format
+from dacapo_store.payload_memory import private_memory
 from dacapo_store.serialization import (
     PAYLOAD_FORMAT_VARIABLE,
     ZIP_MAGIC,
     load_state,
     load_state_from_memory,
-    private_memory,
     serialize_state,
 )
 from dacapo_store.testing.mongomock_support import mongomock_client

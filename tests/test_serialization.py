@@ -10,13 +10,13 @@ import torch
 import xxhash
 
 from dacapo_store import serialization
+from dacapo_store.payload_memory import private_memory
 from dacapo_store.serialization import (
     GATHER_BYTES,
     PAYLOAD_FORMAT_VARIABLE,
     PAYLOAD_FORMATS,
     HashingWriter,
     load_state_from_memory,
-    private_memory,
     serialize_state,
 )
 

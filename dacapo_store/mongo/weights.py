@@ -37,13 +37,13 @@ from pymongo.write_concern import WriteConcern
 
 from ..checks import run_name_of
 from ..errors import CheckpointExistsError, CorruptCheckpointError, WriteConcernFailedError
+from ..payload_memory import payload_memory
 from ..records import CheckpointInfo, PartInfo
 from ..digests import format_digest, new_hash
 from ..serialization import (
     check_payload,
     check_size,
     load_state_from_memory,
-    private_memory,
     serialize_state,
     verifying_algorithm,
 )
@@ -421,7 +421,7 @@ class MongoWeightsStore(WeightsStore):
         :mod:`~dacapo_store.mongo.chunk_reader`)."""
         expected = info.parts[part]
         where = describe(info.run, info.iteration, part)
-        memory = private_memory(expected.size)
+        memory = payload_memory(expected.size)
         self._read_payload(expected, where, memory)
         return load_state_from_memory(memory, map_location, where)
 

@@ -1,0 +1,114 @@
+"""Local payloads read by several threads at once (``payload_file._SharedRead``): the bytes,
+the digest over them in order, and errors, whichever thread meets them."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from dacapo_store import CorruptCheckpointError, LocalWeightsStore, Weights, helper_threads
+from dacapo_store.local import payload_file
+
+PIECE = 4096
+
+
+@pytest.fixture
+def shared_reads(monkeypatch):
+    """Every payload is read by three threads in pieces of PIECE bytes; returns the preadv
+    calls seen, as (thread, offset), and the number of calls still running."""
+    monkeypatch.setattr(payload_file, "PARALLEL_READ_BYTES", 0)
+    monkeypatch.setattr(payload_file, "PIECE_BYTES", PIECE)
+    monkeypatch.setattr(helper_threads, "thread_count", lambda: 3)
+    seen = {"calls": [], "running": 0}
+    lock = threading.Lock()
+    real = payload_file.os.preadv
+
+    def preadv(fd, buffers, offset):
+        with lock:
+            seen["calls"].append((threading.current_thread().name, offset))
+            seen["running"] += 1
+        try:
+            return seen.get("hook", real)(fd, buffers, offset)
+        finally:
+            with lock:
+                seen["running"] -= 1
+
+    seen["real"] = real
+    monkeypatch.setattr(payload_file.os, "preadv", preadv)
+    return seen
+
+
+def _stored(tmp_path):
+    store = LocalWeightsStore(tmp_path)
+    model = {"w": torch.arange(50_000.0), "b": torch.arange(7, dtype=torch.int64), "h": torch.ones(3, dtype=torch.float16)}
+    info = store.put_weights("r", 1, Weights(model, {"state": {}, "param_groups": []}))
+    return store, model, store.payload_path(info.parts["model"].location)
+
+
+def test_a_payload_read_by_several_threads_loads_exactly(tmp_path, shared_reads) -> None:
+    store, model, path = _stored(tmp_path)
+    loaded = store.retrieve_weights("r", 1, optimizer=False).model
+    assert all(torch.equal(loaded[key], model[key]) for key in model)
+    assert sorted(offset for _, offset in shared_reads["calls"]) == list(range(0, path.stat().st_size, PIECE))
+
+
+def test_pieces_that_land_out_of_order_are_hashed_in_order(tmp_path, shared_reads) -> None:
+    store, model, _ = _stored(tmp_path)
+    later_landed = threading.Event()
+
+    def first_piece_last(fd, buffers, offset):
+        if offset == 0:  # held back until a later piece has landed
+            assert later_landed.wait(timeout=60)
+        count = shared_reads["real"](fd, buffers, offset)
+        if offset == 2 * PIECE:
+            later_landed.set()
+        return count
+
+    shared_reads["hook"] = first_piece_last
+    loaded = store.retrieve_weights("r", 1).model  # the digest matches only if hashed in order
+    assert later_landed.is_set()  # so another thread read on while piece 0 was held back
+    assert all(torch.equal(loaded[key], model[key]) for key in model)
+
+
+def test_a_changed_byte_in_any_piece_is_caught(tmp_path, shared_reads) -> None:
+    store, _, path = _stored(tmp_path)
+    data = bytearray(path.read_bytes())
+    data[3 * PIECE + 5] ^= 1
+    path.write_bytes(bytes(data))
+    with pytest.raises(CorruptCheckpointError, match="digest mismatch"):
+        store.retrieve_weights("r", 1)
+
+
+def test_a_file_that_ends_early_is_corrupt_and_every_thread_has_stopped(tmp_path, shared_reads) -> None:
+    store, _, path = _stored(tmp_path)
+    info = store.checkpoint_info("r", 1).parts["model"]
+    longer = payload_file.PartInfo(info.location, info.size + 3 * PIECE, info.digest)
+    with open(path, "rb", buffering=0) as file, pytest.raises(CorruptCheckpointError, match="bytes"):
+        payload_file._read_verified(file, longer, "the model part")
+    assert shared_reads["running"] == 0  # no thread still writes into the memory
+
+
+def test_a_read_error_of_any_thread_comes_out_as_it_is(tmp_path, shared_reads) -> None:
+    store, _, _ = _stored(tmp_path)
+
+    def failing(fd, buffers, offset):
+        if offset == 2 * PIECE:
+            raise OSError(5, "Input/output error")
+        return shared_reads["real"](fd, buffers, offset)
+
+    shared_reads["hook"] = failing
+    with pytest.raises(OSError, match="Input/output error") as raised:
+        store.retrieve_weights("r", 1)
+    assert not isinstance(raised.value, CorruptCheckpointError)  # the disk failed, not the payload
+    assert shared_reads["running"] == 0
+
+
+def test_without_helper_threads_the_calling_thread_reads_it_all(tmp_path, shared_reads, monkeypatch) -> None:
+    """At interpreter shutdown no helper thread starts."""
+    monkeypatch.setattr(helper_threads, "submit", lambda tasks: ([], list(tasks)))
+    store, model, _ = _stored(tmp_path)
+    loaded = store.retrieve_weights("r", 1).model
+    assert all(torch.equal(loaded[key], model[key]) for key in model)
+    assert {thread for thread, _ in shared_reads["calls"]} == {threading.current_thread().name}
