@@ -161,14 +161,21 @@ def copy_in_parallel(copies: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
     for target, source in slices:
         shares[min(threads - 1, done // share_bytes)].append((target, source))
         done += target.numel()
-    helpers, left = helper_threads.submit([partial(_copy_all, share) for share in shares[1:]])
+    tasks = [partial(_copy_all, share) for share in shares[1:]]
+    helpers, left = helper_threads.submit(tasks)
+    started: list[Future] = []
     try:
         _copy_all(shares[0])
-        for share in left:
-            share()
+        for task, helper in zip(tasks, helpers):  # a share still queued behind other work: done here
+            if helper.cancel():
+                task()
+            else:
+                started.append(helper)
+        for task in left:
+            task()
     finally:  # even if a share failed: no helper may still write when this returns
-        wait(helpers)
-    for helper in helpers:
+        wait([helper for helper in helpers if not helper.cancel()])
+    for helper in started:
         helper.result()
 
 

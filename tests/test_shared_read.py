@@ -112,3 +112,22 @@ def test_without_helper_threads_the_calling_thread_reads_it_all(tmp_path, shared
     loaded = store.retrieve_weights("r", 1).model
     assert all(torch.equal(loaded[key], model[key]) for key in model)
     assert {thread for thread, _ in shared_reads["calls"]} == {threading.current_thread().name}
+
+
+def test_a_load_does_not_wait_for_helpers_busy_with_other_work(tmp_path, shared_reads) -> None:
+    """Helper threads busy elsewhere (another load, a snapshot copy): the calling thread reads
+    it all, and the queued helper tasks, with nothing left to do, are not waited for."""
+    store, model, _ = _stored(tmp_path)
+    release = threading.Event()
+    busy = [helper_threads._process_pool().submit(release.wait) for _ in range(helper_threads.MAX_HELPER_THREADS - 1)]
+    loaded: list = []
+    loader = threading.Thread(target=lambda: loaded.append(store.retrieve_weights("r", 1, optimizer=False).model))
+    try:
+        loader.start()
+        loader.join(timeout=60)
+        assert not loader.is_alive() and loaded
+    finally:
+        release.set()
+        for task in busy:
+            task.result(timeout=60)
+    assert all(torch.equal(loaded[0][key], model[key]) for key in model)

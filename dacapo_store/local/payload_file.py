@@ -154,9 +154,13 @@ class _SharedRead:
         try:
             self._read_pieces()
             self._finished.wait()
-        finally:  # no helper may still write into the memory when this returns
-            wait(futures)
-        for future in futures:
+        finally:
+            # A helper still queued behind other work has nothing left to do: it is cancelled
+            # (and not waited for: wait() would wait until a worker dequeued it). No helper that
+            # started may still write into the memory when this returns.
+            started = [future for future in futures if not future.cancel()]
+            wait(started)
+        for future in started:
             future.result()
 
     def _read_pieces(self) -> None:
