@@ -22,7 +22,7 @@ import os
 import threading
 import weakref
 from collections.abc import Callable
-from concurrent.futures import Future, wait
+from concurrent.futures import Future
 from copy import deepcopy
 from dataclasses import dataclass
 from functools import partial
@@ -173,8 +173,8 @@ def copy_in_parallel(copies: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
                 started.append(helper)
         for task in left:
             task()
-    finally:  # even if a share failed: no helper may still write when this returns
-        wait([helper for helper in helpers if not helper.cancel()])
+    finally:  # even if a share failed or Ctrl-C came: no helper may still write when this returns
+        helper_threads.wait_for_all([helper for helper in helpers if not helper.cancel()])
     for helper in started:
         helper.result()
 

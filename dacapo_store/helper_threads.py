@@ -5,7 +5,9 @@ the GIL (torch's copies, ``os.preadv``).
 
 One pool per process, made on first use (a forked child, where the parent's threads do not
 exist, makes its own), of :data:`MAX_HELPER_THREADS` ``- 1`` threads: the calling thread always
-does a share of the work itself.
+does a share of the work itself. No task on the pool waits for another task, so work queued
+behind other work is delayed, never deadlocked; callers cancel what is still queued when they
+can do it themselves.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 
 MAX_HELPER_THREADS = 4
 """Beyond this many threads, memory bandwidth rather than CPU limits a copy."""
@@ -34,17 +36,56 @@ def submit(tasks: Sequence[Callable[[], None]]) -> tuple[list[Future], list[Call
     """Start each of ``tasks`` on a helper thread.
 
     Returns:
-        The futures of the tasks that started, and the tasks that could not start, because the
-        interpreter is shutting down (an ``atexit`` handler): the caller runs those itself.
+        The futures of the tasks that were queued, and the tasks that could not be: no thread
+        could be started for them (at interpreter shutdown, in an ``atexit`` handler, or when
+        the system refuses a new thread). The caller runs those itself. Every task runs at most
+        once, even where the pool had queued it before it failed to start a thread for it.
     """
+    once = [_RunOnce(task) for task in tasks]
     futures: list[Future] = []
     try:
         pool = _process_pool()
-        for task in tasks:
+        for task in once:
             futures.append(pool.submit(task))
-    except RuntimeError:  # "cannot schedule new futures after interpreter shutdown"
-        return futures, list(tasks[len(futures) :])
+    except RuntimeError:  # "cannot schedule new futures after interpreter shutdown", "can't start new thread"
+        return futures, list(once[len(futures) :])
     return futures, []
+
+
+def wait_for_all(futures: Sequence[Future]) -> None:
+    """Wait until every one of ``futures`` is done, even through interrupts (a Ctrl-C while
+    waiting is raised once all are done: a helper may be writing into memory that its caller
+    is about to give up).
+
+    Raises:
+        the first exception raised while waiting (``KeyboardInterrupt``...), after the wait.
+    """
+    interrupted: BaseException | None = None
+    while True:
+        try:
+            wait(futures)
+            break
+        except BaseException as error:
+            interrupted = interrupted or error
+    if interrupted is not None:
+        raise interrupted
+
+
+class _RunOnce:
+    """A task that runs on its first call only (a task the pool queued before it failed to start
+    a thread for it would otherwise run there too, after its caller ran it)."""
+
+    def __init__(self, task: Callable[[], None]) -> None:
+        self._task = task
+        self._claimed = False
+        self._lock = threading.Lock()
+
+    def __call__(self) -> None:
+        with self._lock:
+            if self._claimed:
+                return
+            self._claimed = True
+        self._task()
 
 
 def _process_pool() -> ThreadPoolExecutor:
@@ -53,3 +94,13 @@ def _process_pool() -> ThreadPoolExecutor:
         if _pool is None or _pool[0] != os.getpid():
             _pool = (os.getpid(), ThreadPoolExecutor(MAX_HELPER_THREADS - 1, thread_name_prefix="dacapo-store-helper"))
         return _pool[1]
+
+
+def _reset_in_child() -> None:
+    """In a forked child: the lock may have been held by a parent thread that does not exist here."""
+    global _pool_lock
+    _pool_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_in_child)

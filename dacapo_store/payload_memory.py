@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import sys
 import threading
 import time
 import weakref
@@ -60,8 +61,9 @@ def payload_memory(size: int) -> memoryview:
     an earlier load if one fits (its old bytes still in it: the caller overwrites all ``size``),
     else new memory (:func:`private_memory`).
 
-    The memory becomes a spare when the returned memoryview is gone: build tensors on it (not
-    on a copy of the view), so that they keep it.
+    The memory becomes a spare when the returned memoryview is gone: build tensors on it, not
+    on a memoryview made from it (a slice or cast of it points into the memory without keeping
+    it alive; memory that such a view still points into is never reused, only given back).
     """
     if size < REUSED_FROM_BYTES:
         return memoryview(private_memory(size))
@@ -87,11 +89,15 @@ def release_spare_memory() -> int:
 
 
 def _keep_spare(memory: mmap.mmap | bytearray) -> None:
-    """Keep ``memory``, which no view uses any more, as a spare (called by the finalizer of the
-    view :func:`payload_memory` returned). Never waits: this runs wherever the last tensor was
+    """Keep ``memory`` as a spare (called by the finalizer of the view :func:`payload_memory`
+    returned) unless anything else still refers to it: a memoryview made from that view (a
+    slice, a cast) points into the memory without keeping the view alive, so such memory goes
+    back to the system instead. Never waits for the lock: this runs wherever the last tensor was
     freed, possibly inside this module's own locked section (a garbage collection); if the lock
-    is taken, the memory simply goes back to the system."""
+    is taken, the memory goes back to the system too."""
     global _reaper
+    if sys.getrefcount(memory) > _UNSHARED_REFERENCES:
+        return  # a memoryview made from the returned one (a helper's slice) still points into it
     if not _lock.acquire(blocking=False):
         return
     try:
@@ -100,6 +106,24 @@ def _keep_spare(memory: mmap.mmap | bytearray) -> None:
             _reaper = _start_reaper(SPARE_SECONDS)
     finally:
         _lock.release()
+
+
+def _unshared_references() -> int:
+    """What ``sys.getrefcount`` says of the memory in :func:`_keep_spare` when nothing but the
+    finalizer refers to it any more (measured through the same finalizer call, on this Python)."""
+    seen: list[int] = []
+
+    def probe(memory: bytearray) -> None:
+        seen.append(sys.getrefcount(memory))
+
+    memory = bytearray(1)
+    view = memoryview(memory)[:1]
+    weakref.finalize(view, probe, memory).atexit = False
+    del memory, view
+    return seen[0]
+
+
+_UNSHARED_REFERENCES = _unshared_references()
 
 
 def _start_reaper(delay: float) -> threading.Timer | None:

@@ -133,3 +133,15 @@ def test_a_forked_child_starts_without_spares() -> None:
         os._exit(0 if not payload_memory._spares and not payload_memory._lock.locked() else 1)
     _, status = os.waitpid(child, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_memory_that_a_view_made_from_the_returned_one_points_into_is_never_reused() -> None:
+    """A slice or cast of the returned memoryview does not keep it alive, yet points into it."""
+    returned = payload_memory.payload_memory(payload_memory.HUGE_PAGE_BYTES)
+    returned[:4] = b"keep"
+    derived = returned[:4]
+    del returned
+    assert _spare_count() == 0  # given back, not kept
+    reused = payload_memory.payload_memory(payload_memory.HUGE_PAGE_BYTES)
+    reused[:4] = b"next"
+    assert bytes(derived) == b"keep"

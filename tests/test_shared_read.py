@@ -3,6 +3,7 @@ the digest over them in order, and errors, whichever thread meets them."""
 
 from __future__ import annotations
 
+import os
 import threading
 
 import pytest
@@ -131,3 +132,47 @@ def test_a_load_does_not_wait_for_helpers_busy_with_other_work(tmp_path, shared_
         for task in busy:
             task.result(timeout=60)
     assert all(torch.equal(loaded[0][key], model[key]) for key in model)
+
+
+def test_ctrl_c_while_waiting_stops_the_helpers_and_returns_only_once_they_have_stopped(
+    tmp_path, shared_reads, monkeypatch
+) -> None:
+    """A helper is still reading when Ctrl-C reaches the calling thread (waiting for the last
+    pieces): the interrupt comes out only once that helper is done writing into the memory."""
+    store, _, path = _stored(tmp_path)
+    release = threading.Event()
+    helper_pieces: list[int] = []
+
+    def slow_helper(fd, buffers, offset):
+        if threading.current_thread() is not threading.main_thread():
+            helper_pieces.append(offset)
+            if len(helper_pieces) == 1:
+                assert release.wait(timeout=60)
+        return shared_reads["real"](fd, buffers, offset)
+
+    class InterruptedWait(threading.Event):
+        def wait(self, timeout=None):
+            if threading.current_thread() is threading.main_thread() and not release.is_set():
+                release.set()  # the helper goes on only now, while the interrupt is handled
+                raise KeyboardInterrupt
+            return super().wait(timeout)
+
+    real_init = payload_file._SharedRead.__init__
+
+    def init(self, *args):
+        real_init(self, *args)
+        self._finished = InterruptedWait()
+
+    shared_reads["hook"] = slow_helper
+    monkeypatch.setattr(payload_file._SharedRead, "__init__", init)
+    with pytest.raises(KeyboardInterrupt):
+        store.retrieve_weights("r", 1, optimizer=False)
+    assert shared_reads["running"] == 0 and release.is_set()
+
+
+def test_a_file_truncated_while_read_is_reported_with_its_size(tmp_path, shared_reads) -> None:
+    store, _, path = _stored(tmp_path)
+    os.truncate(path, PIECE + 10)  # pieces past the end read nothing at their own offsets
+    info = store.checkpoint_info("r", 1).parts["model"]
+    with open(path, "rb", buffering=0) as file, pytest.raises(CorruptCheckpointError, match=f"has {PIECE + 10} bytes"):
+        payload_file._read_verified(file, info, "the model part")

@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Iterator
-from concurrent.futures import wait
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -145,21 +144,25 @@ class _SharedRead:
 
     def run(self, helpers: int) -> None:
         """Read and hash the whole payload, with ``helpers`` helper threads (those that cannot
-        start, at interpreter shutdown, leave their share to the calling thread).
+        start leave their share to the calling thread).
 
         Raises:
-            the first error of any thread (every helper has stopped by then).
+            the calling thread's error, else the error of a helper (in the order they were
+            started); whichever it is, every helper has stopped by then.
         """
         futures, _ = helper_threads.submit([self._read_pieces] * helpers)
         try:
             self._read_pieces()
             self._finished.wait()
+        except BaseException:  # also Ctrl-C while waiting: the helpers stop at their next piece
+            self._fail()
+            raise
         finally:
             # A helper still queued behind other work has nothing left to do: it is cancelled
             # (and not waited for: wait() would wait until a worker dequeued it). No helper that
             # started may still write into the memory when this returns.
             started = [future for future in futures if not future.cancel()]
-            wait(started)
+            helper_threads.wait_for_all(started)
         for future in started:
             future.result()
 
@@ -170,10 +173,14 @@ class _SharedRead:
                 self._read(index)
                 self._hash_landed(index)
         except BaseException:
-            with self._lock:
-                self._failed = True
-            self._finished.set()
+            self._fail()
             raise
+
+    def _fail(self) -> None:
+        """Make every thread stop at its next piece, and wake the calling thread."""
+        with self._lock:
+            self._failed = True
+        self._finished.set()
 
     def _take(self) -> int | None:
         with self._lock:
@@ -193,8 +200,8 @@ class _SharedRead:
         start = done = index * PIECE_BYTES
         while done < start + len(piece):
             count = os.preadv(self._fd, [piece[done - start :]], done)
-            if not count:
-                check_size(done, self._expected, self._describe)  # raises: the file ended early
+            if not count:  # the file ended early: raises, naming its size (this piece may lie past it)
+                check_size(min(done, os.fstat(self._fd).st_size), self._expected, self._describe)
             done += count
 
     def _hash_landed(self, index: int) -> None:
