@@ -124,7 +124,7 @@ class _SharedRead:
     One core copies from the page cache (and faults in fresh pages) well below the memory's
     bandwidth, and a disk serves several reads in flight faster than one: measured here on two
     cores, a 200 MB payload was read and hashed in 46 ms instead of 68 from the page cache, and
-    in 142 ms instead of 219 from the disk.
+    in 136 ms instead of 155 from the disk (medians).
     """
 
     def __init__(self, fd: int, view: memoryview, hash_object: Any, expected: PartInfo, describe: str) -> None:
