@@ -162,9 +162,10 @@ def copy_in_parallel(copies: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
         shares[min(threads - 1, done // share_bytes)].append((target, source))
         done += target.numel()
     tasks = [partial(_copy_all, share) for share in shares[1:]]
-    helpers, left = helper_threads.submit(tasks)
+    helpers: list[Future] = []
     started: list[Future] = []
     try:
+        helpers, left = helper_threads.submit(tasks)
         _copy_all(shares[0])
         for task, helper in zip(tasks, helpers):  # a share still queued behind other work: done here
             if helper.cancel():

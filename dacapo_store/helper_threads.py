@@ -58,13 +58,22 @@ def wait_for_all(futures: Sequence[Future]) -> None:
     is about to give up).
 
     Raises:
-        the first exception raised while waiting (``KeyboardInterrupt``...), after the wait.
+        the first interrupt (``KeyboardInterrupt``...) that came while waiting, after the wait;
+        an ordinary exception of the wait itself at once.
     """
+    _through_interrupts(lambda: wait(futures))
+
+
+def _through_interrupts(waiting: Callable[[], object]) -> None:
+    """Call ``waiting`` until it returns, again after each interrupt (an exception that is not
+    an ``Exception``); then raise the first interrupt, if any."""
     interrupted: BaseException | None = None
     while True:
         try:
-            wait(futures)
+            waiting()
             break
+        except Exception:
+            raise
         except BaseException as error:
             interrupted = interrupted or error
     if interrupted is not None:
@@ -72,20 +81,33 @@ def wait_for_all(futures: Sequence[Future]) -> None:
 
 
 class _RunOnce:
-    """A task that runs on its first call only (a task the pool queued before it failed to start
-    a thread for it would otherwise run there too, after its caller ran it)."""
+    """A task that runs on its first call only; a later call waits until that run is done and
+    raises its error. (A task the pool queued before it failed to start a thread for it runs
+    either on a pool thread or on the caller, whichever claims it first, and the caller's call
+    returns only once it has run.)"""
 
     def __init__(self, task: Callable[[], None]) -> None:
         self._task = task
         self._claimed = False
         self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._error: BaseException | None = None
 
     def __call__(self) -> None:
         with self._lock:
-            if self._claimed:
-                return
-            self._claimed = True
-        self._task()
+            claimed, self._claimed = self._claimed, True
+        if claimed:
+            _through_interrupts(self._done.wait)
+            if self._error is not None:
+                raise self._error
+            return
+        try:
+            self._task()
+        except BaseException as error:
+            self._error = error
+            raise
+        finally:
+            self._done.set()
 
 
 def _process_pool() -> ThreadPoolExecutor:

@@ -14,8 +14,10 @@ checkpoint after the other pays the page faults once. After that time, or at
 loaded tensors (a resumed optimizer's state) keeps no spare: the memory is in use.
 
 Reuse is safe by construction: the tensors hold the memoryview that :func:`payload_memory`
-returned, and only once that memoryview is gone (no tensor, no other reference to it) does its
-memory become a spare.
+returned, and only once that memoryview is gone (no tensor, no other reference to it, no view
+made from it) does its memory become a spare. Keeping a spare is best effort: memory freed by the
+cycle collector (whose finalizers run before it clears references), or while another thread
+holds this module's lock, simply goes back to the system.
 """
 
 from __future__ import annotations

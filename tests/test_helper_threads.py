@@ -56,3 +56,48 @@ def test_a_task_queued_by_a_pool_that_then_failed_to_start_a_thread_runs_once(mo
     release.set()
     real_pool.shutdown(wait=True)
     assert sorted(runs) == [1, 2]
+
+
+def test_when_the_pool_runs_a_task_first_the_callers_run_waits_for_it_and_gets_its_error() -> None:
+    """The pool thread claimed the task (queued before the pool failed to start a thread): the
+    caller's run returns only once that run is done, or the snapshot share would be unfinished."""
+    started, release = threading.Event(), threading.Event()
+
+    def share():
+        started.set()
+        assert release.wait(60)
+        raise OSError("the share failed")
+
+    once = helper_threads._RunOnce(share)
+    pool = ThreadPoolExecutor(1)
+    pool.submit(once)
+    assert started.wait(60)
+    outcome: list[BaseException] = []
+
+    def caller():
+        try:
+            once()
+        except BaseException as error:
+            outcome.append(error)
+
+    waiting = threading.Thread(target=caller)
+    waiting.start()
+    waiting.join(timeout=0.2)
+    assert waiting.is_alive() and not outcome  # still waiting for the pool's run
+    release.set()
+    waiting.join(timeout=60)
+    pool.shutdown(wait=True)
+    assert [str(error) for error in outcome] == ["the share failed"]
+
+
+def test_an_ordinary_error_of_the_wait_is_not_retried(monkeypatch) -> None:
+    calls: list[int] = []
+
+    def failing_wait(futures):
+        calls.append(1)
+        raise MemoryError
+
+    monkeypatch.setattr(helper_threads, "wait", failing_wait)
+    with pytest.raises(MemoryError):
+        helper_threads.wait_for_all([])
+    assert calls == [1]

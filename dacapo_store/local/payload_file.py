@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Iterator
+from concurrent.futures import Future
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -144,15 +145,18 @@ class _SharedRead:
 
     def run(self, helpers: int) -> None:
         """Read and hash the whole payload, with ``helpers`` helper threads (those that cannot
-        start leave their share to the calling thread).
+        start leave their share to the calling thread, which reads all that is left anyway).
 
         Raises:
             the calling thread's error, else the error of a helper (in the order they were
             started); whichever it is, every helper has stopped by then.
         """
-        futures, _ = helper_threads.submit([self._read_pieces] * helpers)
+        futures: list[Future] = []
         try:
+            futures, left = helper_threads.submit([self._read_pieces] * helpers)
             self._read_pieces()
+            for task in left:  # nothing left to read by now, but one may run on the pool: waits
+                task()
             self._finished.wait()
         except BaseException:  # also Ctrl-C while waiting: the helpers stop at their next piece
             self._fail()
