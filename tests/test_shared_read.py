@@ -43,7 +43,9 @@ def shared_reads(monkeypatch):
 
 def _stored(tmp_path):
     store = LocalWeightsStore(tmp_path)
-    model = {"w": torch.arange(50_000.0), "b": torch.arange(7, dtype=torch.int64), "h": torch.ones(3, dtype=torch.float16)}
+    model = {
+        "w": torch.arange(50_000.0), "b": torch.arange(7, dtype=torch.int64), "h": torch.ones(3, dtype=torch.float16),
+    }
     info = store.put_weights("r", 1, Weights(model, {"state": {}, "param_groups": []}))
     return store, model, store.payload_path(info.parts["model"].location)
 

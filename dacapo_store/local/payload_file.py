@@ -3,8 +3,9 @@
 By default a payload is read once into private memory of this process
 (:func:`~dacapo_store.payload_memory.payload_memory`: huge pages where the system offers them,
 reused from a recent load where one fits), by several threads for a large payload, each piece
-hashed in order right after it lands, while it is still in a CPU cache; only once the whole payload matches its recorded size and digest does
-``torch`` parse it, from that memory, building the tensors as views of it
+hashed in order right after it lands, while it is still in a CPU cache; only once the whole
+payload matches its recorded size and digest does ``torch`` parse it, from that memory,
+building the tensors as views of it
 (:func:`~dacapo_store.serialization.load_state_from_memory`). The bytes are copied once, as by
 a plain ``torch.load``; what torch parses is exactly what was verified, and the tensors are the
 caller's alone: a payload file overwritten, truncated or removed later changes nothing.
