@@ -49,7 +49,8 @@ def ui_command(store: str | None, host: str, port: int, active_minutes: float) -
         from ..ui.queries import open_dashboard_stores
         from ..ui.serving import serve
     except ImportError as error:
-        raise CliError(f"{UI_EXTRA_HINT} ({error.name or error} is not installed)") from None
+        missing = (error.name or "a dependency").split(".")[0]
+        raise CliError(f"{UI_EXTRA_HINT} ({missing} is not installed)") from None
     stores = open_dashboard_stores(store)
     shown_host = f"[{host}]" if ":" in host else host
     click.echo(f"Dashboard of the store {resolve_store(store)}, read-only, at http://{shown_host}:{port}/ (Ctrl-C stops it).")

@@ -110,7 +110,7 @@ def create_app(
 ) -> Starlette:
     """The dashboard of ``stores`` (opened read-only by the caller): a run looks active when
     its newest checkpoint was stored within ``active_minutes`` of ``clock()``; the runs page
-    fetches its rows again every ``refresh_seconds``."""
+    fetches its rows again every ``refresh_seconds``. ``app.state.stores`` holds ``stores``."""
     templates = jinja2.Environment(
         loader=jinja2.FileSystemLoader(PACKAGE_DIR / "templates"), autoescape=True, undefined=jinja2.StrictUndefined
     )
@@ -199,11 +199,13 @@ def create_app(
         Route("/static/plotly.min.js", plotly_script(), methods=["GET"]),
         Mount("/static", StaticFiles(directory=PACKAGE_DIR / "static"), name="static"),
     ]
-    return Starlette(
+    app = Starlette(
         routes=routes,
         middleware=[Middleware(SecurityHeaders)],
         exception_handlers={HTTPException: http_error, DacapoStoreError: store_error},
     )
+    app.state.stores = stores
+    return app
 
 
 def retention_policy(request: Request) -> RetentionPolicy:
