@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import io
 import tempfile
 from collections.abc import Sequence
@@ -27,6 +28,8 @@ from .serving import BackgroundServer
 DEMO_RUNS = (120, 80, 40)
 """Iterations of the demo runs the pictures show (named ``demo-N``)."""
 COMPARED = ("validate_0", "iou")
+DEMO_LABEL = "lab-store"
+"""How the pictures name the temporary store of the demo runs (as the README's examples do)."""
 
 
 def train_demo_runs(store: Path, iterations: Sequence[int] = DEMO_RUNS) -> list[str]:
@@ -45,9 +48,10 @@ def plots_drawn(driver, count: int) -> bool:
     return driver.execute_script("return document.querySelectorAll('[data-drawn]').length") >= count
 
 
-def take_screenshots(store: str, runs: Sequence[str], output: Path) -> list[Path]:
-    """Photograph the dashboard of ``store``: the runs page, the page of ``runs[0]`` and the
-    compare page of ``runs`` on :data:`COMPARED`; return the PNG files written in ``output``."""
+def take_screenshots(store: str, runs: Sequence[str], output: Path, label: str | None = None) -> list[Path]:
+    """Photograph the dashboard of ``store`` (named ``label`` on the pages, if given): the runs
+    page, the page of ``runs[0]`` and the compare page of ``runs`` on :data:`COMPARED`; return
+    the PNG files written in ``output``."""
     output.mkdir(parents=True, exist_ok=True)
     dataset, criterion = COMPARED
     pages = [
@@ -56,7 +60,10 @@ def take_screenshots(store: str, runs: Sequence[str], output: Path) -> list[Path
         ("ui-compare.png", query_url("/compare", run=list(runs), dataset=dataset, criterion=criterion), 1, 820),
     ]
     written = []
-    with BackgroundServer(create_app(open_dashboard_stores(store))) as server, chromium() as driver:
+    stores = open_dashboard_stores(store)
+    if label is not None:
+        stores = dataclasses.replace(stores, label=label)
+    with BackgroundServer(create_app(stores)) as server, chromium() as driver:
         for filename, path, plots, height in pages:
             driver.set_window_size(1400, height)
             driver.get(server.url + path)
@@ -78,7 +85,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     else:
         with tempfile.TemporaryDirectory(prefix="dacapo-store-screenshots-") as directory:
             store = str(Path(directory) / "store")
-            written = take_screenshots(store, train_demo_runs(Path(store)), arguments.output)
+            runs = train_demo_runs(Path(store))
+            written = take_screenshots(store, runs, arguments.output, label=DEMO_LABEL)
     for path in written:
         print(f"wrote {path}")
 

@@ -21,7 +21,7 @@
     var grid = document.getElementById("score-plots");
     if (!grid) { return; }
     var elements = curves.map(function (curve, index) {  // all in the grid before any is drawn
-      var note = curve.best ? "\u2605 best " + curve.best.value.toPrecision(4) + " at iteration " + curve.best.iteration : "no usable score";
+      var note = curve.best ? "\u2605 " + curve.best.value.toPrecision(4) + " at " + curve.best.iteration : "no usable score";
       var figure = P.figure(curve.dataset + " / " + curve.criterion, curve.higher_is_better, note);
       figure.plot.id = "score-plot-" + index;
       figure.plot.classList.add("score-plot");

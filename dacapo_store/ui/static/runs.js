@@ -13,14 +13,17 @@
     return type === "number" ? parseFloat(text) : text.toLowerCase();
   }
 
+  // Names in natural order: demo-40 before demo-120.
+  function byName(x, y) { return x.localeCompare(y, undefined, { numeric: true }); }
+
   function arrange() {
     var header = table.querySelector('th[data-key="' + sortKey + '"]');
     var type = header.getAttribute("data-type");
     var rows = Array.prototype.slice.call(body.querySelectorAll("tr.run-row"));
     rows.sort(function (a, b) {
       var x = value(a, sortKey, type), y = value(b, sortKey, type);
-      var order = x < y ? -1 : x > y ? 1 : 0;
-      if (order === 0) { order = value(a, "name", "text") < value(b, "name", "text") ? -1 : 1; }
+      var order = type === "text" ? byName(x, y) : x < y ? -1 : x > y ? 1 : 0;
+      if (order === 0) { order = byName(value(a, "name", "text"), value(b, "name", "text")); }
       return ascending ? order : -order;
     });
     var needle = filter.value.trim().toLowerCase(), shown = 0;
