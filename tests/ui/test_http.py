@@ -231,3 +231,26 @@ def test_json_escapes_markup_characters(client) -> None:
     text = get(client, query_url("/api/compare", run=[HOSTILE, "alpha"], dataset=HOSTILE_DATASET, criterion=HOSTILE_CRITERION)).text
     assert not set("<>&") & set(text)
     assert json.loads(text)["runs"][0]["values"] == [0.4]
+
+
+def test_on_read_only_media_every_page_answers_and_nothing_changes(tmp_path) -> None:
+    from dacapo_store import LocalStatsStore, LocalWeightsStore
+    from dacapo_store.experiments.config_store import LocalRunConfigStore
+    from dacapo_store.ui.queries import open_dashboard_stores
+
+    from ..test_read_only_local import snapshot, unwritable
+    from .conftest import seed
+
+    directory = tmp_path / "store"
+    writers = (LocalWeightsStore(directory), LocalStatsStore(directory), LocalRunConfigStore(directory))
+    seed(*writers)
+    for store in writers:
+        store.catalog.connection().close()
+    before = snapshot(directory)
+    with unwritable(directory):
+        stores = open_dashboard_stores(str(directory))
+        with TestClient(create_app(stores)) as client:
+            for url in PAGES + ENDPOINTS + [query_url("/run", name=HOSTILE)]:
+                get(client, url)
+        assert stores.weights.catalog.read_only
+    assert snapshot(directory) == before
