@@ -67,8 +67,9 @@ def score_summary(score: ValidationScore) -> dict[str, Any]:
 def runs_overview(stores: DashboardStores, now: float, active_minutes: float) -> list[dict[str, Any]]:
     """Every run of the store, sorted by name: latest iteration, checkpoints, bytes, when its
     newest checkpoint was stored, whether it looks active (a checkpoint stored within
-    ``active_minutes`` before ``now``) and its best score per (dataset, criterion). Three
-    queries in all."""
+    ``active_minutes`` before ``now``; training statistics carry no time of storage, and
+    training stores them with each checkpoint) and its best score per (dataset, criterion).
+    Three store calls in all, whatever the number of runs."""
     totals = {total.run: total for total in stores.weights.run_totals()}
     best: dict[str, list[dict[str, Any]]] = {}
     for score in stores.stats.best_validation_scores():

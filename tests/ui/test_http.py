@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from .conftest import HOSTILE, HOSTILE_CRITERION, HOSTILE_DATASET, MONGO_LABEL, require_ui_extra
+from .conftest import HOSTILE, HOSTILE_CRITERION, HOSTILE_DATASET, require_ui_extra
 
 require_ui_extra()
 
