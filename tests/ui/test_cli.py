@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 
 import pytest
@@ -13,13 +14,14 @@ from dacapo_store import LocalWeightsStore
 from dacapo_store.cli import main
 from dacapo_store.cli.ui_commands import dashboard_command_line
 
-from .conftest import require_ui_extra, seed
+from .conftest import HOSTILE, require_ui_extra, seed
 
 require_ui_extra()
 
 from dacapo_store.experiments.config_store import LocalRunConfigStore  # noqa: E402
 from dacapo_store.local import LocalStatsStore  # noqa: E402
 from dacapo_store.ui import queries, serving  # noqa: E402
+from dacapo_store.ui.commands import prune_dry_run_command  # noqa: E402
 
 PASSWORD_URI = "mongodb://lab:s3cr%40t@db.example:27017/lab"
 
@@ -110,3 +112,26 @@ def test_an_unreachable_server_is_one_error_line_without_the_password(monkeypatc
     result = CliRunner().invoke(main, ["ui", "--store", uri])
     assert result.exit_code == 1 and result.stderr.startswith("error: ")
     assert "s3cr" not in result.output and not served
+
+
+def test_the_command_lines_a_run_page_shows_run_as_shown(tmp_path, monkeypatch) -> None:
+    directory = tmp_path / "store"
+    seed(LocalWeightsStore(directory), LocalStatsStore(directory), LocalRunConfigStore(directory))
+    monkeypatch.chdir(tmp_path)
+    stores = queries.open_dashboard_stores(str(directory))
+    for run in ("alpha", HOSTILE):
+        detail = queries.run_detail(stores, run, queries.RetentionPolicy())
+        for best in detail["best"]:
+            for name in ("best", "export"):
+                words = shlex.split(best["commands"][name])
+                assert words[0] == "dacapo-store"
+                result = CliRunner().invoke(main, words[1:])
+                assert result.exit_code == 0, (best["commands"][name], result.output)
+            exported = tmp_path / shlex.split(best["commands"]["export"])[5]
+            assert exported.is_file()
+            exported.unlink()
+            namespace: dict = {}
+            exec(best["commands"]["load"], namespace)
+            assert set(namespace["weights"].model) == set(LocalWeightsStore(directory).retrieve_weights(run, best["iteration"]).model)
+        prune = shlex.split(prune_dry_run_command(run, 1, None, False, str(directory)))
+        assert CliRunner().invoke(main, prune[1:]).exit_code == 0
