@@ -254,3 +254,16 @@ def test_on_read_only_media_every_page_answers_and_nothing_changes(tmp_path) -> 
                 get(client, url)
         assert stores.weights.catalog.read_only
     assert snapshot(directory) == before
+
+
+def test_a_store_that_cannot_answer_is_a_503_with_its_message(backend, monkeypatch) -> None:
+    from dacapo_store import StoreConnectionError
+
+    def unreachable() -> None:
+        raise StoreConnectionError("MongoDB at mongodb://lab:***@db.example:27017/lab failed while listing runs")
+
+    monkeypatch.setattr(backend.stores.weights, "run_totals", unreachable)
+    with TestClient(create_app(backend.stores)) as client:
+        page = get(client, "/", 503).text
+        assert "the store could not answer: MongoDB at mongodb://lab:***@db.example:27017/lab failed" in page
+        assert get(client, "/api/runs", 503).json()["error"].startswith("the store could not answer: ")
