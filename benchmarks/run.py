@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from . import cases, speed
+from . import cases, dashboard, speed
 from .table import Row, markdown
 from .workloads import MB
 
@@ -33,6 +33,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="skip the local store case with a CPU hog on one core")
     parser.add_argument("--scores", type=int, nargs=2, default=[100, 100_000], help="score counts compared by figure 8")
     parser.add_argument("--model-only-size", type=float, default=20, help="model size in MB for figure 7 (default 20)")
+    parser.add_argument("--dashboard", type=int, nargs=2, default=[1000, 100_000], metavar=("RUNS", "SCORES"),
+                        help="runs and scores of the store whose dashboard figure 10 times (default 1000 100000)")
     parser.add_argument("--memory-size", type=float, default=1000,
                         help="state dict size in MB for figure 6 (default 1000; needs about 4x that of free RAM)")
     args = parser.parse_args(argv)
@@ -47,6 +49,7 @@ def main(argv: list[str] | None = None) -> None:
     rows += cases.model_only(int(args.model_only_size * MB))
     rows += cases.lookups(*args.scores, repeat=args.rounds)
     rows += cases.cuda(int(max(args.sizes) * MB), args.rounds)
+    rows += dashboard.runs_page(*args.dashboard, rounds=args.rounds)
     rows.sort(key=lambda row: int(row.figure.split()[0]))
     print(f"`{command}` on {platform.node()}, {torch.get_num_threads()} torch thread, torch {torch.__version__}, "
           f"{time.strftime('%Y-%m-%d')}, {time.time() - started:.0f} s:\n")

@@ -20,7 +20,7 @@ from .errors import (
 from .local import LocalStatsStore, LocalWeightsStore
 from .mongo import MongoStatsStore, MongoWeightsStore
 from .payload_memory import release_spare_memory
-from .records import CheckpointInfo, PartInfo, TrainingIterationStats, ValidationScore, Weights
+from .records import CheckpointInfo, PartInfo, RunTotals, TrainingIterationStats, ValidationScore, Weights
 from .stats_store import StatsStore
 from .weights_store import WeightsStore
 
@@ -41,6 +41,7 @@ __all__ = [
     "NotAuthorizedError",
     "PartInfo",
     "ReadOnlyStoreError",
+    "RunTotals",
     "StatsStore",
     "StoreConnectionError",
     "StoreNotFoundError",

@@ -71,6 +71,19 @@ class CheckpointInfo:
 
 
 @dataclass(frozen=True)
+class RunTotals:
+    """What the weights store holds of one run, from one catalog query over all runs: the number
+    of complete checkpoints, the highest iteration, the payload bytes of them all and when the
+    newest was stored (``last_stored``, a POSIX timestamp)."""
+
+    run: str
+    checkpoints: int
+    latest_iteration: int
+    bytes: int
+    last_stored: float
+
+
+@dataclass(frozen=True)
 class TrainingIterationStats:
     """Training statistics of one iteration: its loss and how long it took (seconds)."""
 

@@ -168,9 +168,19 @@ class StatsStore(ABC):
             run_name_of(run), dataset_name_of(dataset), check_name(criterion, "criterion")
         )
 
+    def best_validation_scores(self) -> list[ValidationScore]:
+        """Return the best score of every (run, dataset, criterion) in the store, sorted by
+        run, dataset and criterion: one query over all runs, by the rule of
+        :meth:`best_validation_score` (NaN never wins, ties go to the earliest iteration, then
+        the smallest parameters); a triple with only NaN scores is absent."""
+        return self._all_best_scores()
+
     @abstractmethod
     def list_runs(self) -> list[str]:
         """Return the names of runs with training stats or validation scores, sorted."""
+
+    @abstractmethod
+    def _all_best_scores(self) -> list[ValidationScore]: ...
 
     @abstractmethod
     def _put_training_stats(self, run: str, stats: list[TrainingIterationStats]) -> None: ...

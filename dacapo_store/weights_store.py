@@ -37,7 +37,7 @@ from .background import BackgroundUploads
 from .checks import check_iteration, check_name, dataset_name_of, run_name_of
 from .errors import CheckpointNotFoundError, ReservationLostError, CorruptCheckpointError
 from .owner import current_owner, owner_is_dead, upload_ended, upload_started
-from .records import PARTS, CheckpointInfo, PartInfo, Weights
+from .records import PARTS, CheckpointInfo, PartInfo, RunTotals, Weights
 from .state_checks import check_loadable_weights
 
 logger = logging.getLogger(__name__)
@@ -529,6 +529,11 @@ class WeightsStore(ABC):
     @abstractmethod
     def list_runs(self) -> list[str]:
         """Return the names of runs with at least one complete checkpoint, sorted."""
+
+    @abstractmethod
+    def run_totals(self) -> list[RunTotals]:
+        """Return the :class:`RunTotals` of every run with a complete checkpoint, sorted by run:
+        one catalog query over all runs (pending uploads do not count)."""
 
     # ---- garbage collection -----------------------------------------------------------------
 

@@ -18,7 +18,7 @@ from typing import Any
 import click
 
 from ..errors import ConfigurationWarning
-from . import dacapo_commands, experiment_commands, ops_commands
+from . import dacapo_commands, experiment_commands, ops_commands, ui_commands
 
 BROKEN_PIPE_EXIT_CODE = 141
 
@@ -62,5 +62,5 @@ def main() -> None:
     warnings.formatwarning = _format_warning
 
 
-for _module in (experiment_commands, ops_commands, dacapo_commands):
+for _module in (experiment_commands, ops_commands, dacapo_commands, ui_commands):
     _module.register(main)

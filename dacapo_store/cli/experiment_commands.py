@@ -35,6 +35,7 @@ from ..maintenance.retention import RetentionPolicy
 from ..stats_store import StatsStore
 from ..weights_store import WeightsStore
 from .ops_commands import CliError, reporting_errors, store_option
+from .ui_commands import dashboard_command_line
 
 INTERRUPTED_EXIT_CODE = 130
 DEFAULT_CPU_THREADS = 1
@@ -165,7 +166,8 @@ def demo_command(
     name: str | None,
 ) -> None:
     """Train a small 2D U-Net on synthetic data, checkpointing and validating into the store,
-    then show its best checkpoints, loaded back from the store.
+    then show its best checkpoints, loaded back from the store, and the command that opens the
+    store's dashboard.
 
     Running it again continues the run (or just shows its results when it is complete).
     """
@@ -182,6 +184,7 @@ def demo_command(
     _say_how_the_run_stands(config, stores)
     untrained = evaluate(run, run.model, device)
     _train_and_report(run, stores, device, keep_last, async_checkpoint, untrained)
+    click.echo(f"\nThe store in a browser (needs pip install 'dacapo-store[ui]'):\n  {dashboard_command_line(store)}")
 
 
 @click.command("train")

@@ -96,6 +96,23 @@ BEST_SCORE_SQL = (
 )
 """The one query behind ``retrieve_best`` and ``best_validation_score`` (uses the partial index)."""
 
+ALL_BEST_SCORES_SQL = (
+    "SELECT * FROM (SELECT *, ROW_NUMBER() OVER ("
+    " PARTITION BY run, dataset, criterion ORDER BY rank DESC, iteration ASC, parameters ASC) AS position"
+    " FROM validation_scores WHERE rank IS NOT NULL)"
+    " WHERE position = 1 ORDER BY run, dataset, criterion"
+)
+"""The best score of every (run, dataset, criterion), by :data:`BEST_SCORE_SQL`'s order, in one
+query (one pass in the order of the partial index)."""
+
+RUN_TOTALS_SQL = (
+    "SELECT run, COUNT(*) AS checkpoints, MAX(iteration) AS latest_iteration,"
+    " TOTAL((SELECT TOTAL(json_extract(part.value, '$.size')) FROM json_each(parts) AS part)) AS bytes,"
+    " MAX(created) AS last_stored"
+    " FROM checkpoints WHERE state = 'complete' GROUP BY run ORDER BY run"
+)
+"""Every run's complete checkpoints: count, latest iteration, payload bytes, newest ``created``."""
+
 
 def is_writable(path: Path) -> bool:
     """Whether this process may create and change files in directory ``path`` (and its catalog,

@@ -8,7 +8,7 @@ import os
 from ..errors import NoScoreError
 from ..records import TrainingIterationStats, ValidationScore
 from ..stats_store import ScoreRow, StatsStore, score_from_row
-from .catalog import BEST_SCORE_SQL, Catalog
+from .catalog import ALL_BEST_SCORES_SQL, BEST_SCORE_SQL, Catalog
 
 
 def _nan_from_null(value: float | None) -> float:
@@ -89,3 +89,6 @@ class LocalStatsStore(StatsStore):
         if not rows:
             raise NoScoreError.for_query(run, dataset, criterion)
         return score_from_row(rows[0])
+
+    def _all_best_scores(self) -> list[ValidationScore]:
+        return [score_from_row(row) for row in self.catalog.query(ALL_BEST_SCORES_SQL)]

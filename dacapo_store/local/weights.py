@@ -14,7 +14,7 @@ from typing import Any
 
 from ..checks import run_name_of
 from ..errors import CheckpointExistsError, CorruptCheckpointError, NoScoreError
-from ..records import CheckpointInfo, PartInfo
+from ..records import CheckpointInfo, PartInfo, RunTotals
 from ..serialization import serialize_state
 from ..weights_store import (
     DEFAULT_STALE_AFTER,
@@ -30,7 +30,7 @@ from ..weights_store import (
 )
 from .payload_file import load_payload_file, verify_payload_file
 from .writeback import WritebackFile
-from .catalog import BEST_SCORE_SQL, Catalog, checkpoint_from_row, parts_to_json
+from .catalog import BEST_SCORE_SQL, RUN_TOTALS_SQL, Catalog, checkpoint_from_row, parts_to_json
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +109,13 @@ class LocalWeightsStore(WeightsStore):
             "SELECT DISTINCT run FROM checkpoints WHERE state = 'complete' ORDER BY run"
         )
         return [row["run"] for row in rows]
+
+    def run_totals(self) -> list[RunTotals]:
+        rows = self.catalog.query(RUN_TOTALS_SQL)
+        return [
+            RunTotals(row["run"], row["checkpoints"], row["latest_iteration"], int(row["bytes"]), row["last_stored"])
+            for row in rows
+        ]
 
     def payload_path(self, location: str, where: str = "a checkpoint") -> Path:
         """The file that holds the payload at ``location`` (of ``where``, for messages).

@@ -54,3 +54,26 @@ def find_best_score(collection: Any, run: str, dataset: str, criterion: str) -> 
     if document is None:
         raise NoScoreError.for_query(run, dataset, criterion)
     return document
+
+
+ALL_BEST_SCORES_PIPELINE = [
+    {"$match": {"ranked": True}},
+    {"$sort": {"run": 1, "dataset": 1, "criterion": 1, "rank": -1, "iteration": 1, "parameters": 1}},
+    {
+        "$group": {
+            "_id": {"run": "$run", "dataset": "$dataset", "criterion": "$criterion"},
+            "best": {"$first": "$$ROOT"},
+        }
+    },
+    {"$replaceRoot": {"newRoot": "$best"}},
+    {"$project": {"_id": False}},
+    {"$sort": {"run": 1, "dataset": 1, "criterion": 1}},
+]
+"""The best score document of every (run, dataset, criterion) in one aggregation: ranked
+scores in :data:`BEST_SORT` order within each triple (the ``best_score`` index's order), the
+first of each triple kept."""
+
+
+def find_all_best_scores(collection: Any) -> list[dict[str, Any]]:
+    """Return the best score document of every (run, dataset, criterion), sorted by them."""
+    return list(collection.aggregate(ALL_BEST_SCORES_PIPELINE))

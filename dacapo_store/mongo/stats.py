@@ -12,7 +12,14 @@ from ..records import TrainingIterationStats, ValidationScore
 from ..stats_store import ScoreRow, StatsStore, score_from_row
 from .connection import DEFAULT_COLLECTION_PREFIX, MongoDatabase
 from .retry import RetryPolicy
-from .scores import SCORE_INDEXES, SCORE_KEY_FIELDS, SCORES_COLLECTION, find_best_score, score_document
+from .scores import (
+    SCORE_INDEXES,
+    SCORE_KEY_FIELDS,
+    SCORES_COLLECTION,
+    find_all_best_scores,
+    find_best_score,
+    score_document,
+)
 
 TRAINING_STATS_COLLECTION = "training_stats"
 TRAINING_STATS_INDEXES = (
@@ -130,6 +137,10 @@ class MongoStatsStore(StatsStore):
                 f"finding the best score of run {run!r}", lambda: find_best_score(self.scores, run, dataset, criterion)
             )
         )
+
+    def _all_best_scores(self) -> list[ValidationScore]:
+        documents = self.database.read("finding the best scores of every run", lambda: find_all_best_scores(self.scores))
+        return [score_from_row(document) for document in documents]
 
 
 def _run_after(run: str, after: int | None) -> dict[str, Any]:

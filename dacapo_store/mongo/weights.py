@@ -38,7 +38,7 @@ from pymongo.write_concern import WriteConcern
 from ..checks import run_name_of
 from ..errors import CheckpointExistsError, CorruptCheckpointError, WriteConcernFailedError
 from ..payload_memory import payload_memory
-from ..records import CheckpointInfo, PartInfo
+from ..records import PARTS, CheckpointInfo, PartInfo, RunTotals
 from ..digests import format_digest, new_hash
 from ..serialization import (
     check_payload,
@@ -95,6 +95,23 @@ class _ViewReader:
         data = self._view[self._position : self._position + size].tobytes()
         self._position += len(data)
         return data
+
+RUN_TOTALS_PIPELINE = [
+    {"$match": {"state": "complete"}},
+    {
+        "$group": {
+            "_id": "$run",
+            "checkpoints": {"$sum": 1},
+            "latest_iteration": {"$max": "$iteration"},
+            "bytes": {"$sum": {"$add": [{"$ifNull": [f"$parts.{part}.size", 0]} for part in PARTS]}},
+            "last_stored": {"$max": "$created"},
+        }
+    },
+    {"$sort": {"_id": 1}},
+]
+"""Every run's complete checkpoints in one aggregation: count, latest iteration, payload bytes
+(the sizes of the parts, named by :data:`~dacapo_store.records.PARTS`), newest ``created``."""
+
 
 
 def checkpoint_from_document(document: Mapping[str, Any]) -> CheckpointInfo:
@@ -181,6 +198,15 @@ class MongoWeightsStore(WeightsStore):
 
     def list_runs(self) -> list[str]:
         return sorted(self.database.read("listing runs", lambda: self.checkpoints.distinct("run", {"state": "complete"})))
+
+    def run_totals(self) -> list[RunTotals]:
+        documents = self.database.read(
+            "summing up the checkpoints of every run", lambda: list(self.checkpoints.aggregate(RUN_TOTALS_PIPELINE))
+        )
+        return [
+            RunTotals(d["_id"], d["checkpoints"], d["latest_iteration"], int(d["bytes"]), d["last_stored"])
+            for d in documents
+        ]
 
     def _reserve(self, reservation: Reservation, replace: bool) -> None:
         """Claim ``(run, iteration)`` (retried as a whole, see the module doc); a reservation

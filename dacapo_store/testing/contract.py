@@ -31,6 +31,7 @@ from dacapo_store import (
     CorruptCheckpointError,
     NoScoreError,
     StatsStore,
+    RunTotals,
     TrainingIterationStats,
     Weights,
     WeightsStore,
@@ -46,7 +47,7 @@ from dacapo_store.testing.state_values import (
     REFUSED_VALUES,
     assert_loaded_equal,
 )
-from dacapo_store.weights_store import STALE_RESERVATION
+from dacapo_store.weights_store import STALE_RESERVATION, Reservation
 
 
 class ToyRun:
@@ -717,6 +718,9 @@ class StoreContract:
         else:
             assert weights_store.retrieve_best(run, "d", "c") == expected
             assert stats_store.best_validation_score(run, "d", "c").iteration == expected
+        assert [score.iteration for score in stats_store.best_validation_scores() if score.run == run] == (
+            [] if expected is None else [expected]
+        )
 
     def test_each_criterion_keeps_its_own_direction(
         self, weights_store: WeightsStore, stats_store: StatsStore, run: ToyRun
@@ -727,6 +731,47 @@ class StoreContract:
             )
         assert weights_store.retrieve_best(run, "d", "up") == 2
         assert weights_store.retrieve_best(run, "d", "down") == 1
+
+    def test_best_validation_scores_of_every_run_in_one_list(self, stats_store: StatsStore) -> None:
+        prefix = "all-best-" + uuid.uuid4().hex[:8]
+        first, second, only_nan = prefix + "-a", prefix + "-b", prefix + "-nan"
+        for iteration, dice, loss in [(1, 0.5, 0.4), (2, 0.9, 0.1), (3, 0.9, 0.3)]:
+            stats_store.store_validation_scores(
+                first, iteration, "val", {"dice": dice, "loss": loss}, {"dice": True, "loss": False}
+            )
+        stats_store.store_validation_scores(second, 4, "test", {"dice": 0.2}, {"dice": True}, {"t": 0.5})
+        stats_store.store_validation_scores(second, 4, "test", {"dice": 0.7}, {"dice": True}, {"t": 0.3})
+        stats_store.store_validation_scores(only_nan, 1, "val", {"dice": math.nan}, {"dice": True})
+        best = [score for score in stats_store.best_validation_scores() if score.run.startswith(prefix)]
+        assert [(s.run, s.dataset, s.criterion, s.iteration, s.value, s.higher_is_better) for s in best] == [
+            (first, "val", "dice", 2, 0.9, True),  # the tie with iteration 3 goes to the earliest
+            (first, "val", "loss", 2, 0.1, False),
+            (second, "test", "dice", 4, 0.7, True),
+        ]
+        assert best[2].parameters == {"t": 0.3}
+        assert best == [stats_store.best_validation_score(s.run, s.dataset, s.criterion) for s in best]
+
+    def test_run_totals_sum_up_each_runs_complete_checkpoints(
+        self, weights_store: WeightsStore, run: ToyRun
+    ) -> None:
+        other = ToyRun(run.name + ".other")
+        before = time.time()
+        weights_store.store_weights(run, 3)
+        weights_store.store_weights(run, 7)
+        weights_store.put_weights(other, 2, Weights(other.model.state_dict(), None))
+        weights_store._reserve(Reservation.new(run.name, 9), replace=False)  # pending: not counted
+        totals = {total.run: total for total in weights_store.run_totals()}
+        checkpoints = weights_store.list_checkpoints(run)
+        assert totals[run.name] == RunTotals(
+            run.name, 2, 7, sum(info.size for info in checkpoints), max(info.created for info in checkpoints)
+        )
+        assert totals[other.name].checkpoints == 1 and totals[other.name].latest_iteration == 2
+        assert totals[other.name].bytes == weights_store.checkpoint_info(other, 2).size
+        assert totals[run.name].last_stored >= before
+        assert [total.run for total in weights_store.run_totals()] == weights_store.list_runs()
+
+    def test_run_totals_of_an_empty_store_are_empty(self, weights_store: WeightsStore) -> None:
+        assert weights_store.run_totals() == []
 
     # ---- stats --------------------------------------------------------------------------------
 

@@ -133,3 +133,11 @@ def test_a_plugin_next_to_its_config_needs_no_pythonpath(tmp_path, found_in) -> 
     )
     assert result.returncode == 0, result.stderr
     assert "Run 'tiny-cnn' in store" in result.stdout and "re-scored" in result.stdout
+
+
+def test_the_demo_ends_with_the_command_that_opens_its_dashboard(tmp_path) -> None:
+    output = demo(tmp_path / "a store", "--iterations", "1")
+    assert output.endswith(
+        "\nThe store in a browser (needs pip install 'dacapo-store[ui]'):\n"
+        f"  dacapo-store ui --store '{tmp_path / 'a store'}'\n"
+    )
