@@ -231,6 +231,8 @@ class Catalog:
             finally:
                 probe.close()
         except sqlite3.OperationalError as error:
+            if is_writable(self.basedir) or not _in_wal_mode(self.path):
+                return f"{base}?mode=ro"  # not the -shm problem: its use reports the real error
             if not filesystems.cannot_change(self.path):
                 raise NotAuthorizedError(
                     f"cannot read the local store at {self.basedir} safely: SQLite cannot open its "
@@ -341,6 +343,17 @@ class Catalog:
             if str(error).startswith("no such table") and not self._schema_ready:
                 return []  # another process is creating the store: it holds nothing yet
             raise
+
+
+def _in_wal_mode(path: Path) -> bool:
+    """Whether the SQLite database file ``path`` is in WAL mode (its header's read and write
+    versions are 2); false for anything unreadable."""
+    try:
+        with open(path, "rb") as file:
+            header = file.read(20)
+    except OSError:
+        return False
+    return header.startswith(b"SQLite format 3\x00") and header[18:20] == b"\x02\x02"
 
 
 def no_score_error(catalog: Catalog, run: str, dataset: str, criterion: str) -> NoScoreError:
