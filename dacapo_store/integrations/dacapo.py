@@ -64,14 +64,14 @@ class _Installation:
     def stats_store(self) -> StatsStore:
         return self.stats if self.stats is not None else self._open("stats", config.create_stats_store)
 
-    def _open(self, kind: str, opener: Callable[[], Any]) -> Any:
-        location = config.resolve_store()
+    def _open(self, kind: str, opener: Callable[[config.StoreLocation], Any]) -> Any:
+        location = config.resolve_store(like_dacapo=True)  # the options file DaCapo reads
         if location.kind == "local":  # a relative runs_base_dir means another store after a chdir
             location = dataclasses.replace(location, target=os.path.abspath(location.target))
         key = (kind, location, os.environ.get(config.PREFIX_ENV))
         with self._lock:
             if key not in self._opened:
-                self._opened[key] = opener()
+                self._opened[key] = opener(location)
             return self._opened[key]
 
 
