@@ -121,6 +121,23 @@ def test_export_writes_a_plain_state_dict_file(seeded, tmp_path) -> None:
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
+def test_export_to_a_missing_directory_names_the_directory(seeded, tmp_path) -> None:
+    target = tmp_path / "no_such_dir" / "ckpt.pt"
+    line = error_line(seeded.cli("export", "run_a", "500", "-o", str(target)))
+    assert f"the directory {tmp_path / 'no_such_dir'} does not exist" in line and ".tmp" not in line
+
+
+def test_import_overwrite_replaces_a_stored_checkpoint(seeded, tmp_path) -> None:
+    first, second = tmp_path / "first.pt", tmp_path / "second.pt"
+    torch.save(toy_weights(1).model, first)
+    torch.save(toy_weights(2).model, second)
+    ok(seeded.cli("import", str(first), "imported", "8"))
+    assert "(use --overwrite to replace it)" in error_line(seeded.cli("import", str(second), "imported", "8"))
+    ok(seeded.cli("import", str(second), "imported", "8", "--overwrite"))
+    back = seeded.weights.retrieve_weights("imported", 8).model
+    assert all(torch.equal(back[k], v) for k, v in toy_weights(2).model.items())
+
+
 def test_export_file_mode_follows_the_umask(seeded, tmp_path) -> None:
     import os
 
