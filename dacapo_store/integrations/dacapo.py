@@ -29,7 +29,14 @@ from typing import Any
 
 try:
     from dacapo.store import create_store as _dacapo_create_store
-except ImportError as error:  # pragma: no cover - depends on the environment
+except ImportError as error:  # depends on the environment
+    _missing = error.name or ""
+    if _missing and _missing != "dacapo" and not _missing.startswith("dacapo."):
+        raise ModuleNotFoundError(
+            f"DaCapo is installed, but importing it failed: no module named {_missing!r} (DaCapo 0.3.5 "
+            "imports fibsem_tools and cellmap_models when it is imported; see the README, 'Installing DaCapo')",
+            name=_missing,
+        ) from error
     raise ImportError(
         "dacapo_store.integrations.dacapo needs DaCapo: pip install 'dacapo-store[dacapo]'"
     ) from error
