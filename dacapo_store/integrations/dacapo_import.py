@@ -37,7 +37,7 @@ from ..records import TrainingIterationStats
 from ..stats_store import StatsStore
 from ..uri import redact_text
 from ..weights_store import WeightsStore
-from .dacapo_files import is_regular_file, load_checkpoint, load_stats_file
+from .dacapo_files import UnreadableDacapoFileError, is_regular_file, load_checkpoint, load_stats_file
 from .dacapo_scores import LayoutSource, ScoreLayout, score_value
 
 logger = logging.getLogger(__name__)
@@ -135,7 +135,16 @@ class FileStatsSource:
         return self._documents("validation_scores", run)
 
     def _documents(self, kind: str, run: str) -> list[Mapping[str, Any]]:
+        """The documents of ``run``'s stats file of ``kind`` (none if there is no such file).
+
+        Raises:
+            UnreadableDacapoFileError: the file, or a folder above it in the stats folder, is a
+                symbolic link (or the file cannot be read, see :func:`load_stats_file`).
+        """
         path = self.stats_dir / kind / run
+        for folder in (self.stats_dir, path.parent):
+            if folder.is_symlink():
+                raise UnreadableDacapoFileError(f"{folder} is a symbolic link: only regular files and folders are read")
         return load_stats_file(path) if path.exists() or path.is_symlink() else []
 
 

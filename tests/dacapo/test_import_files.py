@@ -200,6 +200,17 @@ def test_works_without_dacapo_and_never_imports_it(runs, tmp_path, monkeypatch) 
     assert LocalWeightsStore(tmp_path / "store").list_runs() == ["run_new", "run_old"]
 
 
+def test_a_symlinked_stats_folder_is_not_read(runs, tmp_path, monkeypatch) -> None:
+    outside = tmp_path / "outside"
+    build_tree(outside, monkeypatch)
+    (runs / "stats").mkdir(parents=True)
+    (runs / "stats" / "training_stats").symlink_to(outside / "stats" / "training_stats")
+    result = import_cli(runs, "--store", tmp_path / "store")
+    assert result.exit_code == 0, result.output
+    assert f"{runs / 'stats' / 'training_stats'} is a symbolic link" in " ".join(result.output.split())
+    assert LocalStatsStore(tmp_path / "store").retrieve_training_stats("run_new") == []
+
+
 def test_a_stats_file_is_a_pickled_list_of_documents(tmp_path) -> None:
     (tmp_path / "stats").write_bytes(pickle.dumps({"iteration": 1}))
     with pytest.raises(UnreadableDacapoFileError, match="does not hold a list of documents"):
