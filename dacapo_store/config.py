@@ -193,8 +193,9 @@ def resolve_store(store: str | os.PathLike | None = None, like_dacapo: bool = Fa
 def open_store(
     store: str | os.PathLike | StoreLocation | None, local: Callable[..., T], mongo: Callable[..., T], **options: Any
 ) -> T:
-    """Resolve ``store`` (unless it is a resolved :class:`StoreLocation` already) and build ``local(basedir, **options)`` or
-    ``mongo(uri, db_name, **options)`` for it: how every kind of store is opened. A MongoDB
+    """Resolve ``store`` (unless it is a resolved :class:`StoreLocation` already) and build
+    ``local(basedir, **options)`` or ``mongo(uri, db_name, **options)`` for it: how every kind
+    of store is opened. A MongoDB
     store's collection prefix comes from ``$DACAPO_STORE_COLLECTION_PREFIX`` when set (and not
     given in ``options``).
 

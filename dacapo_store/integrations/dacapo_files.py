@@ -141,7 +141,9 @@ def _check_zip_directory(file: BinaryIO, describe: str) -> None:
     try:
         zipfile.ZipFile(file).close()  # leaves ``file`` open
     except (zipfile.BadZipFile, EOFError, ValueError) as error:
-        raise UnreadableDacapoFileError(f"{describe} is truncated or damaged: no valid zip directory at its end ({error})") from None
+        raise UnreadableDacapoFileError(
+            f"{describe} is truncated or damaged: no valid zip directory at its end ({error})"
+        ) from None
 
 
 _NUMPY_SCALAR = numpy.float64(0).__reduce__()[0]

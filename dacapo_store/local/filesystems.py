@@ -8,7 +8,7 @@ read-only checks use what ``os.statvfs`` reports.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
+import functools
 import os
 import sys
 from pathlib import Path
@@ -51,13 +51,18 @@ class _StatFs(ctypes.Structure):
     _fields_ = [("f_type", ctypes.c_long), ("_rest", ctypes.c_byte * 256)]
 
 
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    """The C library this process runs with (its symbols are the process's own)."""
+    return ctypes.CDLL(None, use_errno=True)
+
+
 def _statfs_type(path: Path) -> int | None:
-    """``statfs(path).f_type``, or ``None`` where it cannot be had (not Linux, no libc)."""
+    """``statfs(path).f_type``, or ``None`` where it cannot be had (not Linux)."""
     if not sys.platform.startswith("linux"):
         return None
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
     result = _StatFs()
-    if libc.statfs(os.fsencode(path), ctypes.byref(result)) != 0:
+    if _libc().statfs(os.fsencode(path), ctypes.byref(result)) != 0:
         return None
     return result.f_type & 0xFFFFFFFF
 
