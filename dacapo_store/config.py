@@ -156,12 +156,19 @@ def warn_about_unknown_keys(options: dict, source: str) -> None:
         )
 
 
-def resolve_store(store: str | os.PathLike | None = None) -> StoreLocation:
+def resolve_store(store: str | os.PathLike | None = None, like_dacapo: bool = False) -> StoreLocation:
     """Resolve the store setting in the documented order (see module docstring).
+
+    Args:
+        store: an explicit path or MongoDB URI.
+        like_dacapo: find the options file as DaCapo 0.3.5 does (``dacapo.options``): a
+            ``$DACAPO_OPTIONS_FILE`` naming no file is passed over (with a
+            ConfigurationWarning) for ``./dacapo.yaml``, then ``~/.config/dacapo/dacapo.yaml``,
+            so that dacapo-store and DaCapo read the same file.
 
     Raises:
         ConfigurationError: a bad value, naming the setting and where it came from (also
-            ``$DACAPO_OPTIONS_FILE`` naming a file that does not exist).
+            ``$DACAPO_OPTIONS_FILE`` naming a file that does not exist, unless ``like_dacapo``).
     """
     if store is not None:
         return location_from_value(os.fspath(store), "the store argument")
@@ -169,7 +176,14 @@ def resolve_store(store: str | os.PathLike | None = None) -> StoreLocation:
         return location_from_value(os.environ[STORE_ENV], f"${STORE_ENV}")
     named = os.environ.get(OPTIONS_FILE_ENV)
     if named and not Path(named).is_file():
-        raise ConfigurationError(f"${OPTIONS_FILE_ENV} names {named}, which is not a file")
+        if not like_dacapo:
+            raise ConfigurationError(f"${OPTIONS_FILE_ENV} names {named}, which is not a file")
+        warnings.warn(
+            f"${OPTIONS_FILE_ENV} names {named}, which is not a file: passed over, as DaCapo does "
+            "(next: ./dacapo.yaml, ~/.config/dacapo/dacapo.yaml)",
+            ConfigurationWarning,
+            stacklevel=2,
+        )
     for candidate in options_file_candidates():
         if candidate.is_file():
             return location_from_options_file(candidate)
@@ -177,17 +191,18 @@ def resolve_store(store: str | os.PathLike | None = None) -> StoreLocation:
 
 
 def open_store(
-    store: str | os.PathLike | None, local: Callable[..., T], mongo: Callable[..., T], **options: Any
+    store: str | os.PathLike | StoreLocation | None, local: Callable[..., T], mongo: Callable[..., T], **options: Any
 ) -> T:
-    """Resolve ``store`` and build ``local(basedir, **options)`` or
-    ``mongo(uri, db_name, **options)`` for it: how every kind of store is opened. A MongoDB
+    """Resolve ``store`` (unless it is a resolved :class:`StoreLocation` already) and build
+    ``local(basedir, **options)`` or ``mongo(uri, db_name, **options)`` for it: how every kind
+    of store is opened. A MongoDB
     store's collection prefix comes from ``$DACAPO_STORE_COLLECTION_PREFIX`` when set (and not
     given in ``options``).
 
     Raises:
         ConfigurationError, StoreConnectionError.
     """
-    location = resolve_store(store)
+    location = store if isinstance(store, StoreLocation) else resolve_store(store)
     if location.kind == "mongo":
         if PREFIX_ENV in os.environ:
             options.setdefault("collection_prefix", os.environ[PREFIX_ENV])
@@ -195,7 +210,7 @@ def open_store(
     return local(location.target, **options)
 
 
-def create_weights_store(store: str | os.PathLike | None = None, **options: Any) -> WeightsStore:
+def create_weights_store(store: str | os.PathLike | StoreLocation | None = None, **options: Any) -> WeightsStore:
     """Open the weights store that ``store`` (or the environment) designates; ``options`` go to
     the store's constructor (e.g. ``read_only=True``).
 
@@ -205,7 +220,7 @@ def create_weights_store(store: str | os.PathLike | None = None, **options: Any)
     return open_store(store, LocalWeightsStore, MongoWeightsStore, **options)
 
 
-def create_stats_store(store: str | os.PathLike | None = None, **options: Any) -> StatsStore:
+def create_stats_store(store: str | os.PathLike | StoreLocation | None = None, **options: Any) -> StatsStore:
     """Open the stats store that ``store`` (or the environment) designates; ``options`` go to
     the store's constructor (e.g. ``read_only=True``).
 

@@ -7,6 +7,8 @@ caller would naturally catch (``ValueError``, ``FileNotFoundError``, ``LookupErr
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 
 class DacapoStoreError(Exception):
     """Base class of every error raised by dacapo-store."""
@@ -28,8 +30,31 @@ class NoScoreError(DacapoStoreError, ValueError, LookupError):
     """No usable (non-NaN) validation score exists for the requested (run, dataset, criterion)."""
 
     @classmethod
-    def for_query(cls, run: str, dataset: str, criterion: str) -> "NoScoreError":
-        """The error for a best-score query that found nothing."""
+    def for_query(
+        cls,
+        run: str,
+        dataset: str,
+        criterion: str,
+        datasets: Iterable[str] | None = None,
+        criteria: Iterable[str] | None = None,
+    ) -> "NoScoreError":
+        """The error for a best-score query that found nothing. Given the run's scored
+        ``datasets`` (and the ``criteria`` scored on ``dataset``), an unknown name is said as
+        such, with the names that exist, rather than "no non-NaN score"."""
+        datasets = None if datasets is None else sorted(datasets)
+        criteria = None if criteria is None else sorted(criteria)
+        if datasets is not None and dataset not in datasets:
+            if not datasets:
+                return cls(f"run {run!r} has no validation scores (dataset {dataset!r}, criterion {criterion!r})")
+            return cls(
+                f"run {run!r} has no validation scores for dataset {dataset!r}; "
+                f"its scored datasets: {', '.join(map(repr, datasets))}"
+            )
+        if criteria is not None and criterion not in criteria:
+            return cls(
+                f"run {run!r} has no validation scores for criterion {criterion!r} on dataset {dataset!r}; "
+                f"its criteria there: {', '.join(map(repr, criteria))}"
+            )
         return cls(
             f"run {run!r} has no non-NaN validation score for dataset {dataset!r}, "
             f"criterion {criterion!r}"

@@ -183,6 +183,7 @@ def test_a_tampered_location_never_reaches_outside_the_store(tmp_path, caplog, l
 
     store = LocalWeightsStore(tmp_path / "store")
     outside = tmp_path / "store" / "outside.pt"
+    outside.parent.mkdir()  # opening the store creates nothing
     outside.write_bytes(b"precious")
     info = store.store_weights(ToyRun("r"), 1)
     with store.catalog.transaction() as db:

@@ -16,8 +16,10 @@ import pytest
 from click.testing import CliRunner
 
 from dacapo_store import (
+    CheckpointNotFoundError,
     LocalStatsStore,
     LocalWeightsStore,
+    NoScoreError,
     NotAuthorizedError,
     ReadOnlyStoreError,
     StoreNotFoundError,
@@ -25,6 +27,7 @@ from dacapo_store import (
 )
 from dacapo_store.cli import main
 from dacapo_store.experiments import LocalRunConfigStore
+from dacapo_store.local import filesystems
 from dacapo_store.testing.contract import ToyRun, assert_state_equal
 
 
@@ -133,6 +136,35 @@ def test_reading_a_store_that_does_not_exist_names_the_path_and_creates_nothing(
         assert list(path.iterdir()) == []
 
 
+def test_reading_a_store_opened_for_writing_on_a_missing_path_creates_nothing_and_says_so(tmp_path, run) -> None:
+    path = tmp_path / "typo"
+    weights, stats, configs = LocalWeightsStore(path), LocalStatsStore(path), LocalRunConfigStore(path)
+    assert weights.list_runs() == [] and weights.latest_iteration("r") is None and weights.list_checkpoints("r") == []
+    assert stats.list_runs() == [] and stats.retrieve_training_stats("r") == []
+    assert stats.retrieve_validation_scores("r") == [] and configs.list_run_configs() == []
+    assert weights.collect_garbage(older_than=3600, dry_run=True).items == ()
+    missing = f"no store at {path}: the directory does not exist"
+    for lookup in (lambda: weights.retrieve_weights("r", 1), lambda: weights.verify("r", 1)):
+        with pytest.raises(CheckpointNotFoundError, match=missing):
+            lookup()
+    for best in (weights.retrieve_best, stats.best_validation_score):
+        with pytest.raises(NoScoreError, match=missing):
+            best("r", "val", "dice")
+    assert not path.exists()
+    weights.store_weights(run, 1)  # a write creates the store, as ever
+    assert weights.latest_iteration("r") == 1
+
+
+def test_an_unwritable_wal_catalog_whose_files_could_change_is_refused_not_read_immutable(
+    store_dir, monkeypatch
+) -> None:
+    """``immutable=1`` ignores every lock: only a catalog that really cannot change is read so."""
+    monkeypatch.setattr(filesystems, "cannot_change", lambda path: False)
+    with unwritable(store_dir):
+        with pytest.raises(NotAuthorizedError, match=f"cannot read the local store at {store_dir} safely"):
+            LocalWeightsStore(store_dir).list_runs()
+
+
 @pytest.mark.parametrize(
     "command", [["du"], ["runs"], ["checkpoints", "r"], ["scores", "r"], ["best", "r", "val", "dice"], ["verify"]]
 )
@@ -171,7 +203,15 @@ def unwritable(path: Path) -> Iterator[None]:
         subprocess.run([chattr, "-i", *map(str, entries)], capture_output=True)
 
 
-def test_an_unwritable_directory_is_opened_read_only_and_serves_every_read(store_dir, run) -> None:
+def as_if_it_cannot_change(monkeypatch) -> None:
+    """Without root, :func:`unwritable` uses chmod, which the owner may undo: let the store read
+    it as it would a read-only mount (with root, ``chattr +i`` really makes it unchangeable)."""
+    if os.geteuid() != 0:
+        monkeypatch.setattr(filesystems, "cannot_change", lambda path: True)
+
+
+def test_an_unwritable_directory_is_opened_read_only_and_serves_every_read(store_dir, run, monkeypatch) -> None:
+    as_if_it_cannot_change(monkeypatch)
     before = snapshot(store_dir)
     with unwritable(store_dir):
         assert LocalWeightsStore(store_dir).catalog.read_only_reason == "not writable by this user"
@@ -205,7 +245,10 @@ def test_an_unwritable_directory_with_a_live_writers_log_is_read_with_it(store_d
         writer.communicate("\n", timeout=60)
 
 
-def test_cli_read_commands_work_on_an_unwritable_directory_and_writes_fail_clearly(store_dir, run, tmp_path) -> None:
+def test_cli_read_commands_work_on_an_unwritable_directory_and_writes_fail_clearly(
+    store_dir, run, tmp_path, monkeypatch
+) -> None:
+    as_if_it_cannot_change(monkeypatch)
     exported = tmp_path / "exported.pt"
     with unwritable(store_dir):
         runner = CliRunner()

@@ -138,9 +138,10 @@ def _print_report(report: ImportReport, sources: list[str], layouts_from: str) -
         )
     else:
         size = human_bytes(sum(r.bytes_imported for r in report.runs))
+        failed = f"; {len(report.failures)} checkpoint file(s) FAILED" if report.failures else ""
         click.echo(
             f"imported {totals[0]} checkpoint(s) ({size}, each verified), {totals[1]} training stat(s) "
-            f"and {totals[2]} score(s); {sum(present)} item(s) were in the store already"
+            f"and {totals[2]} score(s); {sum(present)} item(s) were in the store already{failed}"
         )
     notes = report.notes + [f"run {r.run!r}: {note}" for r in report.runs for note in r.notes]
     for note in notes:

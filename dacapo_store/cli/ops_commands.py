@@ -30,7 +30,7 @@ import click
 from pymongo.errors import PyMongoError
 
 from ..config import create_stats_store, create_weights_store, resolve_store
-from ..errors import CheckpointNotFoundError, DacapoStoreError
+from ..errors import CheckpointExistsError, CheckpointNotFoundError, DacapoStoreError
 from ..local.catalog import CATALOG_FILENAME
 from ..local.weights import fsync_directory
 from ..maintenance.retention import prune
@@ -447,6 +447,8 @@ def export_command(
 
     if output.exists() and not force:
         raise FileExistsError(f"{output} exists (use --force to overwrite it)")
+    if not output.parent.is_dir():
+        raise FileNotFoundError(f"cannot export to {output}: the directory {output.parent} does not exist")
     weights_store = open_stores(store, read_only=True).weights
     parts = ["model"] if no_optimizer else ["model", "optimizer"]
     stored = weights_store.checkpoint_info(run, iteration).parts
@@ -525,14 +527,21 @@ def weights_from_file_state(state: Any, path: Path) -> Weights:
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.argument("run")
 @click.argument("iteration", type=click.IntRange(min=0))
+@click.option("--overwrite", is_flag=True,
+              help="Replace checkpoint ITERATION of RUN if it is stored (readers see the old or the new one, whole).")
 @store_option
 @reporting_errors
-def import_command(file: Path, run: str, iteration: int, store: str | None) -> None:
+def import_command(file: Path, run: str, iteration: int, overwrite: bool, store: str | None) -> None:
     """Store FILE (a checkpoint as `export` writes it, or a bare model state dict) as
     checkpoint ITERATION of RUN. The file must load with torch.load(weights_only=True)."""
     state = load_checkpoint_file(file)
     weights = weights_from_file_state(state, file)
-    info = open_stores(store).weights.put_weights(run, iteration, weights)
+    try:
+        info = open_stores(store).weights.put_weights(run, iteration, weights, overwrite=overwrite)
+    except CheckpointExistsError as error:
+        if overwrite or "already stored" not in str(error):
+            raise
+        raise CheckpointExistsError(f"{error} (use --overwrite to replace it)") from None
     parts = "model and optimizer" if weights.optimizer is not None else "model only"
     click.echo(f"imported {file} as checkpoint {iteration} of run {run!r} ({parts}, {human_bytes(info.size)})")
 

@@ -121,23 +121,24 @@ class LocalRunConfigStore(RunConfigStore):
 
     def __init__(self, basedir: str | os.PathLike, read_only: bool = False) -> None:
         self.catalog = Catalog(basedir, read_only)
-        if not self.catalog.read_only:
+        if not self.catalog.read_only and self.catalog.exists():
             with self.catalog.transaction() as db:
                 db.execute(RUNS_TABLE_SQL)
-        self._has_table = bool(
-            self.catalog.query("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'run_configs'")
-        )
 
     def __repr__(self) -> str:
         return f"LocalRunConfigStore({str(self.catalog.basedir)!r})"
 
     def list_run_configs(self) -> list[str]:
-        if not self._has_table:  # a read-only store that never held a run config
+        if not self._has_table():  # a read-only (or not yet created) store that never held a run config
             return []
         return [row["name"] for row in self.catalog.query("SELECT name FROM run_configs ORDER BY name")]
 
+    def _has_table(self) -> bool:
+        return bool(self.catalog.query("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'run_configs'"))
+
     def _insert(self, name: str, text: str) -> str | None:
         with self.catalog.transaction() as db:
+            db.execute(RUNS_TABLE_SQL)
             row = db.execute("SELECT config FROM run_configs WHERE name = ?", (name,)).fetchone()
             if row is not None:
                 return row["config"]
@@ -147,7 +148,7 @@ class LocalRunConfigStore(RunConfigStore):
         return None
 
     def _find(self, name: str) -> str | None:
-        if not self._has_table:
+        if not self._has_table():
             return None
         rows = self.catalog.query("SELECT config FROM run_configs WHERE name = ?", (name,))
         return rows[0]["config"] if rows else None

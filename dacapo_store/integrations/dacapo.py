@@ -29,7 +29,14 @@ from typing import Any
 
 try:
     from dacapo.store import create_store as _dacapo_create_store
-except ImportError as error:  # pragma: no cover - depends on the environment
+except ImportError as error:  # depends on the environment
+    _missing = error.name or ""
+    if _missing and _missing != "dacapo" and not _missing.startswith("dacapo."):
+        raise ModuleNotFoundError(
+            f"DaCapo is installed, but importing it failed: no module named {_missing!r} (DaCapo 0.3.5 "
+            "imports fibsem_tools and cellmap_models when it is imported; see the README, 'Installing DaCapo')",
+            name=_missing,
+        ) from error
     raise ImportError(
         "dacapo_store.integrations.dacapo needs DaCapo: pip install 'dacapo-store[dacapo]'"
     ) from error
@@ -64,14 +71,14 @@ class _Installation:
     def stats_store(self) -> StatsStore:
         return self.stats if self.stats is not None else self._open("stats", config.create_stats_store)
 
-    def _open(self, kind: str, opener: Callable[[], Any]) -> Any:
-        location = config.resolve_store()
+    def _open(self, kind: str, opener: Callable[[config.StoreLocation], Any]) -> Any:
+        location = config.resolve_store(like_dacapo=True)  # the options file DaCapo reads
         if location.kind == "local":  # a relative runs_base_dir means another store after a chdir
             location = dataclasses.replace(location, target=os.path.abspath(location.target))
         key = (kind, location, os.environ.get(config.PREFIX_ENV))
         with self._lock:
             if key not in self._opened:
-                self._opened[key] = opener()
+                self._opened[key] = opener(location)
             return self._opened[key]
 
 

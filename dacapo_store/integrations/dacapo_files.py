@@ -26,6 +26,7 @@ import os
 import pickle
 import re
 import stat
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -94,20 +95,23 @@ def load_checkpoint(path: str | os.PathLike, max_bytes: int = MAX_CHECKPOINT_BYT
         The checkpoint's model and optimizer state dicts (the optimizer may be ``None``).
 
     Raises:
-        UnreadableDacapoFileError: not a regular file, too large, refused by the restricted
-            unpickler (it names a global other than torch's tensor types and DaCapo's
-            ``Weights``; the message names it), not a torch file, or not a DaCapo checkpoint.
+        UnreadableDacapoFileError: not a regular file, too large, truncated or damaged (a torch
+            archive without its zip directory), refused by the restricted unpickler (it names a
+            global other than torch's tensor types and DaCapo's ``Weights``; the message names
+            it), not a torch file, or not a DaCapo checkpoint.
         OSError: the file cannot be read.
     """
     describe = f"DaCapo checkpoint {path}"
     with open_dacapo_file(path, max_bytes) as file:
         is_zip = file.read(4) == ZIP_MAGIC  # torch's own test for its zip format
+        if is_zip:
+            _check_zip_directory(file, describe)
         file.seek(0)
         try:
             with torch.serialization.safe_globals([(PickledWeights, DACAPO_WEIGHTS_CLASS)]):
                 state = load_state(fd_path(file.fileno(), path) if is_zip else file, "cpu", describe, mmap=is_zip)
         except CorruptCheckpointError as error:
-            refused = re.search(r"GLOBAL (\S+) was not an allowed global", str(error.__cause__))
+            refused = re.search(r"GLOBAL ([\w.]+)", str(error.__cause__))  # torch's wordings vary
             reason = (
                 f"it names {refused[1]}, which a checkpoint may not call" if refused
                 else "it is not a torch file of tensors, plain containers and DaCapo's Weights"
@@ -125,6 +129,21 @@ def load_checkpoint(path: str | os.PathLike, max_bytes: int = MAX_CHECKPOINT_BYT
     if not isinstance(model, Mapping) or not (optimizer is None or isinstance(optimizer, Mapping)):
         raise UnreadableDacapoFileError(f"{describe}: its model and optimizer are not state dicts")
     return Weights(model, optimizer)
+
+
+def _check_zip_directory(file: BinaryIO, describe: str) -> None:
+    """Read the zip directory at the end of the torch archive ``file``: a truncated archive
+    has none, and torch would fail on it with an unrelated error (``[Errno 22] Invalid argument``).
+
+    Raises:
+        UnreadableDacapoFileError: the archive is truncated or damaged.
+    """
+    try:
+        zipfile.ZipFile(file).close()  # leaves ``file`` open
+    except (zipfile.BadZipFile, EOFError, ValueError) as error:
+        raise UnreadableDacapoFileError(
+            f"{describe} is truncated or damaged: no valid zip directory at its end ({error})"
+        ) from None
 
 
 _NUMPY_SCALAR = numpy.float64(0).__reduce__()[0]

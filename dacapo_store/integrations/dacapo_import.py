@@ -37,7 +37,7 @@ from ..records import TrainingIterationStats
 from ..stats_store import StatsStore
 from ..uri import redact_text
 from ..weights_store import WeightsStore
-from .dacapo_files import is_regular_file, load_checkpoint, load_stats_file
+from .dacapo_files import UnreadableDacapoFileError, is_regular_file, load_checkpoint, load_stats_file
 from .dacapo_scores import LayoutSource, ScoreLayout, score_value
 
 logger = logging.getLogger(__name__)
@@ -87,8 +87,9 @@ class ImportReport:
 
     @property
     def nothing_new(self) -> bool:
-        """Whether nothing was imported (everything found was in the store already)."""
-        return all(run.imported == 0 for run in self.runs)
+        """Whether nothing was imported and nothing failed (everything found was in the store
+        already)."""
+        return all(run.imported == 0 for run in self.runs) and not self.failures
 
     @property
     def failures(self) -> list[str]:
@@ -134,7 +135,16 @@ class FileStatsSource:
         return self._documents("validation_scores", run)
 
     def _documents(self, kind: str, run: str) -> list[Mapping[str, Any]]:
+        """The documents of ``run``'s stats file of ``kind`` (none if there is no such file).
+
+        Raises:
+            UnreadableDacapoFileError: the file, or a folder above it in the stats folder, is a
+                symbolic link (or the file cannot be read, see :func:`load_stats_file`).
+        """
         path = self.stats_dir / kind / run
+        for folder in (self.stats_dir, path.parent):
+            if folder.is_symlink():
+                raise UnreadableDacapoFileError(f"{folder} is a symbolic link: only regular files and folders are read")
         return load_stats_file(path) if path.exists() or path.is_symlink() else []
 
 
@@ -225,19 +235,29 @@ def find_checkpoints(
 ) -> tuple[list[CheckpointFile], list[str]]:
     """Find DaCapo's checkpoint files under ``runs_base_dir`` (of one ``run`` if given).
 
-    Only regular files named by a decimal iteration are taken; anything else in an
-    ``iterations`` folder is skipped with a note, and so is a run whose name dacapo-store
-    refuses.
+    Only what lies inside ``runs_base_dir`` is read: a run, ``checkpoints`` or
+    ``iterations`` directory that is a symbolic link is skipped with a note, and so is
+    anything in an ``iterations`` folder but a regular file named by a decimal iteration, and
+    a run whose name dacapo-store refuses. Two names of one iteration (``4`` and ``0004``) are
+    ambiguous: neither is imported, and a note says so.
 
     Returns:
         The checkpoint files by run and iteration, and the notes.
     """
     base = Path(runs_base_dir)
     notes: list[str] = []
-    run_dirs = [base / run] if run is not None else sorted(entry for entry in base.iterdir() if entry.is_dir())
+    if run is not None:
+        run_dirs = [base / run]
+    else:
+        run_dirs = sorted(entry for entry in base.iterdir() if entry.is_dir() or entry.is_symlink())
     found = []
     for run_dir in run_dirs:
         folder = run_dir / "checkpoints" / "iterations"
+        link = next((path for path in (run_dir, folder.parent, folder) if path.is_symlink()), None)
+        if link is not None:
+            if folder.is_dir():  # only a link that leads to checkpoints is worth a note
+                notes.append(f"skipped {link}: a symbolic link (only what is inside {base} is read)")
+            continue
         if not folder.is_dir():
             continue
         try:
@@ -245,6 +265,7 @@ def find_checkpoints(
         except (TypeError, ValueError) as error:
             notes.append(f"skipped {run_dir}: {error}")
             continue
+        by_iteration: dict[int, list[Path]] = {}
         for entry in sorted(folder.iterdir()):
             if not ITERATION_NAME.match(entry.name):
                 notes.append(f"skipped {entry}: not an iteration number")
@@ -252,11 +273,17 @@ def find_checkpoints(
                 notes.append(f"skipped {entry}: not a regular file")
             else:
                 try:
-                    iteration = check_iteration(int(entry.name))
+                    by_iteration.setdefault(check_iteration(int(entry.name)), []).append(entry)
                 except ValueError as error:
                     notes.append(f"skipped {entry}: {error}")
-                    continue
-                found.append(CheckpointFile(name, iteration, entry, entry.lstat().st_size))
+        for iteration, entries in by_iteration.items():
+            if len(entries) > 1:
+                notes.append(
+                    f"skipped iteration {iteration} of run {name!r}: {len(entries)} files name it "
+                    f"({', '.join(entry.name for entry in entries)} in {folder}); none is imported"
+                )
+            else:
+                found.append(CheckpointFile(name, iteration, entries[0], entries[0].lstat().st_size))
     return sorted(found, key=lambda item: (item.run, item.iteration)), notes
 
 
@@ -328,8 +355,9 @@ def _import_checkpoint(item: CheckpointFile, weights_store: WeightsStore, report
         report.checkpoints_present += 1
         return
     except (DacapoStoreError, OSError, ValueError, TypeError, RuntimeError, pickle.UnpicklingError) as error:
-        report.failures.append(f"{item.path}: {error}")
-        logger.warning("not imported: %s: %s", item.path, error)
+        failure = str(error) if str(item.path) in str(error) else f"{item.path}: {error}"
+        report.failures.append(failure)
+        logger.info("not imported: %s", failure)  # reported once, in the report
         return
     report.checkpoints_imported += 1
     report.bytes_imported += info.size

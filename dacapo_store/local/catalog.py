@@ -13,10 +13,24 @@ all a reservation needs: it only matters while its writer lives, and a power los
 writer too (what it wrote is then an orphan that ``collect_garbage`` reclaims).
 
 A catalog opened read-only (asked for, or a directory this user may not write) uses SQLite's
-``mode=ro``; where that cannot open the database (a WAL database needs its ``-shm`` file, which
-a reader cannot create in a read-only directory) it falls back to ``immutable=1``, which reads
-the database file alone: safe there, since nothing can be writing to a directory nobody may
-write (a live writer keeps a ``-shm`` file, with which ``mode=ro`` works).
+``mode=ro``. Where that cannot open the database (a WAL database whose writers have all closed:
+its ``-shm`` file is gone, and a reader cannot create one in a directory it may not write), it
+reads the database file alone (``immutable=1``) only if the file really cannot change: a
+read-only mount, or the immutable attribute (``chattr +i``). Elsewhere its owner (or root) could
+start writing during the read, which ``immutable=1`` would not notice; that is refused with
+:class:`NotAuthorizedError` saying what to do.
+
+**Network filesystems** (NFS, SMB, Lustre, GPFS, BeeGFS, CephFS, ...: see
+:mod:`~dacapo_store.local.filesystems`). SQLite's WAL needs every connection on one host, and
+its rollback journal needs file locks that work across hosts, which these filesystems do not
+all give. There a store is opened for reading only (never in WAL mode) and every write is
+refused with a one-line error pointing to MongoDB, unless ``$DACAPO_STORE_NETWORK_FS`` is
+``rollback-journal``: then the catalog runs in rollback-journal mode (``journal_mode=DELETE``,
+``synchronous=FULL`` for every transaction), which keeps it consistent as long as the
+filesystem's locks do (NFSv4, Lustre with ``flock``, GPFS, CephFS); the user accepts that risk.
+
+A store opened for writing is created by its first write: until then its reads find nothing and
+create nothing, so a mistyped path does not leave an empty store behind.
 """
 
 from __future__ import annotations
@@ -30,13 +44,25 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..errors import NotAuthorizedError, ReadOnlyStoreError, StoreNotFoundError
+from ..errors import (
+    ConfigurationError,
+    NoScoreError,
+    NotAuthorizedError,
+    ReadOnlyStoreError,
+    StoreConnectionError,
+    StoreNotFoundError,
+)
 from ..records import CheckpointInfo, PartInfo
+from . import filesystems
 
 logger = logging.getLogger(__name__)
 
 CATALOG_FILENAME = "catalog.sqlite3"
 BUSY_TIMEOUT_SECONDS = 60.0
+NETWORK_FS_ENV = "DACAPO_STORE_NETWORK_FS"
+NETWORK_FS_OPT_IN = "rollback-journal"
+"""The value of ``$DACAPO_STORE_NETWORK_FS`` that lets a store on a network filesystem write
+(rollback-journal mode, no WAL), accepting that the filesystem's locks must work across hosts."""
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS checkpoints (
@@ -121,47 +147,98 @@ def is_writable(path: Path) -> bool:
     return os.access(path, os.W_OK | os.X_OK) and (not catalog.exists() or os.access(catalog, os.W_OK))
 
 
+def network_fs_opted_in() -> bool:
+    """Whether ``$DACAPO_STORE_NETWORK_FS`` lets a store on a network filesystem write.
+
+    Raises:
+        ConfigurationError: the variable is set to anything but ``rollback-journal``.
+    """
+    value = os.environ.get(NETWORK_FS_ENV, "")
+    if value not in ("", NETWORK_FS_OPT_IN):
+        raise ConfigurationError(
+            f"${NETWORK_FS_ENV} must be {NETWORK_FS_OPT_IN!r} (or unset), got {value!r}"
+        )
+    return value == NETWORK_FS_OPT_IN
+
+
 class Catalog:
     """The SQLite catalog of one local store directory.
 
     Args:
-        basedir: the store directory; opened for writing, it is created with its catalog if
-            missing.
-        read_only: open for reading only. A directory this process may not write is opened
-            read-only whatever this says.
+        basedir: the store directory; opened for writing, it is created with its catalog by
+            the first write (reads of a store that does not exist yet find nothing).
+        read_only: open for reading only. A directory this process may not write, or one on a
+            network filesystem (without ``$DACAPO_STORE_NETWORK_FS``), is opened read-only
+            whatever this says.
 
     Raises:
         StoreNotFoundError: opened read-only, and ``basedir`` or its catalog does not exist
             (only a write creates a store).
+        ConfigurationError: a bad ``$DACAPO_STORE_NETWORK_FS``.
     """
 
     def __init__(self, basedir: str | os.PathLike, read_only: bool = False) -> None:
         self.basedir = Path(basedir).expanduser().absolute()
         self.path = self.basedir / CATALOG_FILENAME
         self._local = threading.local()
-        if not read_only and (not self.basedir.exists() or is_writable(self.basedir)):
-            self.read_only_reason: str | None = None
-            self.basedir.mkdir(parents=True, exist_ok=True)
-            with self.transaction() as db:
-                for statement in _SCHEMA:
-                    db.execute(statement)
-                _add_missing_columns(db)
+        self._read_only_uri: str | None = None
+        self.network_filesystem = filesystems.network_filesystem(self.basedir)
+        network_writes = self.network_filesystem is not None and network_fs_opted_in()
+        self.journal_mode = "delete" if network_writes else "wal"
+        self.read_only_reason: str | None = None
+        if read_only:
+            self.read_only_reason = "opened read-only"
+        elif self.network_filesystem is not None and not network_writes:
+            self.read_only_reason = f"on a network filesystem ({self.network_filesystem})"
+        elif self.basedir.exists() and not is_writable(self.basedir):
+            self.read_only_reason = "not writable by this user"
+        self._present = self.path.exists()
+        self._schema_ready = False
+        self._create_lock = threading.Lock()
+        if self.read_only_reason is None:
+            if self._present:
+                self._create()  # brings an older catalog's schema up to date
             return
-        self.read_only_reason = "opened read-only" if read_only else "not writable by this user"
-        if not self.path.exists():
-            what = "does not exist" if not self.basedir.exists() else f"has no {CATALOG_FILENAME}"
-            raise StoreNotFoundError(
-                f"no store at {self.basedir}: the directory {what} (a store is created by its first write)"
-            )
-        self._read_only_uri = self._usable_read_only_uri()
+        if not self._present and (read_only or self.network_filesystem is None):
+            raise StoreNotFoundError(self.missing())
 
     @property
     def read_only(self) -> bool:
-        """Whether the catalog was opened read-only (asked for, or an unwritable directory)."""
+        """Whether the catalog was opened read-only (asked for, an unwritable directory, or a
+        network filesystem without the opt-in)."""
         return self.read_only_reason is not None
 
+    def exists(self) -> bool:
+        """Whether the store's catalog exists (it is created by the store's first write)."""
+        if not self._present:
+            self._present = self.path.exists()
+        return self._present
+
+    def missing(self) -> str:
+        """What is missing of a store that does not exist: "no store at PATH: ..."."""
+        what = "does not exist" if not self.basedir.exists() else f"has no {CATALOG_FILENAME}"
+        return f"no store at {self.basedir}: the directory {what} (a store is created by its first write)"
+
+    def _create(self) -> None:
+        """Create the store directory and its catalog, or bring an existing catalog's schema
+        up to date."""
+        with self._create_lock:
+            if self._schema_ready:
+                return
+            self.basedir.mkdir(parents=True, exist_ok=True)
+            with self._write_transaction("creating the catalog", durable=True) as db:
+                for statement in _SCHEMA:
+                    db.execute(statement)
+                _add_missing_columns(db)
+            self._present = self._schema_ready = True
+
     def _usable_read_only_uri(self) -> str:
-        """``mode=ro`` if SQLite can open the database that way here, else ``immutable=1``."""
+        """``mode=ro`` if SQLite can open the database that way here, else ``immutable=1``
+        where the database file cannot change (see the module doc).
+
+        Raises:
+            NotAuthorizedError: neither can be used safely.
+        """
         base = self.path.as_uri()
         try:
             probe = sqlite3.connect(f"{base}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_SECONDS)
@@ -170,7 +247,16 @@ class Catalog:
                 return f"{base}?mode=ro"
             finally:
                 probe.close()
-        except sqlite3.OperationalError:
+        except sqlite3.OperationalError as error:
+            if is_writable(self.basedir) or not _in_wal_mode(self.path):
+                return f"{base}?mode=ro"  # not the -shm problem: its use reports the real error
+            if not filesystems.cannot_change(self.path):
+                raise NotAuthorizedError(
+                    f"cannot read the local store at {self.basedir} safely: SQLite cannot open its "
+                    f"catalog read-only ({error}: no writer has it open, and this user may not create "
+                    f"{CATALOG_FILENAME}-shm there), and the files could still change; open the store "
+                    "once as a user who may write it, or read it with write permission on the directory"
+                ) from error
             wal = self.path.with_name(self.path.name + "-wal")
             if wal.exists() and wal.stat().st_size > 0:
                 logger.warning(
@@ -180,14 +266,28 @@ class Catalog:
             return f"{base}?immutable=1"
 
     def connection(self) -> sqlite3.Connection:
-        """This thread's connection (a new one in a forked child process)."""
+        """This thread's connection (a new one in a forked child process).
+
+        Raises:
+            StoreConnectionError: the catalog could not be switched out of WAL mode (on a
+                network filesystem; another process has it open).
+        """
         db = getattr(self._local, "db", None)
         if db is None or self._local.pid != os.getpid():
             if self.read_only:
+                if self._read_only_uri is None:
+                    self._read_only_uri = self._usable_read_only_uri()
                 db = sqlite3.connect(self._read_only_uri, uri=True, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None)
             else:
                 db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None)
-                db.execute("PRAGMA journal_mode=WAL")
+                mode = db.execute(f"PRAGMA journal_mode={self.journal_mode.upper()}").fetchone()[0]
+                if mode.lower() != self.journal_mode:
+                    db.close()
+                    raise StoreConnectionError(
+                        f"the catalog of the local store at {self.basedir} is in {mode} mode and could not "
+                        f"be switched to {self.journal_mode} (another process has it open): stop every "
+                        "process using the store, then retry"
+                    )
                 db.execute("PRAGMA synchronous=FULL")
             db.row_factory = sqlite3.Row
             self._local.db, self._local.pid, self._local.durable = db, os.getpid(), True
@@ -195,10 +295,19 @@ class Catalog:
 
     def require_writable(self, action: str) -> None:
         """Raise ReadOnlyStoreError if the catalog was opened read-only."""
-        if self.read_only:
+        if not self.read_only:
+            return
+        if self.network_filesystem is not None and self.read_only_reason.startswith("on a network"):
             raise ReadOnlyStoreError(
-                f"the local store at {self.basedir} is {self.read_only_reason}: not authorized to write ({action})"
+                f"the local store at {self.basedir} is {self.read_only_reason}: not authorized to write "
+                f"({action}): SQLite cannot share a catalog between hosts there; use a MongoDB store "
+                f"(mongodb:// URI) for runs on several nodes, or set {NETWORK_FS_ENV}={NETWORK_FS_OPT_IN} "
+                "to write anyway (rollback journal, no WAL; safe only if the filesystem's locks work "
+                "across hosts)"
             )
+        raise ReadOnlyStoreError(
+            f"the local store at {self.basedir} is {self.read_only_reason}: not authorized to write ({action})"
+        )
 
     @contextmanager
     def transaction(
@@ -212,8 +321,16 @@ class Catalog:
             NotAuthorizedError: SQLite refuses to write (the directory or file became read-only).
         """
         self.require_writable(action)
+        if not self._schema_ready:  # the store's first write (here or in another process)
+            self._create()
+        with self._write_transaction(action, durable) as db:
+            yield db
+
+    @contextmanager
+    def _write_transaction(self, action: str, durable: bool) -> Iterator[sqlite3.Connection]:
+        """:meth:`transaction` without its checks."""
         db = self.connection()
-        if self._local.durable != durable:
+        if self.journal_mode == "wal" and self._local.durable != durable:  # a rollback journal: always FULL
             db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
             self._local.durable = durable
         try:
@@ -233,8 +350,41 @@ class Catalog:
             ) from error
 
     def query(self, sql: str, parameters: tuple = ()) -> list[sqlite3.Row]:
-        """Run one read query and return all its rows."""
-        return self.connection().execute(sql, parameters).fetchall()
+        """Run one read query and return all its rows (none if the store does not exist yet:
+        a read creates nothing)."""
+        if not self.exists():
+            return []
+        try:
+            return self.connection().execute(sql, parameters).fetchall()
+        except sqlite3.OperationalError as error:
+            if str(error).startswith("no such table") and not self._schema_ready:
+                return []  # another process is creating the store: it holds nothing yet
+            raise
+
+
+def _in_wal_mode(path: Path) -> bool:
+    """Whether the SQLite database file ``path`` is in WAL mode (its header's read and write
+    versions are 2); false for anything unreadable."""
+    try:
+        with open(path, "rb") as file:
+            header = file.read(20)
+    except OSError:
+        return False
+    return header.startswith(b"SQLite format 3\x00") and header[18:20] == b"\x02\x02"
+
+
+def no_score_error(catalog: Catalog, run: str, dataset: str, criterion: str) -> NoScoreError:
+    """The error for a best-score query of ``catalog`` that found nothing: it names the
+    datasets or criteria that exist when the asked one has no score, or the missing store."""
+    if not catalog.exists():
+        return NoScoreError(f"run {run!r} has no validation scores: {catalog.missing()}")
+    datasets = [row[0] for row in catalog.query("SELECT DISTINCT dataset FROM validation_scores WHERE run = ?", (run,))]
+    criteria = [
+        row[0] for row in catalog.query(
+            "SELECT DISTINCT criterion FROM validation_scores WHERE run = ? AND dataset = ?", (run, dataset)
+        )
+    ]
+    return NoScoreError.for_query(run, dataset, criterion, datasets, criteria)
 
 
 def _add_missing_columns(db: sqlite3.Connection) -> None:

@@ -5,10 +5,9 @@ from __future__ import annotations
 import math
 import os
 
-from ..errors import NoScoreError
 from ..records import TrainingIterationStats, ValidationScore
 from ..stats_store import ScoreRow, StatsStore, score_from_row
-from .catalog import ALL_BEST_SCORES_SQL, BEST_SCORE_SQL, Catalog
+from .catalog import ALL_BEST_SCORES_SQL, BEST_SCORE_SQL, Catalog, no_score_error
 
 
 def _nan_from_null(value: float | None) -> float:
@@ -87,7 +86,7 @@ class LocalStatsStore(StatsStore):
     def _best_score(self, run: str, dataset: str, criterion: str) -> ValidationScore:
         rows = self.catalog.query(BEST_SCORE_SQL, (run, dataset, criterion))
         if not rows:
-            raise NoScoreError.for_query(run, dataset, criterion)
+            raise no_score_error(self.catalog, run, dataset, criterion)
         return score_from_row(rows[0])
 
     def _all_best_scores(self) -> list[ValidationScore]:

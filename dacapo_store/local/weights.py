@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..checks import run_name_of
-from ..errors import CheckpointExistsError, CorruptCheckpointError, NoScoreError
+from ..errors import CheckpointExistsError, CheckpointNotFoundError, CorruptCheckpointError
 from ..records import CheckpointInfo, PartInfo, RunTotals
 from ..serialization import serialize_state
 from ..weights_store import (
@@ -30,7 +30,7 @@ from ..weights_store import (
 )
 from .payload_file import load_payload_file, verify_payload_file
 from .writeback import WritebackFile
-from .catalog import BEST_SCORE_SQL, RUN_TOTALS_SQL, Catalog, checkpoint_from_row, parts_to_json
+from .catalog import BEST_SCORE_SQL, RUN_TOTALS_SQL, Catalog, checkpoint_from_row, no_score_error, parts_to_json
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +71,9 @@ class LocalWeightsStore(WeightsStore):
     same ``basedir`` shares the validation scores that :meth:`retrieve_best` reads.
 
     Args:
-        basedir: the store directory (created if missing, unless ``read_only``).
+        basedir: the store directory (created by the first write if missing, unless
+            ``read_only``; reads of a store that does not exist create nothing, and a lookup
+            that finds nothing says the store is missing).
         stale_after: seconds without progress after which a pending upload may be taken over.
         read_only: open for reading only (SQLite ``mode=ro``); writes raise ReadOnlyStoreError.
             A directory this process may not write (a read-only mount, no write permission) is
@@ -88,8 +90,6 @@ class LocalWeightsStore(WeightsStore):
         self.catalog = Catalog(basedir, read_only)
         self.basedir = self.catalog.basedir
         self.payload_dir = self.basedir / PAYLOAD_DIRNAME
-        if not self.catalog.read_only:
-            self.payload_dir.mkdir(exist_ok=True)
 
     def __repr__(self) -> str:
         return f"LocalWeightsStore({str(self.basedir)!r})"
@@ -186,6 +186,7 @@ class LocalWeightsStore(WeightsStore):
         final = self.payload_dir / location
         partial = final.with_name(final.name + PARTIAL_SUFFIX)
         reservation.payloads.append(location)
+        self.payload_dir.mkdir(exist_ok=True)  # the reservation created the store
         try:
             with open(partial, "wb") as file:
                 info = serialize_state(
@@ -251,6 +252,13 @@ class LocalWeightsStore(WeightsStore):
             _drop_claim(db, reservation.run, reservation.iteration, reservation.token)
 
     def _find(self, run: str, iteration: int) -> CheckpointInfo | None:
+        """The complete checkpoint's entry, or ``None``.
+
+        Raises:
+            CheckpointNotFoundError: the store does not exist (the message says so).
+        """
+        if not self.catalog.exists():
+            raise CheckpointNotFoundError(f"no {describe(run, iteration)} is stored: {self.catalog.missing()}")
         rows = self.catalog.query(
             "SELECT * FROM checkpoints WHERE run = ? AND iteration = ? AND state = 'complete'",
             (run, iteration),
@@ -301,7 +309,7 @@ class LocalWeightsStore(WeightsStore):
     def _best_iteration(self, run: str, dataset: str, criterion: str) -> int:
         rows = self.catalog.query(BEST_SCORE_SQL, (run, dataset, criterion))
         if not rows:
-            raise NoScoreError.for_query(run, dataset, criterion)
+            raise no_score_error(self.catalog, run, dataset, criterion)
         return rows[0]["iteration"]
 
     def _find_garbage(self, cutoff: float) -> list[GarbageItem]:

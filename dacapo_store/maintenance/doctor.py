@@ -19,7 +19,7 @@ from pymongo.uri_parser import parse_uri
 
 from ..config import StoreLocation
 from ..errors import DacapoStoreError
-from ..local.catalog import Catalog, is_writable
+from ..local.catalog import NETWORK_FS_ENV, Catalog, is_writable
 from ..mongo.connection import IndexSpec, MongoDatabase
 from ..mongo.retry import NO_RETRY
 from ..mongo.scores import SCORE_INDEXES, SCORES_COLLECTION
@@ -197,6 +197,14 @@ def diagnose_local(path: Path) -> list[Finding]:
     except DacapoStoreError as error:
         return [Finding(PROBLEM, "store", str(error))]
     found = [Finding(OK, "store", str(catalog.basedir))]
+    if catalog.network_filesystem is not None:
+        allowed = catalog.journal_mode != "wal"
+        found.append(Finding(
+            WARNING, "filesystem",
+            f"on a network filesystem ({catalog.network_filesystem}): "
+            + (f"writes allowed by ${NETWORK_FS_ENV} (rollback journal; safe only if its locks work across hosts)"
+               if allowed else "reading only; use MongoDB for runs on several nodes (see README: Shared filesystems)"),
+        ))
     if is_writable(catalog.basedir):
         found.append(Finding(OK, "permissions", "this user may write the store"))
     else:

@@ -44,7 +44,8 @@ def find_best_score(collection: Any, run: str, dataset: str, criterion: str) -> 
     sort and limit on the ``best_score`` index.
 
     Raises:
-        NoScoreError: no non-NaN score.
+        NoScoreError: no non-NaN score (naming the datasets or criteria that exist when
+            ``dataset`` or ``criterion`` has no score at all).
     """
     document = collection.find_one(
         {"run": run, "dataset": dataset, "criterion": criterion, "ranked": True},
@@ -52,7 +53,10 @@ def find_best_score(collection: Any, run: str, dataset: str, criterion: str) -> 
         sort=BEST_SORT,
     )
     if document is None:
-        raise NoScoreError.for_query(run, dataset, criterion)
+        raise NoScoreError.for_query(
+            run, dataset, criterion, collection.distinct("dataset", {"run": run}),
+            collection.distinct("criterion", {"run": run, "dataset": dataset}),
+        )
     return document
 
 

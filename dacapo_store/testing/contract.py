@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 import threading
 import time
 import uuid
@@ -688,6 +689,23 @@ class StoreContract:
             with pytest.raises(NoScoreError) as caught:
                 call()
             assert isinstance(caught.value, ValueError) and isinstance(caught.value, LookupError)
+
+    def test_an_unknown_dataset_or_criterion_names_the_ones_that_exist(
+        self, weights_store: WeightsStore, stats_store: StatsStore, run: ToyRun
+    ) -> None:
+        stats_store.store_validation_scores(run, 1, "val", {"dice": 0.5, "f1": 0.7}, {"dice": True, "f1": True})
+        stats_store.store_validation_scores(run, 1, "test", {"dice": 0.4}, {"dice": True})
+        stats_store.store_validation_scores(run, 1, "nan", {"dice": math.nan}, {"dice": True})
+        expected = {
+            ("vall", "dice"): "no validation scores for dataset 'vall'; its scored datasets: 'nan', 'test', 'val'",
+            ("val", "dise"): "no validation scores for criterion 'dise' on dataset 'val'; its criteria there: 'dice', 'f1'",
+            ("nan", "dice"): "no non-NaN validation score for dataset 'nan', criterion 'dice'",
+        }
+        for (dataset, criterion), message in expected.items():
+            for call in (weights_store.retrieve_best, stats_store.best_validation_score):
+                with pytest.raises(NoScoreError, match=re.escape(message)) as caught:
+                    call(run, dataset, criterion)
+                assert isinstance(caught.value, ValueError) and isinstance(caught.value, LookupError)
 
     @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.differing_executors])
     @given(

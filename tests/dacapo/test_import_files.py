@@ -200,7 +200,86 @@ def test_works_without_dacapo_and_never_imports_it(runs, tmp_path, monkeypatch) 
     assert LocalWeightsStore(tmp_path / "store").list_runs() == ["run_new", "run_old"]
 
 
+def test_a_symlinked_stats_folder_is_not_read(runs, tmp_path, monkeypatch) -> None:
+    outside = tmp_path / "outside"
+    build_tree(outside, monkeypatch)
+    (runs / "stats").mkdir(parents=True)
+    (runs / "stats" / "training_stats").symlink_to(outside / "stats" / "training_stats")
+    result = import_cli(runs, "--store", tmp_path / "store")
+    assert result.exit_code == 0, result.output
+    assert f"{runs / 'stats' / 'training_stats'} is a symbolic link" in " ".join(result.output.split())
+    assert LocalStatsStore(tmp_path / "store").retrieve_training_stats("run_new") == []
+
+
 def test_a_stats_file_is_a_pickled_list_of_documents(tmp_path) -> None:
     (tmp_path / "stats").write_bytes(pickle.dumps({"iteration": 1}))
     with pytest.raises(UnreadableDacapoFileError, match="does not hold a list of documents"):
         load_stats_file(tmp_path / "stats")
+
+
+def test_symlinked_run_and_checkpoints_directories_are_skipped_with_a_note(runs, tmp_path, monkeypatch) -> None:
+    build_tree(runs, monkeypatch)
+    outside = tmp_path / "outside"
+    build_tree(outside, monkeypatch)  # another lab's runs, outside the runs directory
+    (runs / "linked_run").symlink_to(outside / "run_old")
+    (runs / "run_x").mkdir()
+    (runs / "run_x" / "checkpoints").symlink_to(outside / "run_new" / "checkpoints")
+    result = import_cli(runs, "--store", tmp_path / "store")
+    assert result.exit_code == 0, result.output
+    assert f"skipped {runs / 'linked_run'}: a symbolic link (only what is inside {runs} is read)" in result.output
+    assert f"skipped {runs / 'run_x' / 'checkpoints'}: a symbolic link" in result.output
+    assert LocalWeightsStore(tmp_path / "store").list_runs() == ["run_new", "run_old"]
+
+
+def test_two_names_of_one_iteration_import_neither_and_say_so(runs, tmp_path, monkeypatch) -> None:
+    written = build_tree(runs, monkeypatch)
+    folder = checkpoint_path(runs, "run_new", 10).parent
+    torch.save({"model": ToyRun("other").model.state_dict(), "optimizer": None}, folder / "0010")
+    torch.save({"model": ToyRun("other").model.state_dict(), "optimizer": None}, folder / "0030")  # alone: fine
+    result = import_cli(runs, "--store", tmp_path / "store")
+    assert result.exit_code == 0, result.output
+    assert f"skipped iteration 10 of run 'run_new': 2 files name it (0010, 10 in {folder}); none is imported" in (
+        " ".join(result.output.split())
+    )
+    weights = LocalWeightsStore(tmp_path / "store")
+    assert [c.iteration for c in weights.list_checkpoints("run_new")] == [20, 30]
+    assert_state_equal(weights.retrieve_weights("run_new", 20).model, written[("run_new", 20)][0])
+
+
+def test_a_pickle_calling_os_system_is_refused_naming_it(tmp_path) -> None:
+    marker = tmp_path / "marker"
+
+    class System:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    torch.save({"model": ToyRun("r").model.state_dict(), "optimizer": System()}, tmp_path / "4")
+    with pytest.raises(UnreadableDacapoFileError, match=f"refused: it names {os.name}.system, which a checkpoint may not call"):
+        load_checkpoint(tmp_path / "4")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("keep", [0.01, 0.5, 0.999])
+def test_a_truncated_checkpoint_is_said_to_be_truncated_or_damaged(tmp_path, keep: float) -> None:
+    torch.save({"model": {"w": torch.ones(100_000)}, "optimizer": None}, tmp_path / "whole")
+    data = (tmp_path / "whole").read_bytes()
+    (tmp_path / "4").write_bytes(data[: int(len(data) * keep)])
+    with pytest.raises(UnreadableDacapoFileError, match="is truncated or damaged"):
+        load_checkpoint(tmp_path / "4")
+
+
+def test_a_run_whose_every_file_failed_prints_each_failure_once_and_not_nothing_new(runs, tmp_path, monkeypatch) -> None:
+    build_tree(runs, monkeypatch)
+    store = tmp_path / "store"
+    assert import_cli(runs, "--store", store).exit_code == 0
+    path = checkpoint_path(runs, "run_bad", 7)
+    path.write_bytes(b"PK\x03\x04" + b"\x00" * 100)  # a torch archive's start, and nothing more
+    result = subprocess.run(
+        [sys.executable, "-c", "from dacapo_store.cli import main; main()", "import-dacapo", str(runs), "--store", str(store)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 1
+    output = result.stdout + result.stderr
+    assert len([line for line in output.splitlines() if str(path) in line]) == 1, output
+    assert "truncated or damaged" in output and "nothing new to import" not in output
+    assert "1 checkpoint file(s) FAILED" in result.stdout

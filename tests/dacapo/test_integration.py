@@ -130,6 +130,27 @@ def test_a_relative_runs_base_dir_follows_the_current_directory(tmp_path, monkey
         integration.uninstall()
 
 
+def test_a_stale_options_file_variable_falls_back_as_dacapo_does(tmp_path, monkeypatch) -> None:
+    """``$DACAPO_OPTIONS_FILE`` naming a deleted file: DaCapo 0.3.5 passes it over for
+    ``./dacapo.yaml``; the installed stores follow the same file, with a warning."""
+    from dacapo.options import Options
+
+    from dacapo_store import ConfigurationWarning
+
+    (tmp_path / "dacapo.yaml").write_text(f"runs_base_dir: {tmp_path / 'runs'}\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DACAPO_OPTIONS_FILE", str(tmp_path / "deleted.yaml"))
+    monkeypatch.delenv("DACAPO_STORE_URI", raising=False)
+    integration.install()
+    try:
+        with pytest.warns(ConfigurationWarning, match="deleted.yaml, which is not a file: passed over"):
+            store = create_store.create_weights_store().weights
+        assert store.basedir == tmp_path / "runs"
+        assert Path(Options.instance().runs_base_dir) == tmp_path / "runs"  # DaCapo's own choice
+    finally:
+        integration.uninstall()
+
+
 # ---- DaCapo's training loop on dacapo-store -----------------------------------------------------
 
 

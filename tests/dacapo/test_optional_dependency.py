@@ -3,11 +3,13 @@ integration module asks for it."""
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 import tomllib
 
 MODULES_WITHOUT_DACAPO = (
@@ -51,6 +53,26 @@ def test_the_integration_without_dacapo_says_how_to_install_it() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "pip install 'dacapo-store[dacapo]'" in result.stdout
+
+
+def test_a_module_dacapo_imports_that_is_missing_is_named_not_dacapo() -> None:
+    if importlib.util.find_spec("dacapo") is None:
+        pytest.skip("DaCapo is not installed")
+    result = run_python(
+        """
+        import sys
+        sys.modules["fibsem_tools"] = None  # DaCapo installed, one of its import-time imports not
+        try:
+            import dacapo_store.integrations.dacapo
+        except ImportError as error:
+            print(type(error).__name__, error.name, error)
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    kind, name, message = result.stdout.split(" ", 2)
+    assert kind == "ModuleNotFoundError" and name.startswith("fibsem_tools")
+    assert message.startswith(f"DaCapo is installed, but importing it failed: no module named {name!r}")
+    assert "pip install 'dacapo-store[dacapo]'" not in message
 
 
 def test_dacapo_is_an_optional_extra_only() -> None:

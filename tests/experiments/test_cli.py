@@ -68,6 +68,21 @@ def test_demo_trains_reports_and_continues(store):
     assert create_run_config_store(store).list_run_configs() == ["demo-4", "demo-6"]
 
 
+def test_demo_stores_at_round_iterations(store):
+    result = cli("demo", "--store", store, "--iterations", "25", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert [c.iteration for c in create_weights_store(store).list_checkpoints("demo-25")] == [5, 10, 15, 20, 25]
+
+
+@pytest.mark.parametrize(
+    "iterations, interval", [(1, 1), (6, 1), (25, 5), (150, 25), (250, 50), (600, 100), (1000, 200), (10_000, 2000)]
+)
+def test_the_demo_interval_is_round_with_at_most_six_checkpoints(iterations, interval):
+    from dacapo_store.experiments.demo import demo_run_config
+
+    assert demo_run_config(iterations=iterations).validation_interval == interval
+
+
 def test_interrupted_demo_continues(store, monkeypatch):
     from dacapo_store.experiments.plugins.gradient_trainer import GradientTrainer
 

@@ -60,6 +60,7 @@ def test_runs_lists_every_run(seeded) -> None:
 
 
 def test_runs_on_an_empty_store(ops_store) -> None:
+    ops_store.stats.delete_validation_scores("nobody")  # a write: creates the (empty) store
     assert ok(ops_store.cli("runs")) == "no runs\n"
     assert json.loads(ok(ops_store.cli("runs", "--json"))) == []
 
@@ -81,7 +82,9 @@ def test_best(seeded) -> None:
     assert "iteration:  500" in output and '{"threshold": 0.5}' in output and "stored" in output
     best = json.loads(ok(seeded.cli("best", "run_a", "val", "loss", "--json")))
     assert (best["iteration"], best["higher_is_better"], best["parameters"]) == (500, False, {"threshold": 0.5})
-    assert "no non-NaN validation score" in error_line(seeded.cli("best", "run_a", "val", "nope"))
+    assert "no validation scores for criterion 'nope' on dataset 'val'; its criteria there: 'dice', 'loss'" in (
+        error_line(seeded.cli("best", "run_a", "val", "nope"))
+    )
 
 
 def test_unknown_runs_bad_arguments_and_bad_stores(seeded) -> None:
@@ -116,6 +119,23 @@ def test_export_writes_a_plain_state_dict_file(seeded, tmp_path) -> None:
     assert torch.load(target, weights_only=True)["optimizer"] is None
     assert "no checkpoint 900" in error_line(seeded.cli("export", "run_a", "900", "-o", str(tmp_path / "y.pt")))
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_export_to_a_missing_directory_names_the_directory(seeded, tmp_path) -> None:
+    target = tmp_path / "no_such_dir" / "ckpt.pt"
+    line = error_line(seeded.cli("export", "run_a", "500", "-o", str(target)))
+    assert f"the directory {tmp_path / 'no_such_dir'} does not exist" in line and ".tmp" not in line
+
+
+def test_import_overwrite_replaces_a_stored_checkpoint(seeded, tmp_path) -> None:
+    first, second = tmp_path / "first.pt", tmp_path / "second.pt"
+    torch.save(toy_weights(1).model, first)
+    torch.save(toy_weights(2).model, second)
+    ok(seeded.cli("import", str(first), "imported", "8"))
+    assert "(use --overwrite to replace it)" in error_line(seeded.cli("import", str(second), "imported", "8"))
+    ok(seeded.cli("import", str(second), "imported", "8", "--overwrite"))
+    back = seeded.weights.retrieve_weights("imported", 8).model
+    assert all(torch.equal(back[k], v) for k, v in toy_weights(2).model.items())
 
 
 def test_export_file_mode_follows_the_umask(seeded, tmp_path) -> None:

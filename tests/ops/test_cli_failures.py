@@ -58,7 +58,7 @@ def test_an_unusable_catalog_is_one_error_line(tmp_path: Path, damage: str, comm
 
 @pytest.mark.parametrize("command", [["demo", "--iterations", "2"], ["runs"]])
 def test_a_closed_standard_output_ends_quietly(tmp_path: Path, command: list[str]) -> None:
-    LocalStatsStore(tmp_path / "store")  # a store to read
+    LocalStatsStore(tmp_path / "store").delete_validation_scores("nobody")  # a write creates a store to read
     read_end, write_end = os.pipe()
     os.close(read_end)  # the reader is gone before the first line, as after `| head -0`
     try:
@@ -119,7 +119,7 @@ def test_a_read_only_store_is_one_error_line(tmp_path: Path, monkeypatch: pytest
     then payload writes failing with EROFS."""
     store = tmp_path / "store"
     runner = CliRunner()
-    LocalStatsStore(store)  # creates the store
+    LocalStatsStore(store).delete_validation_scores("nobody")  # a write creates the store
     exported = tmp_path / "weights.pt"
     torch.save({"w": torch.ones(2)}, exported)
     connect = sqlite3.connect

@@ -16,6 +16,7 @@ import pytest
 from dacapo_store import (
     ConfigurationError,
     ConfigurationWarning,
+    LocalStatsStore,
     LocalWeightsStore,
     MongoStatsStore,
     MongoWeightsStore,
@@ -165,7 +166,7 @@ def test_an_unknown_key_warns_listing_the_known_ones(isolated) -> None:
 
 def test_the_cli_shows_the_warning_as_one_line_and_names_the_store(isolated) -> None:
     options = write_options(isolated / "work/dacapo.yaml", "runs_base_dir: store\nmongo_host: mongodb://x\n")
-    LocalWeightsStore(isolated / "work/store")
+    LocalStatsStore(isolated / "work/store").delete_validation_scores("nobody")  # a write creates the store
     environment = {**os.environ, "HOME": str(isolated / "home")}
     result = subprocess.run(
         [sys.executable, "-c", "from dacapo_store.cli import main; main()", "du", "--json"],

@@ -183,6 +183,7 @@ def test_a_reservation_that_heartbeats_after_the_scan_is_kept(seeded, monkeypatc
 
 def test_files_that_are_not_local_payloads_are_never_touched(tmp_path) -> None:
     store = LocalWeightsStore(tmp_path)
+    store.put_weights("r", 1, toy_weights(1))  # creates payloads/
     foreign = store.payload_dir / "README.txt"
     foreign.write_text("not ours")
     assert store.collect_garbage(older_than=store.stale_after, now=time.time() + 10 * HOUR).items == ()

@@ -116,7 +116,7 @@ def test_four_processes_on_one_local_store(tmp_path: Path) -> None:
     processes, own, shared = 4, 25, 10
     context = multiprocessing.get_context("fork")
     barrier = context.Barrier(processes)
-    LocalWeightsStore(tmp_path)  # create the catalog before the race
+    LocalStatsStore(tmp_path).delete_training_stats("nobody")  # a write: create the catalog before the race
     children = [
         context.Process(target=process_worker, args=(str(tmp_path), index, own, shared, barrier))
         for index in range(processes)

@@ -92,8 +92,9 @@ def test_doctor_on_local_stores(tmp_path) -> None:
     status, findings = doctor(str(tmp_path / "missing"))
     assert status == 1 and "no store at" in findings[0]["message"]
     from dacapo_store import LocalWeightsStore
+    from dacapo_store.testing.contract import ToyRun
 
-    LocalWeightsStore(tmp_path / "store")
+    LocalWeightsStore(tmp_path / "store").store_weights(ToyRun("r"), 1)  # opening alone creates nothing
     status, findings = doctor(str(tmp_path / "store"))
     assert status == 0
     assert [(f["topic"], f["level"]) for f in findings] == [("store", "ok"), ("permissions", "ok"), ("catalog", "ok")]
