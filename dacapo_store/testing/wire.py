@@ -11,7 +11,9 @@ a user's role (``read`` refuses writes with code 13, Unauthorized, as a server d
 a retried write (same session and ``txnNumber``) with the first attempt's reply as a server
 does, and injects :class:`Fault` s: error replies (NotWritablePrimary, ExceededTimeLimit,
 Unauthorized), ``writeConcernError`` after executing, and closed connections before or after
-executing (a lost reply). Authentication is not emulated: a URI with credentials gets
+executing (a lost reply). :meth:`WireServer.lag_secondary` adds a secondary that stopped
+replicating: reads sent with a secondary read preference see the data as it was then.
+Authentication is not emulated: a URI with credentials gets
 AuthenticationFailed (code 18), as with a wrong password; without credentials, every client acts
 as the server's ``user`` with its ``role``.
 
@@ -83,6 +85,9 @@ NOISE = frozenset({"hello", "ismaster", "endsessions"})
 ENVELOPE_FIELDS = ("$db", "lsid", "$clusterTime", "txnNumber", "$readPreference", "apiVersion")
 """Fields of a command that say how, not what; :attr:`RecordedCommand.body` leaves them out."""
 
+SECONDARY_READ_MODES = frozenset({"secondary", "secondaryPreferred", "nearest"})
+"""Read preference modes a lagging secondary answers (see :meth:`WireServer.lag_secondary`)."""
+
 READ_ACTIONS = ["find", "listIndexes", "listCollections", "collStats", "dbStats"]
 WRITE_ACTIONS = ["insert", "update", "remove", "createIndex", "dropCollection"]
 
@@ -101,6 +106,11 @@ class RecordedCommand:
     def body(self) -> dict[str, Any]:
         """The command without its envelope (session, cluster time, ``$db``, read preference)."""
         return {key: value for key, value in self.document.items() if key not in ENVELOPE_FIELDS}
+
+    @property
+    def read_preference(self) -> str:
+        """The read preference mode the command carried (``"primary"`` when it carried none)."""
+        return _read_preference_mode(self.document)
 
     @property
     def write_concern(self) -> dict[str, Any] | None:
@@ -212,16 +222,45 @@ class WireServer:
             self.backend = mongomock_client()
             self.commands: list[RecordedCommand] = []
             self.faults: list[Fault] = []
+            self.injected: list[Fault] = []
+            self._secondary: Any = None
             self._cursors: dict[int, tuple[str, str, list[Any]]] = {}
             self._retried_writes: dict[tuple[bytes, int], dict[str, Any]] = {}
 
     def inject(self, *faults: Fault) -> None:
-        """Add ``faults`` (checked in the order added; the first one that matches fires)."""
+        """Add ``faults`` (checked in the order added; the first one that matches fires).
+        :attr:`injected` keeps every fault injected since :meth:`reset`, for checking that
+        each fired."""
         with self._lock:
             self.faults.extend(faults)
+            self.injected.extend(faults)
+
+    def unfired(self) -> list[Fault]:
+        """The faults injected since :meth:`reset` that never fired (a test whose fault never
+        fired tested nothing)."""
+        with self._lock:
+            return [fault for fault in self.injected if fault.fired == 0]
+
+    def lag_secondary(self) -> None:
+        """Add a secondary that stops replicating now: from here on, reads that carry a
+        secondary read preference (``secondary``, ``secondaryPreferred``, ``nearest``) are
+        answered from a copy of the data as it is now, as a lagging secondary would; writes
+        and primary reads see the current data. :meth:`reset` removes the secondary."""
+        with self._lock:
+            self._secondary = _copy_data(self.backend)
+
+    def secondary_database(self, name: str) -> Any:
+        """The lagging secondary's copy of database ``name`` (to inspect or seed directly).
+
+        Raises:
+            RuntimeError: no :meth:`lag_secondary` since the last :meth:`reset`.
+        """
+        if self._secondary is None:
+            raise RuntimeError("no lagging secondary: call lag_secondary() first")
+        return self._secondary[name]
 
     def clear(self) -> None:
-        """Forget recorded commands and remaining faults."""
+        """Forget recorded commands and remaining faults (:attr:`injected` keeps them)."""
         with self._lock:
             self.commands.clear()
             self.faults.clear()
@@ -316,7 +355,10 @@ class WireServer:
             return {"ok": 0, "code": COMMAND_NOT_FOUND, "codeName": "CommandNotFound",
                     "errmsg": f"no such command: '{name}'"}
         with self._lock:
-            reply = {"ok": 1, **handler(self.backend[database], collection, document)}
+            source = self.backend
+            if self._secondary is not None and _read_preference_mode(document) in SECONDARY_READ_MODES:
+                source = self._secondary
+            reply = {"ok": 1, **handler(source[database], collection, document)}
             if retry_key is not None:
                 self._retried_writes[retry_key] = reply
         return reply
@@ -530,6 +572,21 @@ class WireServer:
     def _cmd_dropdatabase(self, db: Any, collection: Any, document: Mapping[str, Any]) -> dict[str, Any]:
         self.backend.drop_database(db.name)
         return {}
+
+
+def _read_preference_mode(document: Mapping[str, Any]) -> str:
+    return dict(document.get("$readPreference") or {}).get("mode", "primary")
+
+
+def _copy_data(backend: Any) -> Any:
+    """A new mongomock client holding a copy of every document of ``backend``."""
+    copied = mongomock_client()
+    for database in backend.list_database_names():
+        for collection in backend[database].list_collection_names():
+            documents = [copy.deepcopy(document) for document in backend[database][collection].find()]
+            if documents:
+                copied[database][collection].insert_many(documents)
+    return copied
 
 
 def _sort(sort: Any) -> list[tuple[str, int]] | None:
