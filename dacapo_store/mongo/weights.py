@@ -16,7 +16,8 @@ idempotent under retry:
   it gone after a failed attempt knows its own delete had landed.
 
 A commit that lands but misses its write concern is undone (the new entry deleted, or a
-replaced checkpoint's parts put back) and the call fails with WriteConcernFailedError.
+replaced checkpoint's parts put back) and the call fails with WriteConcernFailedError; if the
+undo fails too, the call still fails (``commit_may_survive``), and nothing is deleted.
 """
 
 from __future__ import annotations
@@ -363,11 +364,16 @@ class MongoWeightsStore(WeightsStore):
         where = describe(reservation.run, reservation.iteration)
         try:
             return self.database.write(f"committing {where}", lambda: self._commit_once(reservation, parts))
-        except WriteConcernFailedError:
+        except WriteConcernFailedError as error:
             try:
                 self.database.write(f"undoing the commit of {where}", lambda: self._undo_commit(reservation))
-            except Exception as error:
-                logger.warning("the undo of the commit of %s is not confirmed: %s", where, error)
+            except Exception as undo_error:
+                uncertain = WriteConcernFailedError(
+                    f"{error}; the commit could not be undone ({undo_error}): {where} is listed now and may or "
+                    "may not survive (a failover can roll it back); store it again to be sure"
+                )
+                uncertain.commit_may_survive = True
+                raise uncertain from error
             raise
 
     def _commit_once(self, reservation: Reservation, parts: Mapping[str, PartInfo]) -> CheckpointInfo:

@@ -296,3 +296,25 @@ def test_a_write_concern_timeout_from_the_uri_is_sent_and_reported(server, clock
     assert "'wtimeout': 2000" in str(caught.value)
     [reserve] = commands(server, "insert", weights, "checkpoints")
     assert reserve.write_concern == {"w": "majority", "j": True, "wtimeout": 2000}
+
+
+@pytest.mark.parametrize("overwrite", [False, True], ids=["new", "overwrite"])
+def test_a_write_concern_error_whose_undo_fails_is_never_a_success(server, weights, run, clock, overwrite) -> None:
+    if overwrite:
+        weights.store_weights(run, 1)
+        run.train_steps(1)
+    # the undo puts the old parts back (an update; the first update is the replacement claim)
+    # or deletes the new entry
+    undo = Fault.error("update", weights.checkpoints.name, NOT_WRITABLE_PRIMARY, times=ENOUGH, skip=1) if overwrite \
+        else Fault.error("delete", weights.checkpoints.name, NOT_WRITABLE_PRIMARY, times=ENOUGH)
+    server.inject(Fault.write_concern("findAndModify", weights.checkpoints.name), undo)
+    with pytest.raises(WriteConcernFailedError) as caught:
+        weights.store_weights(run, 1, overwrite=overwrite)
+    message = str(caught.value)
+    assert "committing checkpoint 1 of run 'r'" in message and "could not be undone" in message
+    assert "may or may not survive" in message
+    server.clear()  # the primary is back: the commit did survive here, whole
+    assert [info.iteration for info in weights.list_checkpoints("r")] == [1]
+    weights.collect_garbage(older_than=weights.stale_after, now=2**40)  # a replaced version's payloads
+    assert_consistent(server, weights, [1])
+    assert_state_equal(weights.retrieve_weights("r", 1).model, run.model.state_dict())
