@@ -12,7 +12,9 @@ a retried write (same session and ``txnNumber``) with the first attempt's reply 
 does, and injects :class:`Fault` s: error replies (NotWritablePrimary, ExceededTimeLimit,
 Unauthorized), ``writeConcernError`` after executing, and closed connections before or after
 executing (a lost reply). :meth:`WireServer.lag_secondary` adds a secondary that stopped
-replicating: reads sent with a secondary read preference see the data as it was then.
+replicating: reads sent with a secondary read preference see the data as it was then. MongoDB's
+``failCommand`` fail point (``configureFailPoint``, ``waitForFailPoint``) is emulated with
+faults, so tests written for a real server run here too.
 Authentication is not emulated: a URI with credentials gets
 AuthenticationFailed (code 18), as with a wrong password; without credentials, every client acts
 as the server's ``user`` with its ``role``.
@@ -59,6 +61,8 @@ EXCEEDED_TIME_LIMIT = 262
 WRITE_CONCERN_FAILED = 64
 DUPLICATE_KEY = 11000
 COMMAND_NOT_FOUND = 59
+BAD_VALUE = 2
+MAX_TIME_MS_EXPIRED = 50
 NAMESPACE_NOT_FOUND = 26
 
 CODE_NAMES = {
@@ -71,6 +75,8 @@ CODE_NAMES = {
     WRITE_CONCERN_FAILED: "WriteConcernFailed",
     DUPLICATE_KEY: "DuplicateKey",
     COMMAND_NOT_FOUND: "CommandNotFound",
+    BAD_VALUE: "BadValue",
+    MAX_TIME_MS_EXPIRED: "MaxTimeMSExpired",
     NAMESPACE_NOT_FOUND: "NamespaceNotFound",
 }
 RETRYABLE_CODES = frozenset(
@@ -223,6 +229,8 @@ class WireServer:
             self.commands: list[RecordedCommand] = []
             self.faults: list[Fault] = []
             self.injected: list[Fault] = []
+            self._fail_point: list[Fault] = []
+            self._fail_point_entered = 0
             self._secondary: Any = None
             self._cursors: dict[int, tuple[str, str, list[Any]]] = {}
             self._retried_writes: dict[tuple[bytes, int], dict[str, Any]] = {}
@@ -391,6 +399,46 @@ class WireServer:
         return {}
 
     _cmd_endsessions = _cmd_ping
+
+    def _cmd_configurefailpoint(self, db: Any, collection: Any, document: Mapping[str, Any]) -> dict[str, Any]:
+        """MongoDB's ``failCommand`` fail point (a server started with ``enableTestCommands``)
+        as faults, so that tests written for a real server run here too. ``mode``:
+        ``{"times": n}``, ``"alwaysOn"`` or ``"off"``; ``data``: ``failCommands`` and one of
+        ``errorCode``, ``closeConnection`` or ``writeConcernError`` (each listed command fails
+        up to n times, not n times in all as on a server). Replies with ``count``, the times
+        the fail point was entered before, as a server does."""
+        if document.get("configureFailPoint") != "failCommand":
+            return {"ok": 0, "code": BAD_VALUE, "codeName": "BadValue",
+                    "errmsg": f"unknown fail point {document.get('configureFailPoint')!r}"}
+        count = self._fail_point_entered + sum(fault.fired for fault in self._fail_point)
+        self._fail_point_entered = count
+        self.faults = [fault for fault in self.faults if all(fault is not armed for armed in self._fail_point)]
+        self._fail_point = []
+        mode = document.get("mode")
+        if mode == "off":
+            return {"count": count}
+        times = int(mode["times"]) if isinstance(mode, Mapping) else 2**62
+        data = document.get("data") or {}
+        for command in data.get("failCommands", []):
+            if data.get("closeConnection"):
+                fault = Fault.hangup(command, times=times)
+            elif "writeConcernError" in data:
+                fault = Fault.write_concern(command, code=int(data["writeConcernError"]["code"]), times=times)
+            else:
+                fault = Fault.error(command, code=int(data["errorCode"]), times=times)
+            self._fail_point.append(fault)
+        self.faults.extend(self._fail_point)
+        self.injected.extend(self._fail_point)
+        return {"count": count}
+
+    def _cmd_waitforfailpoint(self, db: Any, collection: Any, document: Mapping[str, Any]) -> dict[str, Any]:
+        """Whether the ``failCommand`` fail point was entered ``timesEntered`` times in all
+        (commands here run one by one, so nothing is waited for: MaxTimeMSExpired if not)."""
+        entered = self._fail_point_entered + sum(fault.fired for fault in self._fail_point)
+        if entered >= int(document.get("timesEntered", 1)):
+            return {}
+        return {"ok": 0, "code": MAX_TIME_MS_EXPIRED, "codeName": "MaxTimeMSExpired",
+                "errmsg": f"the fail point was entered {entered} times, not {document.get('timesEntered')}"}
 
     def _cmd_saslstart(self, db: Any, collection: Any, document: Mapping[str, Any]) -> dict[str, Any]:
         return {"ok": 0, "code": AUTHENTICATION_FAILED, "codeName": "AuthenticationFailed",
