@@ -133,6 +133,8 @@ UNREACHABLE_CAUSES = (
     ("getaddrinfo failed", "the host name is not known; check its spelling"),
     ("no address associated", "the host name is not known; check its spelling"),
     ("timed out", "no answer: the server is down, or a firewall or network is in the way"),
+    ("connection closed", "the connection was closed: the server restarted, or the network cut it"),
+    ("connection reset", "the connection was closed: the server restarted, or the network cut it"),
     ("no replica set members", "no member of the replica set fits: check replicaSet=... in the URI"),
     ("ssl", "the TLS handshake failed; check the tls options of the URI"),
 )
