@@ -1,8 +1,8 @@
 """``dacapo-store doctor``: what is wrong with a store's setup, found without changing anything.
 
-For MongoDB: the URI, connectivity, server version and topology (a replica set, or a
+For MongoDB: the URI (and its read preference), connectivity, server version and topology (a replica set, or a
 standalone server without failover), the user's privileges on the database
-(``connectionStatus``), the indexes the stores need, and the write concern in effect. For a
+(``connectionStatus``), the indexes the stores and GridFS need, and the write concern in effect. For a
 local store: that it exists, whether this user may write it, and the catalog's integrity.
 """
 
@@ -167,8 +167,10 @@ def _indexes(database: MongoDatabase) -> list[Finding]:
             continue
         present += 1
         if missing:
-            found.append(Finding(PROBLEM, "indexes", f"{collection.name} lacks {', '.join(missing)}: queries scan "
-                                 f"the collection and uniqueness is not enforced; {_how_to_create(name, collection.name, specs, missing)}"))
+            found.append(Finding(
+                PROBLEM, "indexes", f"{collection.name} lacks {', '.join(missing)}: queries scan the "
+                f"collection and uniqueness is not enforced; {_how_to_create(name, collection.name, specs, missing)}",
+            ))
     if present == 0:
         return [Finding(WARNING, "indexes", f"database {database.db_name!r} holds no dacapo-store collections "
                         f"(prefix {database.collection_prefix!r}) yet: right database name?")]
@@ -177,9 +179,8 @@ def _indexes(database: MongoDatabase) -> list[Finding]:
 
 def _how_to_create(name: str, full_name: str, specs: tuple[IndexSpec, ...], missing: list[str]) -> str:
     """How to create the ``missing`` indexes of the store's collection ``name`` (``full_name``
-    with the prefix): the store
-    creates its own when opened for writing; GridFS creates its indexes only on a bucket's
-    first upload, so those take a mongosh command."""
+    with the prefix): the store creates its own when opened for writing; GridFS creates its
+    indexes only on a bucket's first upload, so those take a mongosh command."""
     if (name, specs) not in GRIDFS_INDEXES:
         return "open the store for writing with a readWrite user"
     commands = []

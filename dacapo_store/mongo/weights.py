@@ -85,7 +85,10 @@ CHECKPOINT_INDEXES = (
 )
 
 GRIDFS_INDEXES = (
-    (f"{BUCKET_NAME}.files", (([("filename", ASCENDING), ("uploadDate", ASCENDING)], {"name": "filename_1_uploadDate_1"}),)),
+    (
+        f"{BUCKET_NAME}.files",
+        (([("filename", ASCENDING), ("uploadDate", ASCENDING)], {"name": "filename_1_uploadDate_1"}),),
+    ),
     (
         f"{BUCKET_NAME}.chunks",
         (([("files_id", ASCENDING), ("n", ASCENDING)], {"name": "files_id_1_n_1", "unique": True}),),
@@ -125,7 +128,7 @@ class PayloadSource:
 
 
 def _reads_primary(collection: Any) -> bool:
-    preference = getattr(collection, "read_preference", None)  # mongomock has none: one server
+    preference = getattr(collection, "read_preference", None)  # None: a client without them
     return preference is None or preference.mode == ReadPreference.PRIMARY.mode
 
 
