@@ -1,9 +1,9 @@
 """``dacapo-store doctor``: what is wrong with a store's setup, found without changing anything.
 
-For MongoDB: the URI (and its read preference), connectivity, server version and topology (a replica set, or a
-standalone server without failover), the user's privileges on the database
-(``connectionStatus``), the indexes the stores and GridFS need, and the write concern in effect. For a
-local store: that it exists, whether this user may write it, and the catalog's integrity.
+For MongoDB: the URI and its read preference, connectivity, server version and topology (a
+replica set, or a standalone server without failover), the user's privileges on the database
+(``connectionStatus``), the indexes the stores and GridFS need, and the write concern in effect.
+For a local store: that it exists, whether this user may write it, and the catalog's integrity.
 """
 
 from __future__ import annotations
