@@ -87,7 +87,13 @@ class ReadOnlyStoreError(NotAuthorizedError):
 class WriteConcernFailedError(DacapoStoreError, OSError):
     """The server applied a write but could not confirm it under the write concern (e.g. a
     ``wtimeoutMS`` ran out before a majority had it): the call fails, its effects are undone
-    where the store can undo them."""
+    where the store can undo them.
+
+    ``commit_may_survive`` is ``True`` when a checkpoint's commit missed its write concern and
+    could not be undone either: the checkpoint is listed now and may or may not survive (a
+    failover can roll it back); the message says so. The call fails all the same."""
+
+    commit_may_survive: bool = False
 
 
 class CheckpointNotStoredError(DacapoStoreError, RuntimeError):

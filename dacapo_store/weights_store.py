@@ -35,7 +35,7 @@ from typing import Any
 
 from .background import BackgroundUploads
 from .checks import check_iteration, check_name, dataset_name_of, run_name_of
-from .errors import CheckpointNotFoundError, ReservationLostError, CorruptCheckpointError
+from .errors import CheckpointNotFoundError, CorruptCheckpointError, ReservationLostError, WriteConcernFailedError
 from .owner import current_owner, owner_is_dead, upload_ended, upload_started
 from .records import PARTS, CheckpointInfo, PartInfo, RunTotals, Weights
 from .state_checks import check_loadable_weights
@@ -300,7 +300,8 @@ class WeightsStore(ABC):
         plain store.
 
         If the catalog commit lands but reports an error (a lost reply), the stored checkpoint
-        is returned: it is complete and verified like any other.
+        is returned: it is complete and verified like any other. A write concern failure is
+        never returned as a success.
 
         Raises:
             TypeError / ValueError / CheckpointExistsError: as :meth:`store_weights`; also a
@@ -310,6 +311,9 @@ class WeightsStore(ABC):
             ReservationLostError: the upload stalled beyond ``stale_after`` and another writer
                 took ``(run, iteration)`` over, or the replaced checkpoint was removed while
                 the new one was uploaded; nothing of this upload stays.
+            WriteConcernFailedError: a write missed its write concern; what it did is undone,
+                except a commit whose undo failed too (``commit_may_survive``: the checkpoint
+                is listed and may or may not survive a failover).
         """
         name = run_name_of(run)
         iteration = check_iteration(iteration)
@@ -350,6 +354,10 @@ class WeightsStore(ABC):
                 if states[part] is not None
             }
             return self._commit(reservation, parts)
+        except WriteConcernFailedError as error:  # never a success, even if the commit is listed
+            if not error.commit_may_survive:
+                self._clean_up_failed_write(reservation)
+            raise  # else nothing is deleted: the checkpoint may survive with these payloads
         except Exception:
             landed = self._clean_up_failed_write(reservation)
             if landed is None:

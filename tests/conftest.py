@@ -17,7 +17,7 @@ from dacapo_store import LocalStatsStore, LocalWeightsStore, MongoStatsStore, Mo
 from dacapo_store.testing.mongomock_support import mongomock_client, patch_mongomock
 
 MONGODB_URI_ENV = "DACAPO_STORE_TEST_MONGODB_URI"
-BACKENDS = ["local", "mongomock", "mongodb"]
+BACKENDS = ["local", "mongomock", pytest.param("mongodb", marks=pytest.mark.mongodb)]
 
 patch_mongomock()
 
@@ -30,6 +30,23 @@ def real_mongodb_uri() -> str | None:
 requires_mongodb = pytest.mark.skipif(
     real_mongodb_uri() is None, reason=f"set {MONGODB_URI_ENV} to run against a real MongoDB"
 )
+
+
+def skip_unless_replica_set(uri: str) -> None:
+    """Skip the calling test, saying why, unless the server at ``uri`` is a replica set member
+    or a mongos (``hello`` has ``setName``, or says ``isdbgrid``): retryable writes, which the
+    stores rely on to outlast a failover, need one; a standalone server has none."""
+    import pymongo
+
+    from dacapo_store.uri import redact_uri
+
+    client = pymongo.MongoClient(uri, serverSelectionTimeoutMS=5000)
+    try:
+        hello = client.admin.command("hello")
+    finally:
+        client.close()
+    if not hello.get("setName") and hello.get("msg") != "isdbgrid":
+        pytest.skip(f"needs a replica set (retryable writes): {redact_uri(uri)} is a standalone server")
 
 
 def open_stores(backend: str, tmp_path) -> Iterator[tuple]:

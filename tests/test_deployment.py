@@ -41,3 +41,20 @@ def test_readme_uris_name_the_replica_set_and_never_connect_directly() -> None:
     replica_set_uris = [uri for uri in uris if "replicaSet=" in uri]
     assert replica_set_uris
     assert not [uri for uri in uris if "directConnection=true" in uri]
+
+
+def test_ci_runs_the_server_tests_on_the_deployed_mongodb_and_the_oldest_supported() -> None:
+    from dacapo_store.maintenance.doctor import OLDEST_SERVER
+
+    job = yaml.safe_load((ROOT / ".github" / "workflows" / "mongodb.yml").read_text())["jobs"]["tests"]
+    deployed = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["mongodb"]["image"]
+    assert job["strategy"]["matrix"]["mongodb"] == [deployed.removeprefix("mongo:"), "{}.{}".format(*OLDEST_SERVER)]
+    runs = [step["run"] for step in job["steps"] if "run" in step]
+    [start_step] = [run for run in runs if ".ci/start-mongodb \"$MONGODB_VERSION\"" in run]
+    uri = "mongodb://admin:$MONGO_PASSWORD@localhost:27017/?authSource=admin&replicaSet=rs0"
+    assert f"DACAPO_STORE_TEST_MONGODB_URI={uri}" in start_step
+    assert "bash .ci/run" in runs  # as it is
+    assert any("-m mongodb" in run and 'grep -q "^SKIPPED"' in run for run in runs)
+    start = (ROOT / ".ci" / "start-mongodb").read_text()
+    for needed in ("--replSet rs0", "--keyFile", "MONGO_INITDB_ROOT_PASSWORD", "enableTestCommands=1", "replSetInitiate"):
+        assert needed in start

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 
 import pytest
+from click.testing import CliRunner
 
 from dacapo_store import (
     CheckpointExistsError,
@@ -15,6 +16,7 @@ from dacapo_store import (
     StoreConnectionError,
     TrainingIterationStats,
 )
+from dacapo_store.cli import main
 from dacapo_store.mongo.connection import MongoDatabase
 from dacapo_store.testing.contract import ToyRun
 from dacapo_store.uri import redact_uri
@@ -100,6 +102,22 @@ def test_unreachable_server_fails_fast_without_showing_the_password() -> None:
     assert time.monotonic() - started < 10
     message = str(caught.value)
     assert "s3cret-pw" not in message and "trainer:***@127.0.0.1:1" in message
+
+
+@pytest.mark.parametrize("password", ["s3cret-pw", "p%40ss%3Aw0rd"])
+def test_an_unreachable_server_is_said_first_with_the_uri_and_pymongo_s_words_after(password) -> None:
+    uri = f"mongodb://trainer:{password}@127.0.0.1:9/lab?serverSelectionTimeoutMS=200"
+    with pytest.raises(StoreConnectionError) as caught:
+        MongoWeightsStore(uri)
+    message = str(caught.value)
+    lead = "cannot reach MongoDB at mongodb://trainer:***@127.0.0.1:9/lab?serverSelectionTimeoutMS=200 (database 'lab'): "
+    assert message.startswith(lead + "connection refused: nothing listens there; check the host, the port")
+    assert "(waited 0.2 s). While creating indexes on dacapo_store.checkpoints: " in message
+    assert message.index("[Errno 111] Connection refused") > message.index("While creating indexes")
+    result = CliRunner().invoke(main, ["runs", "--store", uri])
+    assert result.exit_code == 1 and ("error: " + lead) in result.output
+    for shown in (message, repr(caught.value), result.output):
+        assert password not in shown and "s3cret" not in shown and "ss%3Aw0rd" not in shown
 
 
 def test_displayed_uri_redacts_the_password() -> None:

@@ -83,11 +83,29 @@ def test_messages_name_the_path_the_type_and_the_fix() -> None:
         assert str(caught.value).startswith(start) and fix in str(caught.value)
 
 
-def test_shared_and_cyclic_containers_are_walked_once() -> None:
-    shared = [torch.ones(1)] * 3
-    state: dict = {"a": shared, "b": shared}
+def test_shared_and_cyclic_containers_are_walked_once(monkeypatch) -> None:
+    import numpy as np
+
+    from dacapo_store import state_checks
+
+    tensors = [torch.ones(1), torch.zeros(1), torch.full((1,), 2.0)]
+    shared = list(tensors)
+    state: dict = {"a": shared, "b": shared, "nested": {"again": shared}}
     state["self"] = state
-    check_loadable_state(state, "state")
+    looked_at: list[int] = []
+    is_plain_leaf = state_checks._is_plain_leaf
+
+    def counting(value: Any) -> bool:
+        looked_at.append(id(value))
+        return is_plain_leaf(value)
+
+    monkeypatch.setattr(state_checks, "_is_plain_leaf", counting)
+    assert check_loadable_state(state, "state") is None  # the cycle ends the walk, not the depth limit
+    assert [looked_at.count(id(tensor)) for tensor in tensors] == [1, 1, 1]  # three references, one walk
+    assert looked_at.count(id(shared)) == 3 and looked_at.count(id(state)) == 1
+    shared.append(np.float32(1.0))  # a refusal inside a shared container is still found
+    with pytest.raises(TypeError, match=r"^state\['(a|b|nested)'\](\['again'\])?\[3\] is a numpy.float32"):
+        check_loadable_state(state, "state")
 
 
 @pytest.mark.parametrize("place", ["value", "key", "list item"])

@@ -53,21 +53,32 @@ def store_checkpoint(run: Run, iteration: int, weights_store: WeightsStore, retr
     """Store ``run``'s model and optimizer as checkpoint ``iteration``, retrying while the store
     is unavailable; the state stays in ``run`` meanwhile. If an attempt's commit landed although
     it reported an error, a later attempt finds the checkpoint stored and accepts it (one
-    trainer per run: nobody else writes this checkpoint).
+    trainer per run: nobody else writes this checkpoint); after a commit that missed its write
+    concern and could not be undone (it may or may not survive), a later attempt stores it
+    again over it.
 
     Raises:
         CheckpointNotStoredError: every attempt failed (the last error is chained).
         Any other store error at once (CheckpointExistsError on the first attempt among them).
     """
-    attempt_store(
-        f"store {describe(run.name, iteration)}", retry,
-        lambda attempt: _store_or_accept_landed(run, iteration, weights_store, attempt),
-    )
+    uncertain: list[WriteConcernFailedError] = []
+
+    def store(attempt: int) -> None:
+        try:
+            _store_or_accept_landed(run, iteration, weights_store, attempt, overwrite=bool(uncertain))
+        except WriteConcernFailedError as error:
+            if error.commit_may_survive:
+                uncertain.append(error)
+            raise
+
+    attempt_store(f"store {describe(run.name, iteration)}", retry, store)
 
 
-def _store_or_accept_landed(run: Run, iteration: int, weights_store: WeightsStore, attempt: int) -> None:
+def _store_or_accept_landed(
+    run: Run, iteration: int, weights_store: WeightsStore, attempt: int, overwrite: bool = False
+) -> None:
     try:
-        weights_store.store_weights(run, iteration)
+        weights_store.store_weights(run, iteration, overwrite=overwrite)
     except CheckpointExistsError:
         if attempt == 1:
             raise

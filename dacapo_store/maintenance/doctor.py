@@ -1,9 +1,9 @@
 """``dacapo-store doctor``: what is wrong with a store's setup, found without changing anything.
 
-For MongoDB: the URI, connectivity, server version and topology (a replica set, or a
-standalone server without failover), the user's privileges on the database
-(``connectionStatus``), the indexes the stores need, and the write concern in effect. For a
-local store: that it exists, whether this user may write it, and the catalog's integrity.
+For MongoDB: the URI and its read preference, connectivity, server version and topology (a
+replica set, or a standalone server without failover), the user's privileges on the database
+(``connectionStatus``), the indexes the stores and GridFS need, and the write concern in effect.
+For a local store: that it exists, whether this user may write it, and the catalog's integrity.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from ..mongo.connection import IndexSpec, MongoDatabase
 from ..mongo.retry import NO_RETRY
 from ..mongo.scores import SCORE_INDEXES, SCORES_COLLECTION
 from ..mongo.stats import TRAINING_STATS_COLLECTION, TRAINING_STATS_INDEXES
-from ..mongo.weights import CHECKPOINT_INDEXES, CHECKPOINTS_COLLECTION
+from ..mongo.weights import CHECKPOINT_INDEXES, CHECKPOINTS_COLLECTION, GRIDFS_INDEXES
 from ..uri import redact_text
 
 OK, WARNING, PROBLEM = "ok", "warning", "problem"
@@ -58,6 +58,7 @@ def _store_indexes() -> list[tuple[str, tuple[IndexSpec, ...]]]:
         (SCORES_COLLECTION, SCORE_INDEXES),
         (TRAINING_STATS_COLLECTION, TRAINING_STATS_INDEXES),
         (RUNS_COLLECTION, RUN_CONFIG_INDEXES),
+        *GRIDFS_INDEXES,
     ]
 
 
@@ -74,6 +75,7 @@ def diagnose_mongo(uri: str, db_name: str | None = None) -> list[Finding]:
             WARNING, "uri", "directConnection=true never follows a new primary after a failover; "
             "remove it and keep replicaSet=...",
         ))
+    findings += _read_preference(database)
 
     def check(topic: str, probe: Callable[[], list[Finding]]) -> list[Finding]:
         try:
@@ -167,12 +169,39 @@ def _indexes(database: MongoDatabase) -> list[Finding]:
         if missing:
             found.append(Finding(
                 PROBLEM, "indexes", f"{collection.name} lacks {', '.join(missing)}: queries scan the "
-                "collection and uniqueness is not enforced; open the store for writing with a readWrite user",
+                f"collection and uniqueness is not enforced; {_how_to_create(name, collection.name, specs, missing)}",
             ))
     if present == 0:
         return [Finding(WARNING, "indexes", f"database {database.db_name!r} holds no dacapo-store collections "
                         f"(prefix {database.collection_prefix!r}) yet: right database name?")]
     return found or [Finding(OK, "indexes", "every index the stores need is there")]
+
+
+def _how_to_create(name: str, full_name: str, specs: tuple[IndexSpec, ...], missing: list[str]) -> str:
+    """How to create the ``missing`` indexes of the store's collection ``name`` (``full_name``
+    with the prefix): the store creates its own when opened for writing; GridFS creates its
+    indexes only on a bucket's first upload, so those take a mongosh command."""
+    if (name, specs) not in GRIDFS_INDEXES:
+        return "open the store for writing with a readWrite user"
+    commands = []
+    for keys, options in specs:
+        if options["name"] in missing:
+            pattern = ", ".join(f"{field}: {direction}" for field, direction in keys)
+            unique = ", {unique: true}" if options.get("unique") else ""
+            commands.append(f'db.getCollection("{full_name}").createIndex({{{pattern}}}{unique})')
+    return "create it in mongosh (readWrite user): " + "; ".join(commands)
+
+
+def _read_preference(database: MongoDatabase) -> list[Finding]:
+    """A warning if the URI sends reads elsewhere than to the primary."""
+    mode = database.client.read_preference.document["mode"]
+    if mode == "primary":
+        return []
+    return [Finding(
+        WARNING, "read preference", f"readPreference={mode}: listings, scores, `best` and `latest` may lag "
+        "behind the primary (a checkpoint just stored may be missing from them); checkpoints "
+        "themselves are looked up on the primary and read from it when a secondary lacks them",
+    )]
 
 
 def _write_concern(database: MongoDatabase, replica_set: bool) -> list[Finding]:

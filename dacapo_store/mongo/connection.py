@@ -5,13 +5,23 @@ policy, and errors that say what went wrong and never show a password."""
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, Callable, TypeVar
 
 import pymongo
 from pymongo import ReadPreference
-from pymongo.errors import BulkWriteError, OperationFailure, PyMongoError, WriteConcernError
+from pymongo.errors import (
+    AutoReconnect,
+    BulkWriteError,
+    NetworkTimeout,
+    NotPrimaryError,
+    OperationFailure,
+    PyMongoError,
+    ServerSelectionTimeoutError,
+    WriteConcernError,
+)
 from pymongo.uri_parser import parse_uri
 from pymongo.write_concern import WriteConcern
 
@@ -114,6 +124,38 @@ def write_concern_failure(error: BaseException) -> str | None:
         if problems:
             return "; ".join(str(problem.get("errmsg", problem)) for problem in problems)
     return None
+
+
+UNREACHABLE_CAUSES = (
+    ("connection refused", "connection refused: nothing listens there; check the host, the port and that MongoDB runs"),
+    ("name or service not known", "the host name is not known; check its spelling"),
+    ("nodename nor servname", "the host name is not known; check its spelling"),
+    ("getaddrinfo failed", "the host name is not known; check its spelling"),
+    ("no address associated", "the host name is not known; check its spelling"),
+    ("timed out", "no answer: the server is down, or a firewall or network is in the way"),
+    ("connection closed", "the connection was closed: the server restarted, or the network cut it"),
+    ("connection reset", "the connection was closed: the server restarted, or the network cut it"),
+    ("no replica set members", "no member of the replica set fits: check replicaSet=... in the URI"),
+    ("ssl", "the TLS handshake failed; check the tls options of the URI"),
+)
+"""What a connection error's text shows (lower case) and what to tell the user, in order."""
+
+
+def is_unreachable(error: BaseException) -> bool:
+    """Whether ``error`` means no server could be reached (not a server that answered with
+    an error, as a primary stepping down does)."""
+    if isinstance(error, (ServerSelectionTimeoutError, NetworkTimeout)):
+        return True
+    return isinstance(error, AutoReconnect) and not isinstance(error, NotPrimaryError)
+
+
+def unreachable_cause(message: str) -> str:
+    """What a connection error's ``message`` says went wrong, in a few words, and how long
+    the client waited (from pymongo's ``Timeout: 0.2s``) if it says."""
+    lowered = message.lower()
+    cause = next((said for shown, said in UNREACHABLE_CAUSES if shown in lowered), "no suitable server answered")
+    waited = re.search(r"Timeout: ([0-9.]+)s", message)
+    return f"{cause} (waited {float(waited.group(1)):g} s)" if waited else cause
 
 
 class MongoDatabase:
@@ -262,7 +304,9 @@ class MongoDatabase:
     def translate(self, error: PyMongoError, action: str, write: bool, budget: float) -> BaseException:
         """The store error for a pymongo ``error`` raised while doing ``action`` after retrying
         for up to ``budget`` seconds (the error itself if it needs no translation); its message
-        never shows the password."""
+        never shows the password. A server that could not be reached is said first, with the
+        URI and the likely cause ("cannot reach MongoDB at ...: connection refused ..."), and
+        pymongo's own words after."""
         message = redact_text(str(error).split(", Topology Description:")[0], self.uri)
         if isinstance(error, OperationFailure) and error.code == AUTHENTICATION_FAILED:
             return NotAuthorizedError(
@@ -278,8 +322,12 @@ class MongoDatabase:
                 f"{self}: {action}: the write was applied but not confirmed under write concern "
                 f"{self.write_concern.document}: {redact_text(concern, self.uri)}"
             )
+        retried = f" (retried for up to {budget:g} s)" if budget else ""
+        if is_unreachable(error):
+            return StoreConnectionError(
+                f"cannot reach {self}: {unreachable_cause(message)}{retried}. While {action}: {message}"
+            )
         if is_transient(error):
-            retried = f" (retried for up to {budget:g} s)" if budget else ""
             return StoreConnectionError(f"{self} failed while {action}{retried}: {message}")
         return error
 

@@ -16,7 +16,8 @@ idempotent under retry:
   it gone after a failed attempt knows its own delete had landed.
 
 A commit that lands but misses its write concern is undone (the new entry deleted, or a
-replaced checkpoint's parts put back) and the call fails with WriteConcernFailedError.
+replaced checkpoint's parts put back) and the call fails with WriteConcernFailedError; if the
+undo fails too, the call still fails (``commit_may_survive``), and nothing is deleted.
 """
 
 from __future__ import annotations
@@ -26,12 +27,13 @@ import math
 import time
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import gridfs
 from bson import ObjectId
 from bson.errors import InvalidId
-from pymongo import ASCENDING, DESCENDING
+from pymongo import ASCENDING, DESCENDING, ReadPreference
 from pymongo.errors import DuplicateKeyError
 from pymongo.write_concern import WriteConcern
 
@@ -82,6 +84,20 @@ CHECKPOINT_INDEXES = (
     ),
 )
 
+GRIDFS_INDEXES = (
+    (
+        f"{BUCKET_NAME}.files",
+        (([("filename", ASCENDING), ("uploadDate", ASCENDING)], {"name": "filename_1_uploadDate_1"}),),
+    ),
+    (
+        f"{BUCKET_NAME}.chunks",
+        (([("files_id", ASCENDING), ("n", ASCENDING)], {"name": "files_id_1_n_1", "unique": True}),),
+    ),
+)
+"""The indexes pymongo's GridFS creates on a bucket's first upload (only then: an index dropped
+later stays missing), by collection. Every payload read queries the chunks by ``files_id``
+sorted by ``n``: without ``files_id_1_n_1`` each read scans all chunks of every checkpoint."""
+
 
 class _ViewReader:
     """A ``read(n)`` file over a memoryview: ``GridIn.write`` copies each chunk straight out of
@@ -112,6 +128,25 @@ RUN_TOTALS_PIPELINE = [
 """Every run's complete checkpoints in one aggregation: count, latest iteration, payload bytes
 (the sizes of the parts, named by :data:`~dacapo_store.records.PARTS`), newest ``created``."""
 
+
+
+@dataclass(frozen=True)
+class PayloadSource:
+    """Where payloads are read: the bucket's files and chunks collections, each with the read
+    preference to read them with."""
+
+    files: Any
+    chunks: Any
+
+    @property
+    def primary_only(self) -> bool:
+        """Whether both collections are read from the primary only."""
+        return all(_reads_primary(collection) for collection in (self.files, self.chunks))
+
+
+def _reads_primary(collection: Any) -> bool:
+    preference = getattr(collection, "read_preference", None)  # None: a client without them
+    return preference is None or preference.mode == ReadPreference.PRIMARY.mode
 
 
 def checkpoint_from_document(document: Mapping[str, Any]) -> CheckpointInfo:
@@ -179,6 +214,12 @@ class MongoWeightsStore(WeightsStore):
         )
         self.bucket_files = self.database.collection(f"{BUCKET_NAME}.files")
         self.bucket_chunks = self.database.collection(f"{BUCKET_NAME}.chunks")
+        self.payloads_primary = PayloadSource(
+            self.database.primary(self.bucket_files), self.database.primary(self.bucket_chunks)
+        )
+        """The payloads read from the primary: what the catalog (read there) lists is there."""
+        self.payloads = PayloadSource(self.bucket_files, self.bucket_chunks)
+        """The payloads read where the URI's read preference sends reads (maybe a secondary)."""
         self.database.ensure_indexes(self.checkpoints, CHECKPOINT_INDEXES)
         self.database.ensure_indexes(self.scores, SCORE_INDEXES)
 
@@ -352,11 +393,16 @@ class MongoWeightsStore(WeightsStore):
         where = describe(reservation.run, reservation.iteration)
         try:
             return self.database.write(f"committing {where}", lambda: self._commit_once(reservation, parts))
-        except WriteConcernFailedError:
+        except WriteConcernFailedError as error:
             try:
                 self.database.write(f"undoing the commit of {where}", lambda: self._undo_commit(reservation))
-            except Exception as error:
-                logger.warning("the undo of the commit of %s is not confirmed: %s", where, error)
+            except Exception as undo_error:
+                uncertain = WriteConcernFailedError(
+                    f"{error}; the commit could not be undone ({undo_error}): {where} is listed now and may or "
+                    "may not survive (a failover can roll it back); store it again to be sure"
+                )
+                uncertain.commit_may_survive = True
+                raise uncertain from error
             raise
 
     def _commit_once(self, reservation: Reservation, parts: Mapping[str, PartInfo]) -> CheckpointInfo:
@@ -448,17 +494,41 @@ class MongoWeightsStore(WeightsStore):
         expected = info.parts[part]
         where = describe(info.run, info.iteration, part)
         memory = payload_memory(expected.size)
-        self._read_payload(expected, where, memory)
+        self._read_following_the_catalog(expected, where, memory)
         return load_state_from_memory(memory, map_location, where)
 
+    def _read_following_the_catalog(self, expected: PartInfo, where: str, memory: Any) -> None:
+        """:meth:`_read_payload` where the URI's read preference sends reads; if that copy
+        is missing or damaged and may be a secondary's, read it again from the primary. The
+        catalog entry was read from the primary, so a secondary that lags behind may not have
+        its payload yet; only the primary's copy can prove a checkpoint corrupt. (Whatever a
+        secondary returns is checked against the recorded size and digest, so a secondary's
+        copy that passes is the checkpoint.)
+
+        Raises:
+            CorruptCheckpointError: the primary's copy is missing or damaged.
+        """
+        if self.payloads.primary_only:
+            self._read_payload(expected, where, memory, self.payloads_primary)
+            return
+        try:
+            self._read_payload(expected, where, memory, self.payloads)
+        except CorruptCheckpointError as error:
+            logger.info("%s; reading it from the primary (the read preference chose a secondary)", error)
+            self._read_payload(expected, where, memory, self.payloads_primary)
+
     def _verify_part(self, info: CheckpointInfo, part: str) -> None:
+        """Check the primary's copy: the one that every other copy replicates."""
         expected = info.parts[part]
         where = describe(info.run, info.iteration, part)
-        self.database.read(f"verifying {where}", lambda: self._read_payload(expected, where, None))
+        self.database.read(
+            f"verifying {where}", lambda: self._read_payload(expected, where, None, self.payloads_primary)
+        )
 
-    def _read_payload(self, expected: PartInfo, where: str, memory: Any) -> None:
-        """Read the GridFS file of ``expected`` (one query for its files document, one cursor
-        over its chunks), hash it and, unless ``memory`` is ``None``, copy it into ``memory``.
+    def _read_payload(self, expected: PartInfo, where: str, memory: Any, source: PayloadSource) -> None:
+        """Read the GridFS file of ``expected`` from ``source`` (one query for its files
+        document, one cursor over its chunks), hash it and, unless ``memory`` is ``None``,
+        copy it into ``memory``.
 
         Raises:
             CorruptCheckpointError: an invalid digest or payload id, no files document, damaged
@@ -472,7 +542,7 @@ class MongoWeightsStore(WeightsStore):
             raise CorruptCheckpointError(
                 f"{where}: the catalog records an invalid payload id {expected.location!r}"
             ) from None
-        document = self.bucket_files.find_one({"_id": file_id}, projection={"length": True, "chunkSize": True})
+        document = source.files.find_one({"_id": file_id}, projection={"length": True, "chunkSize": True})
         if document is None:
             raise CorruptCheckpointError(f"{where}: its GridFS payload is missing")
         check_size(document.get("length"), expected, where)
@@ -480,7 +550,7 @@ class MongoWeightsStore(WeightsStore):
         with memoryview(memory if memory is not None else b"") as view:
             position = 0
             for data in checked_chunks(
-                self.bucket_chunks, file_id, document["length"], document.get("chunkSize", 0), where
+                source.chunks, file_id, document["length"], document.get("chunkSize", 0), where
             ):
                 if memory is not None:
                     view[position : position + len(data)] = data
@@ -550,7 +620,9 @@ class MongoWeightsStore(WeightsStore):
         return self.database.read("scanning for garbage", lambda: self._find_garbage_once(cutoff))
 
     def _find_garbage_once(self, cutoff: float) -> list[GarbageItem]:
-        files_collection, chunks = self.bucket_files, self.bucket_chunks
+        """Everything from the primary: a lagging secondary would show live payloads as
+        unreferenced, or chunks whose files document it lacks yet as orphans."""
+        files_collection, chunks = self.payloads_primary.files, self.payloads_primary.chunks
         files = {
             document["_id"]: document
             for document in files_collection.find({}, projection={"length": True, "metadata.token": True})
@@ -598,8 +670,9 @@ class MongoWeightsStore(WeightsStore):
     def _remove_orphan_chunks(self, file_id: ObjectId) -> bool:
         """Delete the chunks of ``file_id`` unless its files document exists by now (the scan
         reads files, then chunks: an upload that closed in between looked orphaned). Deletes
-        chunks only, never a files document; returns whether any chunk was deleted."""
-        files, chunks = self.bucket_files, self.bucket_chunks
+        chunks only, never a files document; returns whether any chunk was deleted. The check
+        reads the primary."""
+        files, chunks = self.payloads_primary.files, self.bucket_chunks
 
         def remove() -> bool:
             if files.find_one({"_id": file_id}, projection={"_id": True}) is not None:

@@ -11,7 +11,11 @@ a user's role (``read`` refuses writes with code 13, Unauthorized, as a server d
 a retried write (same session and ``txnNumber``) with the first attempt's reply as a server
 does, and injects :class:`Fault` s: error replies (NotWritablePrimary, ExceededTimeLimit,
 Unauthorized), ``writeConcernError`` after executing, and closed connections before or after
-executing (a lost reply). Authentication is not emulated: a URI with credentials gets
+executing (a lost reply). :meth:`WireServer.lag_secondary` adds a secondary that stopped
+replicating: reads sent with a secondary read preference see the data as it was then. MongoDB's
+``failCommand`` fail point (``configureFailPoint``, ``waitForFailPoint``) is emulated with
+faults, so tests written for a real server run here too.
+Authentication is not emulated: a URI with credentials gets
 AuthenticationFailed (code 18), as with a wrong password; without credentials, every client acts
 as the server's ``user`` with its ``role``.
 
@@ -57,6 +61,8 @@ EXCEEDED_TIME_LIMIT = 262
 WRITE_CONCERN_FAILED = 64
 DUPLICATE_KEY = 11000
 COMMAND_NOT_FOUND = 59
+BAD_VALUE = 2
+MAX_TIME_MS_EXPIRED = 50
 NAMESPACE_NOT_FOUND = 26
 
 CODE_NAMES = {
@@ -69,6 +75,8 @@ CODE_NAMES = {
     WRITE_CONCERN_FAILED: "WriteConcernFailed",
     DUPLICATE_KEY: "DuplicateKey",
     COMMAND_NOT_FOUND: "CommandNotFound",
+    BAD_VALUE: "BadValue",
+    MAX_TIME_MS_EXPIRED: "MaxTimeMSExpired",
     NAMESPACE_NOT_FOUND: "NamespaceNotFound",
 }
 RETRYABLE_CODES = frozenset(
@@ -82,6 +90,9 @@ NOISE = frozenset({"hello", "ismaster", "endsessions"})
 """Commands :meth:`WireServer.sent` leaves out (monitoring and session clean-up)."""
 ENVELOPE_FIELDS = ("$db", "lsid", "$clusterTime", "txnNumber", "$readPreference", "apiVersion")
 """Fields of a command that say how, not what; :attr:`RecordedCommand.body` leaves them out."""
+
+SECONDARY_READ_MODES = frozenset({"secondary", "secondaryPreferred", "nearest"})
+"""Read preference modes a lagging secondary answers (see :meth:`WireServer.lag_secondary`)."""
 
 READ_ACTIONS = ["find", "listIndexes", "listCollections", "collStats", "dbStats"]
 WRITE_ACTIONS = ["insert", "update", "remove", "createIndex", "dropCollection"]
@@ -101,6 +112,11 @@ class RecordedCommand:
     def body(self) -> dict[str, Any]:
         """The command without its envelope (session, cluster time, ``$db``, read preference)."""
         return {key: value for key, value in self.document.items() if key not in ENVELOPE_FIELDS}
+
+    @property
+    def read_preference(self) -> str:
+        """The read preference mode the command carried (``"primary"`` when it carried none)."""
+        return _read_preference_mode(self.document)
 
     @property
     def write_concern(self) -> dict[str, Any] | None:
@@ -212,16 +228,47 @@ class WireServer:
             self.backend = mongomock_client()
             self.commands: list[RecordedCommand] = []
             self.faults: list[Fault] = []
+            self.injected: list[Fault] = []
+            self._fail_point: list[Fault] = []
+            self._fail_point_entered = 0
+            self._secondary: Any = None
             self._cursors: dict[int, tuple[str, str, list[Any]]] = {}
             self._retried_writes: dict[tuple[bytes, int], dict[str, Any]] = {}
 
     def inject(self, *faults: Fault) -> None:
-        """Add ``faults`` (checked in the order added; the first one that matches fires)."""
+        """Add ``faults`` (checked in the order added; the first one that matches fires).
+        :attr:`injected` keeps every fault injected since :meth:`reset`, for checking that
+        each fired."""
         with self._lock:
             self.faults.extend(faults)
+            self.injected.extend(faults)
+
+    def unfired(self) -> list[Fault]:
+        """The faults injected since :meth:`reset` that never fired (a test whose fault never
+        fired tested nothing)."""
+        with self._lock:
+            return [fault for fault in self.injected if fault.fired == 0]
+
+    def lag_secondary(self) -> None:
+        """Add a secondary that stops replicating now: from here on, reads that carry a
+        secondary read preference (``secondary``, ``secondaryPreferred``, ``nearest``) are
+        answered from a copy of the data as it is now, as a lagging secondary would; writes
+        and primary reads see the current data. :meth:`reset` removes the secondary."""
+        with self._lock:
+            self._secondary = _copy_data(self.backend)
+
+    def secondary_database(self, name: str) -> Any:
+        """The lagging secondary's copy of database ``name`` (to inspect or seed directly).
+
+        Raises:
+            RuntimeError: no :meth:`lag_secondary` since the last :meth:`reset`.
+        """
+        if self._secondary is None:
+            raise RuntimeError("no lagging secondary: call lag_secondary() first")
+        return self._secondary[name]
 
     def clear(self) -> None:
-        """Forget recorded commands and remaining faults."""
+        """Forget recorded commands and remaining faults (:attr:`injected` keeps them)."""
         with self._lock:
             self.commands.clear()
             self.faults.clear()
@@ -316,7 +363,10 @@ class WireServer:
             return {"ok": 0, "code": COMMAND_NOT_FOUND, "codeName": "CommandNotFound",
                     "errmsg": f"no such command: '{name}'"}
         with self._lock:
-            reply = {"ok": 1, **handler(self.backend[database], collection, document)}
+            source = self.backend
+            if self._secondary is not None and _read_preference_mode(document) in SECONDARY_READ_MODES:
+                source = self._secondary
+            reply = {"ok": 1, **handler(source[database], collection, document)}
             if retry_key is not None:
                 self._retried_writes[retry_key] = reply
         return reply
@@ -349,6 +399,46 @@ class WireServer:
         return {}
 
     _cmd_endsessions = _cmd_ping
+
+    def _cmd_configurefailpoint(self, db: Any, collection: Any, document: Mapping[str, Any]) -> dict[str, Any]:
+        """MongoDB's ``failCommand`` fail point (a server started with ``enableTestCommands``)
+        as faults, so that tests written for a real server run here too. ``mode``:
+        ``{"times": n}``, ``"alwaysOn"`` or ``"off"``; ``data``: ``failCommands`` and one of
+        ``errorCode``, ``closeConnection`` or ``writeConcernError`` (each listed command fails
+        up to n times, not n times in all as on a server). Replies with ``count``, the times
+        the fail point was entered before, as a server does."""
+        if document.get("configureFailPoint") != "failCommand":
+            return {"ok": 0, "code": BAD_VALUE, "codeName": "BadValue",
+                    "errmsg": f"unknown fail point {document.get('configureFailPoint')!r}"}
+        count = self._fail_point_entered + sum(fault.fired for fault in self._fail_point)
+        self._fail_point_entered = count
+        self.faults = [fault for fault in self.faults if all(fault is not armed for armed in self._fail_point)]
+        self._fail_point = []
+        mode = document.get("mode")
+        if mode == "off":
+            return {"count": count}
+        times = int(mode["times"]) if isinstance(mode, Mapping) else 2**62
+        data = document.get("data") or {}
+        for command in data.get("failCommands", []):
+            if data.get("closeConnection"):
+                fault = Fault.hangup(command, times=times)
+            elif "writeConcernError" in data:
+                fault = Fault.write_concern(command, code=int(data["writeConcernError"]["code"]), times=times)
+            else:
+                fault = Fault.error(command, code=int(data["errorCode"]), times=times)
+            self._fail_point.append(fault)
+        self.faults.extend(self._fail_point)
+        self.injected.extend(self._fail_point)
+        return {"count": count}
+
+    def _cmd_waitforfailpoint(self, db: Any, collection: Any, document: Mapping[str, Any]) -> dict[str, Any]:
+        """Whether the ``failCommand`` fail point was entered ``timesEntered`` times in all
+        (commands here run one by one, so nothing is waited for: MaxTimeMSExpired if not)."""
+        entered = self._fail_point_entered + sum(fault.fired for fault in self._fail_point)
+        if entered >= int(document.get("timesEntered", 1)):
+            return {}
+        return {"ok": 0, "code": MAX_TIME_MS_EXPIRED, "codeName": "MaxTimeMSExpired",
+                "errmsg": f"the fail point was entered {entered} times, not {document.get('timesEntered')}"}
 
     def _cmd_saslstart(self, db: Any, collection: Any, document: Mapping[str, Any]) -> dict[str, Any]:
         return {"ok": 0, "code": AUTHENTICATION_FAILED, "codeName": "AuthenticationFailed",
@@ -530,6 +620,21 @@ class WireServer:
     def _cmd_dropdatabase(self, db: Any, collection: Any, document: Mapping[str, Any]) -> dict[str, Any]:
         self.backend.drop_database(db.name)
         return {}
+
+
+def _read_preference_mode(document: Mapping[str, Any]) -> str:
+    return dict(document.get("$readPreference") or {}).get("mode", "primary")
+
+
+def _copy_data(backend: Any) -> Any:
+    """A new mongomock client holding a copy of every document of ``backend``."""
+    copied = mongomock_client()
+    for database in backend.list_database_names():
+        for collection in backend[database].list_collection_names():
+            documents = [copy.deepcopy(document) for document in backend[database][collection].find()]
+            if documents:
+                copied[database][collection].insert_many(documents)
+    return copied
 
 
 def _sort(sort: Any) -> list[tuple[str, int]] | None:

@@ -103,3 +103,20 @@ def test_an_error_that_retrying_cannot_fix_fails_at_once(weights_store, stats_st
 def test_bad_retry_settings_are_refused(changes):
     with pytest.raises(ValueError):
         StoreRetry(**changes)
+
+
+def test_a_commit_that_may_not_survive_is_stored_again_over_itself(weights_store, stats_store):
+    uncertain = WriteConcernFailedError("committing: not confirmed, could not be undone: may or may not survive")
+    uncertain.commit_may_survive = True
+    flaky = Flaky(weights_store, "store_weights", [uncertain], after=True)
+    overwrites = []
+    store_weights = weights_store.store_weights
+
+    def recording(run, iteration, overwrite=False, **options):
+        overwrites.append((iteration, overwrite))
+        return store_weights(run, iteration, overwrite=overwrite, **options)
+
+    weights_store.store_weights = recording
+    train_run(Run(tiny_config()), flaky, stats_store, progress=False, store_retry=no_wait([]))
+    assert overwrites == [(2, False), (2, True), (4, False), (6, False)]
+    assert [c.iteration for c in weights_store.list_checkpoints("tiny")] == [2, 4, 6]

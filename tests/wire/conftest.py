@@ -34,11 +34,14 @@ def _shared_server() -> Iterator[WireServer]:
 @pytest.fixture
 def server(_shared_server) -> Iterator[WireServer]:
     """The wire server, empty, with a ``readWrite`` user; every client a test opened through
-    :func:`open_weights` / :func:`open_stats` is closed after it."""
+    :func:`open_weights` / :func:`open_stats` is closed after it. A fault the test injected
+    that never fired fails it: the test did not test what it says."""
     _shared_server.reset()
     yield _shared_server
     while _clients:
         _clients.pop().close()
+    unfired = _shared_server.unfired()
+    assert not unfired, f"injected faults that never fired: {unfired}"
 
 
 _clients: list = []

@@ -10,6 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from dacapo_store.cli import main
+from dacapo_store.testing.contract import ToyRun
 from dacapo_store.testing.wire import WireServer
 
 from .conftest import DATABASE, open_stats, open_weights
@@ -99,3 +100,27 @@ def test_doctor_on_local_stores(tmp_path) -> None:
     assert status == 0
     assert [(f["topic"], f["level"]) for f in findings] == [("store", "ok"), ("permissions", "ok"), ("catalog", "ok")]
     assert "integrity check: ok" in findings[2]["message"]
+
+
+@pytest.mark.parametrize("collection, index", [("bucket_chunks", "files_id_1_n_1"), ("bucket_files", "filename_1_uploadDate_1")])
+def test_a_missing_gridfs_index_is_a_problem(opened, clock, collection, index) -> None:
+    weights = open_weights(opened, clock)
+    run = ToyRun("r")
+    weights.store_weights(run, 1)  # GridFS creates its indexes on the first upload
+    assert doctor(opened.uri_with(DATABASE))[0] == 0
+    name = getattr(weights, collection).name
+    opened.database(DATABASE)[name].drop_index(index)
+    status, findings = doctor(opened.uri_with(DATABASE))
+    assert status == 1
+    [problem] = [f for f in findings if f["level"] == "problem"]
+    assert problem["topic"] == "indexes" and f"{name} lacks {index}" in problem["message"]
+    assert f'db.getCollection("{name}").createIndex(' in problem["message"]
+
+
+def test_a_read_preference_other_than_primary_is_a_warning(opened) -> None:
+    status, findings = doctor(opened.uri_with(DATABASE, wtimeoutMS="60000", readPreference="secondaryPreferred"))
+    assert status == 0
+    [warning] = [f for f in findings if f["topic"] == "read preference"]
+    assert warning["level"] == "warning" and "readPreference=secondaryPreferred" in warning["message"]
+    _, findings = doctor(opened.uri_with(DATABASE, wtimeoutMS="60000"))
+    assert [f["level"] for f in findings if f["topic"] == "read preference"] in ([], ["ok"])

@@ -66,6 +66,18 @@ def commands(server, name, weights, collection):
     return server.sent(name, getattr(weights, collection).name)
 
 
+def inject(server, *faults: Fault) -> tuple[Fault, ...]:
+    """Inject ``faults`` and return them, to check afterwards that each fired (see fired)."""
+    server.inject(*faults)
+    return faults
+
+
+def fired(*faults: Fault) -> bool:
+    """Whether every one of ``faults`` fired as often as it was meant to (the server served
+    each injected reply)."""
+    return all(fault.fired == fault.times for fault in faults)
+
+
 # ---- failover: retried until it works ----------------------------------------------------
 
 
@@ -106,8 +118,9 @@ def test_a_reservation_whose_reply_was_lost_is_recognised_on_retry(server, weigh
 def test_a_replacement_claim_whose_reply_was_lost_is_recognised_on_retry(server, weights, run, clock) -> None:
     weights.store_weights(run, 1)
     run.train_steps(1)
-    server.inject(Fault.hangup("update", weights.checkpoints.name, times=2, execute=True))
+    faults = inject(server, Fault.hangup("update", weights.checkpoints.name, times=2, execute=True))
     weights.store_weights(run, 1, overwrite=True)
+    assert fired(*faults)
     assert_consistent(server, weights, [1])
     assert_state_equal(weights.retrieve_weights("r", 1).model, run.model.state_dict())
 
@@ -135,17 +148,20 @@ def test_a_connection_closed_mid_upload_restarts_that_part_under_a_new_id(server
 
 
 def test_a_partial_upload_whose_abort_failed_is_deleted_once_the_part_is_stored(server, weights, run, clock) -> None:
-    server.inject(
+    faults = inject(
+        server,
         Fault.hangup("insert", weights.bucket_chunks.name, times=2, skip=1, execute=True),
         Fault.error("delete", weights.bucket_chunks.name, NOT_WRITABLE_PRIMARY, times=2),  # the abort
     )
     weights.store_weights(run, 1)
+    assert fired(*faults)
     assert_consistent(server, weights, [1])
 
 
 def test_exceeded_time_limit_is_retried(server, weights, run, clock) -> None:
-    server.inject(Fault.error("findAndModify", weights.checkpoints.name, EXCEEDED_TIME_LIMIT, times=3))
+    faults = inject(server, Fault.error("findAndModify", weights.checkpoints.name, EXCEEDED_TIME_LIMIT, times=3))
     weights.store_weights(run, 1)
+    assert fired(*faults) and len(commands(server, "findAndModify", weights, "checkpoints")) == 4
     assert_consistent(server, weights, [1])
 
 
@@ -160,24 +176,28 @@ def test_a_heartbeat_during_an_election_is_retried(server, clock, run) -> None:
 def test_a_remove_whose_reply_was_lost_completes(server, weights, run, clock) -> None:
     weights.store_weights(run, 1)
     weights.store_weights(run, 2)
-    server.inject(Fault.hangup("findAndModify", weights.checkpoints.name, times=2, execute=True))
+    faults = inject(server, Fault.hangup("findAndModify", weights.checkpoints.name, times=2, execute=True))
     weights.remove("r", 2)
+    assert fired(*faults)
     assert_consistent(server, weights, [1])
 
 
 def test_a_read_interrupted_mid_stream_is_read_again(server, weights, run, clock) -> None:
     weights.store_weights(run, 1)
-    server.inject(Fault.hangup("find", weights.bucket_chunks.name, times=3))
+    faults = inject(server, Fault.hangup("find", weights.bucket_chunks.name, times=3))
     assert_state_equal(weights.retrieve_weights("r", 1).model, run.model.state_dict())
+    assert fired(*faults)
 
 
 def test_stats_and_scores_writes_are_retried(server, stats, run, clock) -> None:
-    server.inject(
+    faults = inject(
+        server,
         Fault.error("insert", stats.training_stats.name, NOT_WRITABLE_PRIMARY, times=3, execute=True),
         Fault.error("insert", stats.scores.name, PRIMARY_STEPPED_DOWN, times=3, execute=True),
     )
     stats.store_training_stats(run, [TrainingIterationStats(i, 0.5, 0.1) for i in range(3)])
     stats.store_validation_scores(run, 1, "val", {"dice": 0.5}, {"dice": True})
+    assert fired(*faults)
     assert [s.iteration for s in stats.retrieve_training_stats(run)] == [0, 1, 2]
     assert [s.value for s in stats.retrieve_validation_scores(run)] == [0.5]
 
@@ -196,12 +216,14 @@ def test_an_outage_beyond_the_budget_fails_clearly_and_leaves_nothing(server, we
 
 
 def test_a_failed_clean_up_does_not_block_the_next_store_of_that_checkpoint(server, weights, run, clock) -> None:
-    server.inject(
+    commit, clean_up = inject(
+        server,
         Fault.error("findAndModify", weights.checkpoints.name, NOT_WRITABLE_PRIMARY, times=ENOUGH),
         Fault.error("delete", None, NOT_WRITABLE_PRIMARY, times=ENOUGH),
     )
     with pytest.raises(StoreConnectionError, match="committing"):
         weights.store_weights(run, 1)
+    assert commit.fired and clean_up.fired
     assert [entry["state"] for entry in stored(server, weights)["catalog"]] == ["pending"]  # invisible
     assert weights.list_checkpoints("r") == []
     server.clear()  # the primary is back
@@ -296,3 +318,33 @@ def test_a_write_concern_timeout_from_the_uri_is_sent_and_reported(server, clock
     assert "'wtimeout': 2000" in str(caught.value)
     [reserve] = commands(server, "insert", weights, "checkpoints")
     assert reserve.write_concern == {"w": "majority", "j": True, "wtimeout": 2000}
+
+
+@pytest.mark.parametrize("overwrite", [False, True], ids=["new", "overwrite"])
+def test_a_write_concern_error_whose_undo_fails_is_never_a_success(server, weights, run, clock, overwrite) -> None:
+    if overwrite:
+        weights.store_weights(run, 1)
+        run.train_steps(1)
+    # the undo puts the old parts back (an update; the first update is the replacement claim)
+    # or deletes the new entry
+    undo = Fault.error("update", weights.checkpoints.name, NOT_WRITABLE_PRIMARY, times=ENOUGH, skip=1) if overwrite \
+        else Fault.error("delete", weights.checkpoints.name, NOT_WRITABLE_PRIMARY, times=ENOUGH)
+    server.inject(Fault.write_concern("findAndModify", weights.checkpoints.name), undo)
+    with pytest.raises(WriteConcernFailedError) as caught:
+        weights.store_weights(run, 1, overwrite=overwrite)
+    message = str(caught.value)
+    assert "committing checkpoint 1 of run 'r'" in message and "could not be undone" in message
+    assert "may or may not survive" in message
+    server.clear()  # the primary is back: the commit did survive here, whole
+    assert [info.iteration for info in weights.list_checkpoints("r")] == [1]
+    weights.collect_garbage(older_than=weights.stale_after, now=2**40)  # a replaced version's payloads
+    assert_consistent(server, weights, [1])
+    assert_state_equal(weights.retrieve_weights("r", 1).model, run.model.state_dict())
+
+
+def test_a_fault_that_never_fired_is_reported(server) -> None:
+    fault = Fault.error("insert", "no-such-collection")
+    server.inject(fault)
+    server.clear()  # forgotten as a pending fault, still known as injected
+    assert server.unfired() == [fault]
+    server.reset()  # else the check after every test fails this one
