@@ -240,8 +240,9 @@ class WeightsStore(ABC):
         With ``overwrite=True`` a stored checkpoint ``iteration`` is replaced atomically (see
         :meth:`put_weights`).
 
-        With ``background=True`` the state is copied to CPU memory (a snapshot: later changes
-        to the model do not reach it) and uploaded by a background thread, and the call
+        With ``background=True`` the state is copied to CPU memory (a snapshot of exactly what a
+        synchronous store would store now: later changes to the model, the optimizer or any
+        value in their state do not reach it) and uploaded by a background thread, and the call
         returns at once (see :mod:`~dacapo_store.background`). At most one background upload
         per store is in flight: every ``store_weights`` call, and :meth:`flush`, first waits
         for it and raises its error if it failed.
