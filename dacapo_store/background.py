@@ -32,6 +32,7 @@ import torch
 
 from . import helper_threads
 from .records import CheckpointInfo, Weights
+from .gc_pause import gc_paused
 from .payload_memory import private_memory
 
 logger = logging.getLogger(__name__)
@@ -77,8 +78,11 @@ class _Copier:
         self._memo: dict[int, Any] = {}
         """id of an original -> its copy (the originals stay alive during the walk: ``weights``
         holds them)."""
-        self._sources: list[torch.UntypedStorage] = []
-        """Every storage copied, held so that no other storage takes its key during the walk."""
+        self._sources: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        """The host buffer and the source (a uint8 view, which holds the storage, so that no
+        other storage takes its key during the walk) of every storage copied, by key."""
+        self._filled_now = False
+        """Whether storages met now are copied at once (the pieces a tensor is rebuilt from)."""
         self._held: list[Any] = []
         """The pieces of tensors rebuilt from them, held so that no other object takes their ids
         in the memo during the walk."""
@@ -135,7 +139,12 @@ class _Copier:
         else:  # rebuilt as torch.load would, from the pieces torch.save stores, each copied
             rebuild, pieces = torch.Tensor._reduce_ex_internal(source, 2)
             self._held.append(pieces)
-            copied = rebuild(*self.state(pieces))
+            self._filled_now = True  # a rebuild may read its pieces (a nested tensor's sizes)
+            try:
+                pieces = self.state(pieces)
+            finally:
+                self._filled_now = False
+            copied = rebuild(*pieces)
         if parameter:
             copied = torch.nn.Parameter(copied, requires_grad=tensor.requires_grad)
         self._memo[id(tensor)] = copied  # before the attributes, which may refer to the tensor
@@ -159,23 +168,29 @@ class _Copier:
 
     def _storage(self, storage: torch.UntypedStorage) -> torch.UntypedStorage:
         """The host copy of ``storage``: one per storage object (as ``torch.save`` tells storages
-        apart), whether met as a tensor's storage or on its own."""
+        apart), whether met as a tensor's storage or on its own. Its bytes are copied later
+        (:attr:`host_copies`, or asynchronously from CUDA), except while :attr:`_filled_now`."""
         key = storage._cdata
         copy = self._copies.get(key) if storage.nbytes() else None
+        if copy is not None and self._filled_now:
+            host, source = self._sources[key]
+            host.copy_(source)  # its later copy repeats the same bytes
         if copy is None:
             kind = (storage.nbytes(), storage.device.type == "cuda")
             pinned = kind[1]
             spare = self._spare.get(kind)
             host = spare.pop() if spare else host_buffer(*kind)
             source = torch.empty(0, dtype=torch.uint8, device=storage.device).set_(storage)
-            if pinned:
+            if self._filled_now:
+                host.copy_(source)  # from CUDA too: a blocking copy
+            elif pinned:
                 host.copy_(source, non_blocking=True)  # asynchronous, on the current stream
             else:
                 self.host_copies.append((host, source))
             self.buffers.append((kind, host))
             self.from_cuda |= pinned
             copy = self._copies[key] = host.untyped_storage()
-            self._sources.append(storage)
+            self._sources[key] = (host, source)
         return copy
 
 
@@ -197,7 +212,8 @@ def snapshot_state(weights: Weights, spare: Spare | None = None) -> Snapshot:
     later work on that stream (the next optimizer step) runs after them.
     """
     copier = _Copier(spare if spare is not None else {})
-    copied = Weights(copier.state(weights.model), copier.state(weights.optimizer))
+    with gc_paused():  # the walk makes objects by the thousand, none of them garbage
+        copied = Weights(copier.state(weights.model), copier.state(weights.optimizer))
     copy_in_parallel(copier.host_copies)
     if not copier.from_cuda:
         return Snapshot(copied, lambda: None, copier.buffers)
