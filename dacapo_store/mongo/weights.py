@@ -485,17 +485,19 @@ class MongoWeightsStore(WeightsStore):
             )
             if document is None:
                 return None
-            attempts = []
-
-            entry = {"_id": document["_id"], "token": document["token"], "state": "complete"}
             replacement = document.get("replacement")
+            entry = {  # exactly the entry read: a replacement claim put on it since is read again
+                "_id": document["_id"], "token": document["token"], "state": "complete",
+                "replacement.token": replacement["token"] if replacement is not None else {"$exists": False},
+            }
             live = replacement is not None and not _claim_of(document).abandoned(time.time() - self.stale_after)
+            attempts = []
 
             def delete() -> bool:
                 attempts.append(1)
                 if live:  # the overwrite goes on as a plain store
                     unlisted = self.checkpoints.find_one_and_update(
-                        {**entry, "replacement.token": replacement["token"]},
+                        entry,
                         {
                             "$set": {"state": "pending", "created": time.time(), **replacement},
                             "$unset": {"replacement": "", "parts": "", "size": ""},
