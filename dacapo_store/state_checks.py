@@ -56,6 +56,7 @@ def check_loadable_weights(weights: Weights) -> None:
     Raises:
         TypeError: a value (or key) whose type the weights-only load refuses, named by its
             path (e.g. ``weights.optimizer['param_groups'][0]['lr']``) and type, with the fix.
+            Also a tensor whose attributes refer back to it.
         ValueError: containers nested deeper than :data:`MAX_STATE_DEPTH`, or an integer of
             more than :data:`MAX_INT_BITS` bits.
     """
@@ -66,12 +67,13 @@ def check_loadable_weights(weights: Weights) -> None:
 def check_loadable_state(state: Any, where: str) -> None:
     """Check that ``torch.load(weights_only=True)`` would load back ``state``, named ``where``.
 
-    One iterative walk over every container, key, value and tensor attribute; a container met
-    twice (shared or self-referencing, which torch stores once) is walked once. Paths are
-    only spelled out for an error.
+    One iterative walk over every container, key, value and tensor attribute; a container or a
+    tensor with attributes met twice (shared or self-referencing, which torch stores once) is
+    walked once. Paths are only spelled out for an error.
 
     Raises:
-        TypeError / ValueError: as :func:`check_loadable_weights`.
+        TypeError / ValueError: as :func:`check_loadable_weights` (a TypeError also for a
+            tensor whose attributes refer back to it).
     """
     seen: set[int] = set()
     pending: list[tuple[Any, _Path, int]] = [(state, (None, where), 0)]
@@ -86,14 +88,20 @@ def check_loadable_state(state: Any, where: str) -> None:
             )
         if kind in _SCALARS or (kind in _TENSORS and not vars(value)):
             continue
-        if kind in _TENSORS:  # attributes are kept by torch.save and unpickled like any value
-            pending.extend((item, (path, f".{name}"), depth + 1) for name, item in vars(value).items())
-            continue
-        if kind not in _MAPPINGS and kind not in _COLLECTIONS:
+        if kind not in _TENSORS and kind not in _MAPPINGS and kind not in _COLLECTIONS:
             raise TypeError(_refusal(_spell(path), value))
         if id(value) in seen:
             continue
         seen.add(id(value))
+        if kind in _TENSORS:  # attributes are kept by torch.save and unpickled like any value
+            if _refers_back_to(value, vars(value).values()):
+                raise TypeError(
+                    f"{_short(_spell(path), 120)} is a tensor whose attributes refer back to it, which "
+                    "torch.load(weights_only=True) refuses, so the checkpoint could never be read back; "
+                    "nothing was stored. Store something that names it instead (a key, an index)."
+                )
+            pending.extend((item, (path, f".{name}"), depth + 1) for name, item in vars(value).items())
+            continue
         if depth >= MAX_STATE_DEPTH:
             raise ValueError(
                 f"{_short(_spell(path), 120)} nests containers more than {MAX_STATE_DEPTH} levels "
@@ -109,6 +117,31 @@ def check_loadable_state(state: Any, where: str) -> None:
             for index, item in enumerate(value):
                 if not _is_plain_leaf(item):
                     pending.append((item, (path, _ELEMENT if kind is set else (index,)), depth + 1))
+
+
+def _refers_back_to(tensor: Any, values: Any) -> bool:
+    """Whether ``tensor`` is reachable from ``values`` (through containers, keys and tensor
+    attributes): pickle then writes an opcode (``POP``) that the weights-only unpickler refuses,
+    unless the walk happens to meet a container on the way first (refused all the same: the
+    rule stays simple, and such states are rare). Only tensors with attributes are looked at."""
+    seen: set[int] = set()
+    pending = list(values)
+    while pending:
+        value = pending.pop()
+        if value is tensor:
+            return True
+        kind = type(value)
+        if id(value) in seen or kind in _SCALARS or kind is int:
+            continue
+        seen.add(id(value))
+        if kind in _TENSORS:
+            pending.extend(vars(value).values())
+        elif kind in _MAPPINGS:
+            pending.extend(value.keys())
+            pending.extend(value.values())
+        elif kind in _COLLECTIONS:
+            pending.extend(value)
+    return False
 
 
 def _is_plain_leaf(value: Any) -> bool:

@@ -66,6 +66,18 @@ def _with_attribute(value: Any) -> torch.Tensor:
     return tensor
 
 
+def _tensor_referring_to_itself() -> torch.Tensor:
+    tensor = torch.arange(3.0)
+    tensor.me = tensor
+    return tensor
+
+
+def _tensors_referring_to_each_other() -> dict:
+    first, second = torch.ones(1), torch.zeros(1)
+    first.partner, second.partners = second, [first]
+    return {"first": first, "second": second}
+
+
 def _parameter_with_attribute() -> torch.nn.Parameter:
     parameter = torch.nn.Parameter(torch.ones(2))
     parameter.note = {"tag": [1, 2]}
@@ -215,6 +227,8 @@ REFUSED_VALUES = [
     _entry("class", lambda: int),
     _entry("optimizer class", lambda: torch.optim.Adam),
     _entry("torch.memory_format", lambda: torch.channels_last),
+    _entry("tensor whose attribute is itself", _tensor_referring_to_itself),
+    _entry("tensors whose attributes refer to each other", _tensors_referring_to_each_other),
 ]
 
 
