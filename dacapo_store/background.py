@@ -121,7 +121,10 @@ class _Copier:
             copied = self._memo.get(id(value))  # a tuple that holds itself through a list was made
             if copied is not None:
                 return copied
-            copied = kind(items)
+            if all(copy is item for copy, item in zip(items, value)):  # nothing mutable inside
+                copied = value if kind is tuple else value.copy()  # a set's copy keeps its order
+            else:  # a set of tensors: its order follows their new hashes (it holds no data)
+                copied = kind(items)
         else:
             raise TypeError(f"a background store cannot copy a {kind.__qualname__}; store it synchronously")
         self._memo[id(value)] = copied

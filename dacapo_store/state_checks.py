@@ -56,7 +56,8 @@ def check_loadable_weights(weights: Weights) -> None:
     Raises:
         TypeError: a value (or key) whose type the weights-only load refuses, named by its
             path (e.g. ``weights.optimizer['param_groups'][0]['lr']``) and type, with the fix.
-            Also a tensor whose attributes refer back to it.
+            Also a tensor, tuple or set that holds itself (which pickle writes as no
+            weights-only load reads).
         ValueError: containers nested deeper than :data:`MAX_STATE_DEPTH`, or an integer of
             more than :data:`MAX_INT_BITS` bits.
     """
@@ -72,8 +73,7 @@ def check_loadable_state(state: Any, where: str) -> None:
     walked once. Paths are only spelled out for an error.
 
     Raises:
-        TypeError / ValueError: as :func:`check_loadable_weights` (a TypeError also for a
-            tensor whose attributes refer back to it).
+        TypeError / ValueError: as :func:`check_loadable_weights`.
     """
     seen: set[int] = set()
     pending: list[tuple[Any, _Path, int]] = [(state, (None, where), 0)]
@@ -93,13 +93,14 @@ def check_loadable_state(state: Any, where: str) -> None:
         if id(value) in seen:
             continue
         seen.add(id(value))
+        if kind in _BUILT_FROM_CONTENTS and _holds_itself(value):
+            raise TypeError(
+                f"{_short(_spell(path), 120)} is a {_type_name(value)} that holds itself (through its "
+                f"{'attributes' if kind in _TENSORS else 'items'}), which torch.load(weights_only=True) refuses, "
+                "so the checkpoint could never be read back; nothing was stored. Store something that names "
+                "it instead (a key, an index)."
+            )
         if kind in _TENSORS:  # attributes are kept by torch.save and unpickled like any value
-            if _refers_back_to(value, vars(value).values()):
-                raise TypeError(
-                    f"{_short(_spell(path), 120)} is a tensor whose attributes refer back to it, which "
-                    "torch.load(weights_only=True) refuses, so the checkpoint could never be read back; "
-                    "nothing was stored. Store something that names it instead (a key, an index)."
-                )
             pending.extend((item, (path, f".{name}"), depth + 1) for name, item in vars(value).items())
             continue
         if depth >= MAX_STATE_DEPTH:
@@ -119,16 +120,22 @@ def check_loadable_state(state: Any, where: str) -> None:
                     pending.append((item, (path, _ELEMENT if kind is set else (index,)), depth + 1))
 
 
-def _refers_back_to(tensor: Any, values: Any) -> bool:
-    """Whether ``tensor`` is reachable from ``values`` (through containers, keys and tensor
-    attributes): pickle then writes an opcode (``POP``) that the weights-only unpickler refuses,
-    unless the walk happens to meet a container on the way first (refused all the same: the
-    rule stays simple, and such states are rare). Only tensors with attributes are looked at."""
+_BUILT_FROM_CONTENTS = _TENSORS | {tuple, set}
+"""Values that pickle makes from their contents (a tensor from its attributes too), and
+remembers only once they are made: one reachable from its own contents is pickled with an
+opcode (``POP``) that the weights-only unpickler refuses."""
+
+
+def _holds_itself(container: Any) -> bool:
+    """Whether ``container`` (of :data:`_BUILT_FROM_CONTENTS`) is reachable from its own items or
+    attributes, through containers, keys and tensor attributes. True also where pickle's walk
+    would happen to meet a dict or list on the way first (then it loads): the rule stays simple,
+    and such states are rare."""
     seen: set[int] = set()
-    pending = list(values)
+    pending = list(vars(container).values() if type(container) in _TENSORS else container)
     while pending:
         value = pending.pop()
-        if value is tensor:
+        if value is container:
             return True
         kind = type(value)
         if id(value) in seen or kind in _SCALARS or kind is int:

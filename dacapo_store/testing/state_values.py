@@ -78,6 +78,13 @@ def _tensors_referring_to_each_other() -> dict:
     return {"first": first, "second": second}
 
 
+def _tuple_holding_itself() -> tuple:
+    items: list = []
+    outer = (items,)
+    items.append(outer)
+    return outer
+
+
 def _parameter_with_attribute() -> torch.nn.Parameter:
     parameter = torch.nn.Parameter(torch.ones(2))
     parameter.note = {"tag": [1, 2]}
@@ -143,6 +150,7 @@ LOADABLE_VALUES = [
     _entry("list", lambda: [1, "a", None]),
     _entry("tuple", lambda: (1, 2.5)),
     _entry("set", lambda: {1, 2}),
+    _entry("set of a tuple and an int", lambda: {(1, 2), 3}),  # their hashes collide: order matters
     _entry("dict with int keys", lambda: {0: {"step": 3}}),
     _entry("tuple key", lambda: {(1, "a"): 2}),
     _entry("OrderedDict", lambda: collections.OrderedDict(b=1, a=2)),
@@ -229,6 +237,7 @@ REFUSED_VALUES = [
     _entry("torch.memory_format", lambda: torch.channels_last),
     _entry("tensor whose attribute is itself", _tensor_referring_to_itself),
     _entry("tensors whose attributes refer to each other", _tensors_referring_to_each_other),
+    _entry("tuple that holds itself through a list", _tuple_holding_itself),
 ]
 
 
