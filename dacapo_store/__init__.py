@@ -3,6 +3,7 @@
 
 from .config import create_stats_store, create_weights_store, resolve_store
 from .errors import (
+    CheckpointChangedError,
     CheckpointExistsError,
     CheckpointNotFoundError,
     CheckpointNotStoredError,
@@ -25,6 +26,7 @@ from .stats_store import StatsStore
 from .weights_store import WeightsStore
 
 __all__ = [
+    "CheckpointChangedError",
     "CheckpointExistsError",
     "CheckpointInfo",
     "CheckpointNotFoundError",

@@ -1,7 +1,8 @@
 """Storing checkpoints in the background, so that training does not wait for the upload.
 
 ``WeightsStore.store_weights(run, iteration, background=True)`` takes a snapshot of the state
-dicts (:func:`snapshot_state`: every tensor copied to CPU memory, from CUDA into pinned memory),
+dicts (:func:`snapshot_state`: what a synchronous store would store at the call, every tensor
+copied to CPU memory, from CUDA into pinned memory, and every other mutable value copied too),
 hands it to an upload thread and returns. Per store at most one upload is in flight
 (:class:`BackgroundUploads`): the next ``store_weights`` call, and ``flush()``, wait for it and
 raise its error if it failed. At interpreter exit every store's upload in flight is waited for,
@@ -23,7 +24,6 @@ import threading
 import weakref
 from collections.abc import Callable
 from concurrent.futures import Future
-from copy import deepcopy
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -32,6 +32,7 @@ import torch
 
 from . import helper_threads
 from .records import CheckpointInfo, Weights
+from .gc_pause import gc_paused
 from .payload_memory import private_memory
 
 logger = logging.getLogger(__name__)
@@ -64,68 +65,158 @@ class Snapshot:
 
 
 class _Copier:
-    """Copies tensors to host memory, one copy per storage, so tensors that share a storage
-    (tied weights, views) share it in the snapshot too, as ``torch.save`` would store them.
-    Buffers of the right size are taken from ``spare`` before new ones are made."""
+    """Copies a state to host memory as ``torch.save`` would store it: every mutable value
+    (tensors, storages, containers, bytearrays, dict keys, tensor attributes) is copied, and
+    each object once (a memo, like pickle's), so an object met twice, or a container that holds
+    itself, is one object in the copy too. Tensors are copied one storage at a time, so tensors
+    that share a storage (tied weights, views) share it in the copy as well. Buffers of the right
+    size are taken from ``spare`` before new ones are made."""
 
     def __init__(self, spare: Spare) -> None:
         self._spare = spare
         self._copies: dict[int, torch.UntypedStorage] = {}
-        self._sources: list[torch.UntypedStorage] = []
-        """Every storage copied, held so that no other storage takes its key during the walk."""
+        self._memo: dict[int, Any] = {}
+        """id of an original -> its copy (the originals stay alive during the walk: ``weights``
+        holds them)."""
+        self._sources: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        """The host buffer and the source (a uint8 view, which holds the storage, so that no
+        other storage takes its key during the walk) of every storage copied, by key."""
+        self._filled_now = False
+        """Whether storages met now are copied at once (the pieces a tensor is rebuilt from)."""
+        self._held: list[Any] = []
+        """The pieces of tensors rebuilt from them, held so that no other object takes their ids
+        in the memo during the walk."""
         self.buffers: list[tuple[BufferKind, torch.Tensor]] = []
         self.host_copies: list[tuple[torch.Tensor, torch.Tensor]] = []
         """Copies between host buffers still to make: ``(target, source)``, uint8 of one size."""
         self.from_cuda = False
 
-    def tensor(self, tensor: torch.Tensor) -> torch.Tensor:
-        tensor = tensor.detach()
-        if tensor.device.type == "meta":  # no data to copy
-            return tensor.clone()
-        if tensor.layout != torch.strided or tensor.is_quantized:
-            return tensor.to("cpu", copy=True)
-        storage = tensor.untyped_storage()
-        key = storage._cdata  # the storage object, as torch.save tells storages apart
+    def state(self, value: Any) -> Any:
+        """The copy of ``value`` (one of the types :mod:`~dacapo_store.state_checks` accepts)."""
+        kind = type(value)
+        if kind in _IMMUTABLE or (kind is tuple and not value):
+            return value
+        copied = self._memo.get(id(value))
+        if copied is not None:
+            return copied
+        if kind is torch.Tensor or kind is torch.nn.Parameter:
+            return self._tensor(value)
+        if kind is torch.UntypedStorage:
+            copied = self._storage(value)
+        elif kind is torch.TypedStorage:
+            copied = torch.TypedStorage(wrap_storage=self._storage(value._untyped_storage), dtype=value.dtype, _internal=True)
+        elif kind is bytearray:
+            copied = bytearray(value)
+        elif kind is list:
+            copied = self._memo[id(value)] = []
+            copied.extend(self.state(item) for item in value)
+        elif isinstance(value, dict):  # dict, OrderedDict, Counter: a subclass is refused earlier
+            copied = self._memo[id(value)] = kind()
+            for key, item in value.items():
+                copied[self.state(key)] = self.state(item)
+            if hasattr(value, "__dict__"):  # an OrderedDict's _metadata (load_state_dict reads it)
+                copied.__dict__.update(self.state(vars(value)))
+        elif kind is tuple or kind is set:
+            items = [self.state(item) for item in value]
+            copied = self._memo.get(id(value))  # a tuple that holds itself through a list was made
+            if copied is not None:
+                return copied
+            if all(copy is item for copy, item in zip(items, value)):  # nothing mutable inside
+                copied = value if kind is tuple else value.copy()  # a set's copy keeps its order
+            else:  # a set of tensors: its order follows their new hashes (it holds no data)
+                copied = kind(items)
+        else:
+            raise TypeError(f"a background store cannot copy a {kind.__qualname__}; store it synchronously")
+        self._memo[id(value)] = copied
+        return copied
+
+    def _tensor(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The copy of ``tensor`` as ``torch.save`` stores it: its data, dtype, layout, shape,
+        strides, storage sharing, lazy conjugate and negation, ``requires_grad``, the Parameter
+        type and its Python attributes (copied); not its gradient, autograd history or hooks,
+        which ``torch.save`` drops too."""
+        parameter = type(tensor) is torch.nn.Parameter
+        source = tensor.detach() if parameter else tensor  # torch.save stores a Parameter's data
+        if source.layout == torch.strided and not (source.is_quantized or source.is_nested or source.is_meta):
+            copied = self._strided(source)
+        else:  # rebuilt as torch.load would, from the pieces torch.save stores, each copied
+            rebuild, pieces = torch.Tensor._reduce_ex_internal(source, 2)
+            self._held.append(pieces)
+            self._filled_now = True  # a rebuild may read its pieces (a nested tensor's sizes)
+            try:
+                pieces = self.state(pieces)
+            finally:
+                self._filled_now = False
+            copied = rebuild(*pieces)
+        if parameter:
+            copied = torch.nn.Parameter(copied, requires_grad=tensor.requires_grad)
+        self._memo[id(tensor)] = copied  # before the attributes, which may refer to the tensor
+        for name, item in vars(tensor).items():
+            setattr(copied, name, self.state(item))
+        return copied
+
+    def _strided(self, source: torch.Tensor) -> torch.Tensor:
+        """A dense tensor's copy: a view of the copy of its storage."""
+        copied = torch.empty(0, dtype=source.dtype).set_(
+            self._storage(source.untyped_storage()), source.storage_offset(), source.size(), source.stride()
+        )
+        metadata = torch._utils.get_tensor_metadata(source)  # the lazy conjugate and negation bits
+        if metadata:
+            torch._utils.set_tensor_metadata(copied, metadata)
+        if source.requires_grad:
+            copied.requires_grad_()
+            if not source.is_leaf:  # nor is the copy: how a part is written depends on it
+                copied = copied.view_as(copied)
+        return copied
+
+    def _storage(self, storage: torch.UntypedStorage) -> torch.UntypedStorage:
+        """The host copy of ``storage``: one per storage object (as ``torch.save`` tells storages
+        apart), whether met as a tensor's storage or on its own. Its bytes are copied later
+        (:attr:`host_copies`, or asynchronously from CUDA), except while :attr:`_filled_now`."""
+        key = storage._cdata
         copy = self._copies.get(key) if storage.nbytes() else None
+        if copy is not None and self._filled_now:
+            host, source = self._sources[key]
+            host.copy_(source)  # its later copy repeats the same bytes
         if copy is None:
             kind = (storage.nbytes(), storage.device.type == "cuda")
             pinned = kind[1]
             spare = self._spare.get(kind)
             host = spare.pop() if spare else host_buffer(*kind)
             source = torch.empty(0, dtype=torch.uint8, device=storage.device).set_(storage)
-            if pinned:
+            if self._filled_now:
+                host.copy_(source)  # from CUDA too: a blocking copy
+            elif pinned:
                 host.copy_(source, non_blocking=True)  # asynchronous, on the current stream
             else:
                 self.host_copies.append((host, source))
             self.buffers.append((kind, host))
             self.from_cuda |= pinned
             copy = self._copies[key] = host.untyped_storage()
-            self._sources.append(storage)
-        return torch.empty(0, dtype=tensor.dtype).set_(copy, tensor.storage_offset(), tensor.size(), tensor.stride())
+            self._sources[key] = (host, source)
+        return copy
 
-    def state(self, value: Any) -> Any:
-        if isinstance(value, torch.Tensor):
-            return self.tensor(value)
-        if isinstance(value, dict):
-            copied = type(value)({key: self.state(item) for key, item in value.items()})
-            if hasattr(value, "__dict__"):  # an OrderedDict's _metadata (load_state_dict reads it)
-                copied.__dict__.update(deepcopy(vars(value)))
-            return copied
-        if isinstance(value, (list, tuple)) and type(value) in (list, tuple):
-            return type(value)(self.state(item) for item in value)
-        return value  # numbers, strings, None: immutable
+
+_IMMUTABLE = frozenset(
+    {type(None), bool, int, float, complex, str, bytes, torch.Size, torch.device, torch.dtype, torch.layout, torch.qscheme}
+)
+"""Values a snapshot keeps as they are: nothing can change them in place."""
 
 
 def snapshot_state(weights: Weights, spare: Spare | None = None) -> Snapshot:
-    """Copy every tensor of ``weights`` to host memory (nested dicts, lists and tuples copied
-    too, so later changes to the originals do not reach the snapshot), into buffers taken from
-    ``spare`` where their sizes fit (they are removed from it), else new ones.
+    """Copy ``weights`` as a synchronous store would store it at this moment (see
+    :class:`_Copier`: every tensor, storage and mutable value copied, sharing kept, so later
+    changes to the originals do not reach the snapshot), tensor data into host buffers taken
+    from ``spare`` where their sizes fit (they are removed from it), else new ones.
+
+    ``weights`` must have passed :func:`~dacapo_store.state_checks.check_loadable_weights`.
 
     Copies from CUDA go into pinned memory and run asynchronously on the current stream, so
     later work on that stream (the next optimizer step) runs after them.
     """
     copier = _Copier(spare if spare is not None else {})
-    copied = Weights(copier.state(weights.model), copier.state(weights.optimizer))
+    with gc_paused():  # the walk makes objects by the thousand, none of them garbage
+        copied = Weights(copier.state(weights.model), copier.state(weights.optimizer))
     copy_in_parallel(copier.host_copies)
     if not copier.from_cuda:
         return Snapshot(copied, lambda: None, copier.buffers)

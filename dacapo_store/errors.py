@@ -26,6 +26,11 @@ class CorruptCheckpointError(DacapoStoreError, IOError):
     """A stored checkpoint failed verification (digest, size, missing payload) or is unsafe to load."""
 
 
+class CheckpointChangedError(DacapoStoreError, RuntimeError):
+    """A checkpoint was replaced (overwritten) again and again while it was being read, so that
+    no version of it could be read whole. It is not damaged: read it again (retryable)."""
+
+
 class NoScoreError(DacapoStoreError, ValueError, LookupError):
     """No usable (non-NaN) validation score exists for the requested (run, dataset, criterion)."""
 

@@ -38,20 +38,18 @@ from __future__ import annotations
 
 import collections
 import ctypes
-import gc
 import json
-import os
 import re
 import struct
 import sys
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy
 import torch
+
+from .gc_pause import gc_paused
 
 MAGIC = b"\x93DCSFLAT"
 """The first bytes of a flat payload (a ``torch.save`` archive starts with ``PK\\x03\\x04``)."""
@@ -85,48 +83,6 @@ _ZEROS = bytes(ALIGNMENT)
 
 def _padding(offset: int) -> int:
     return -offset % ALIGNMENT
-
-
-_gc_pausers = 0
-_gc_lock = threading.Lock()
-_gc_was_enabled = False
-_gc_pauses_of_this_thread = threading.local()
-
-
-def _reset_gc_pause_in_child() -> None:
-    """In a forked child only the forking thread exists: the collector stays paused only as
-    long as that thread's own pauses last (enabled again at once if it had none)."""
-    global _gc_pausers, _gc_lock
-    _gc_pausers, _gc_lock = getattr(_gc_pauses_of_this_thread, "depth", 0), threading.Lock()
-    if _gc_pausers == 0 and _gc_was_enabled:
-        gc.enable()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reset_gc_pause_in_child)
-
-
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Pause Python's cyclic garbage collector while a header is built or parsed: it holds one
-    container per tensor and none of them is garbage, but each collection triggered by making
-    them would walk every object of the process (a few hundred milliseconds in a big program).
-    Threads share the pause: the collector is enabled again (if it was) when the last leaves."""
-    global _gc_pausers, _gc_was_enabled
-    with _gc_lock:
-        if _gc_pausers == 0:
-            _gc_was_enabled = gc.isenabled()
-            gc.disable()
-        _gc_pausers += 1
-    _gc_pauses_of_this_thread.depth = getattr(_gc_pauses_of_this_thread, "depth", 0) + 1
-    try:
-        yield
-    finally:
-        _gc_pauses_of_this_thread.depth -= 1
-        with _gc_lock:
-            _gc_pausers -= 1
-            if _gc_pausers == 0 and _gc_was_enabled:
-                gc.enable()
 
 
 @dataclass(frozen=True)
@@ -265,7 +221,7 @@ def plan(state: Any) -> FlatPayload:
         NotFlat: ``state`` holds something only a ``torch.save`` archive stores.
     """
     planner = _Planner()
-    with _gc_paused():
+    with gc_paused():
         root = planner.value(state, 0)
         header = {"version": VERSION, "storages": planner.storage_records, "tensors": planner.tensors, "root": root}
         return FlatPayload(json.dumps(header, separators=(",", ":")).encode("ascii"), planner.storages)
@@ -328,7 +284,7 @@ def load(memory: Any, restore: Callable[[torch.UntypedStorage, str], torch.Untyp
     text = encoded.decode("ascii")
     if sys.getrecursionlimit() > SAFE_RECURSION_LIMIT:
         _check_depth(encoded)
-    with _gc_paused():
+    with gc_paused():
         header = json.loads(text)
         if type(header) is not dict or header.get("version") != VERSION:
             raise ValueError(f"not a version {VERSION} flat payload header")

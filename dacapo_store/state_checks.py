@@ -56,6 +56,8 @@ def check_loadable_weights(weights: Weights) -> None:
     Raises:
         TypeError: a value (or key) whose type the weights-only load refuses, named by its
             path (e.g. ``weights.optimizer['param_groups'][0]['lr']``) and type, with the fix.
+            Also a tensor, tuple or set that holds itself (which pickle writes as no
+            weights-only load reads).
         ValueError: containers nested deeper than :data:`MAX_STATE_DEPTH`, or an integer of
             more than :data:`MAX_INT_BITS` bits.
     """
@@ -66,9 +68,9 @@ def check_loadable_weights(weights: Weights) -> None:
 def check_loadable_state(state: Any, where: str) -> None:
     """Check that ``torch.load(weights_only=True)`` would load back ``state``, named ``where``.
 
-    One iterative walk over every container, key, value and tensor attribute; a container met
-    twice (shared or self-referencing, which torch stores once) is walked once. Paths are
-    only spelled out for an error.
+    One iterative walk over every container, key, value and tensor attribute; a container or a
+    tensor with attributes met twice (shared or self-referencing, which torch stores once) is
+    walked once. Paths are only spelled out for an error.
 
     Raises:
         TypeError / ValueError: as :func:`check_loadable_weights`.
@@ -86,14 +88,21 @@ def check_loadable_state(state: Any, where: str) -> None:
             )
         if kind in _SCALARS or (kind in _TENSORS and not vars(value)):
             continue
-        if kind in _TENSORS:  # attributes are kept by torch.save and unpickled like any value
-            pending.extend((item, (path, f".{name}"), depth + 1) for name, item in vars(value).items())
-            continue
-        if kind not in _MAPPINGS and kind not in _COLLECTIONS:
+        if kind not in _TENSORS and kind not in _MAPPINGS and kind not in _COLLECTIONS:
             raise TypeError(_refusal(_spell(path), value))
         if id(value) in seen:
             continue
         seen.add(id(value))
+        if kind in _BUILT_FROM_CONTENTS and _holds_itself(value):
+            raise TypeError(
+                f"{_short(_spell(path), 120)} is a {_type_name(value)} that holds itself (through its "
+                f"{'attributes' if kind in _TENSORS else 'items'}), which torch.load(weights_only=True) refuses, "
+                "so the checkpoint could never be read back; nothing was stored. Store something that names "
+                "it instead (a key, an index)."
+            )
+        if kind in _TENSORS:  # attributes are kept by torch.save and unpickled like any value
+            pending.extend((item, (path, f".{name}"), depth + 1) for name, item in vars(value).items())
+            continue
         if depth >= MAX_STATE_DEPTH:
             raise ValueError(
                 f"{_short(_spell(path), 120)} nests containers more than {MAX_STATE_DEPTH} levels "
@@ -109,6 +118,37 @@ def check_loadable_state(state: Any, where: str) -> None:
             for index, item in enumerate(value):
                 if not _is_plain_leaf(item):
                     pending.append((item, (path, _ELEMENT if kind is set else (index,)), depth + 1))
+
+
+_BUILT_FROM_CONTENTS = _TENSORS | {tuple, set}
+"""Values that pickle makes from their contents (a tensor from its attributes too), and
+remembers only once they are made: one reachable from its own contents is pickled with an
+opcode (``POP``) that the weights-only unpickler refuses."""
+
+
+def _holds_itself(container: Any) -> bool:
+    """Whether ``container`` (of :data:`_BUILT_FROM_CONTENTS`) is reachable from its own items or
+    attributes, through containers, keys and tensor attributes. True also where pickle's walk
+    would happen to meet a dict or list on the way first (then it loads): the rule stays simple,
+    and such states are rare."""
+    seen: set[int] = set()
+    pending = list(vars(container).values() if type(container) in _TENSORS else container)
+    while pending:
+        value = pending.pop()
+        if value is container:
+            return True
+        kind = type(value)
+        if id(value) in seen or kind in _SCALARS or kind is int:
+            continue
+        seen.add(id(value))
+        if kind in _TENSORS:
+            pending.extend(vars(value).values())
+        elif kind in _MAPPINGS:
+            pending.extend(value.keys())
+            pending.extend(value.values())
+        elif kind in _COLLECTIONS:
+            pending.extend(value)
+    return False
 
 
 def _is_plain_leaf(value: Any) -> bool:

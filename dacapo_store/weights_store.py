@@ -17,7 +17,10 @@ A remove deletes the catalog entry first (the checkpoint is gone at once), then 
 *replacement* on its catalog entry instead of a new entry: the stored checkpoint stays visible
 while the new parts are streamed, the commit swaps the entry's parts in one atomic update, and
 only then are the old payloads deleted. A reader sees the old checkpoint or the new one; one
-whose old payloads vanish under it reads the new one.
+whose old payloads vanish under it reads the new one. A remove while the new parts are streamed is
+ordered before the overwrite: the stored checkpoint is gone at once, the replacement claim becomes
+an ordinary reservation (still live: garbage collection leaves it alone), and the commit stores
+the new checkpoint.
 """
 
 from __future__ import annotations
@@ -35,7 +38,13 @@ from typing import Any
 
 from .background import BackgroundUploads
 from .checks import check_iteration, check_name, dataset_name_of, run_name_of
-from .errors import CheckpointNotFoundError, CorruptCheckpointError, ReservationLostError, WriteConcernFailedError
+from .errors import (
+    CheckpointChangedError,
+    CheckpointNotFoundError,
+    CorruptCheckpointError,
+    ReservationLostError,
+    WriteConcernFailedError,
+)
 from .owner import current_owner, owner_is_dead, upload_ended, upload_started
 from .records import PARTS, CheckpointInfo, PartInfo, RunTotals, Weights
 from .state_checks import check_loadable_weights
@@ -50,7 +59,8 @@ RunLike = Any
 
 
 READ_ATTEMPTS = 3
-"""How often a read follows a checkpoint that was replaced while it was being read."""
+"""How often a read follows a checkpoint that was replaced while it was being read, before it
+raises CheckpointChangedError."""
 
 
 @dataclass
@@ -207,6 +217,14 @@ def reservation_lost(reservation: Reservation, when: str) -> ReservationLostErro
     )
 
 
+def _changed_while_read(info: CheckpointInfo) -> CheckpointChangedError:
+    """The error of a read that found ``info``'s checkpoint replaced at every attempt."""
+    return CheckpointChangedError(
+        f"{describe(info.run, info.iteration)} was replaced {READ_ATTEMPTS} times while it was being "
+        "read (a writer overwrites it as fast as it is read); it is intact: read it again"
+    )
+
+
 def describe(run: str, iteration: int, part: str | None = None) -> str:
     """Human-readable name of a checkpoint (or one of its parts) for error messages."""
     where = f"checkpoint {iteration} of run {run!r}"
@@ -240,8 +258,9 @@ class WeightsStore(ABC):
         With ``overwrite=True`` a stored checkpoint ``iteration`` is replaced atomically (see
         :meth:`put_weights`).
 
-        With ``background=True`` the state is copied to CPU memory (a snapshot: later changes
-        to the model do not reach it) and uploaded by a background thread, and the call
+        With ``background=True`` the state is copied to CPU memory (a snapshot of exactly what a
+        synchronous store would store now: later changes to the model, the optimizer or any
+        value in their state do not reach it) and uploaded by a background thread, and the call
         returns at once (see :mod:`~dacapo_store.background`). At most one background upload
         per store is in flight: every ``store_weights`` call, and :meth:`flush`, first waits
         for it and raises its error if it failed.
@@ -297,7 +316,8 @@ class WeightsStore(ABC):
         readable while the new one is streamed, the catalog switches to the new one in one
         atomic update, and the old payloads are deleted after. Readers see the old checkpoint
         or the new one, never neither and never a mix. If no checkpoint is stored, it is a
-        plain store.
+        plain store; likewise if the stored one is removed while the new one is uploaded (the
+        remove is ordered before this store, which then stores the new checkpoint).
 
         If the catalog commit lands but reports an error (a lost reply), the stored checkpoint
         is returned: it is complete and verified like any other. A write concern failure is
@@ -309,8 +329,8 @@ class WeightsStore(ABC):
                 refuse (a numpy number, a module, ...), before anything is stored
                 (:func:`~dacapo_store.state_checks.check_loadable_weights`).
             ReservationLostError: the upload stalled beyond ``stale_after`` and another writer
-                took ``(run, iteration)`` over, or the replaced checkpoint was removed while
-                the new one was uploaded; nothing of this upload stays.
+                (or garbage collection) took ``(run, iteration)`` over; nothing of this upload
+                stays.
             WriteConcernFailedError: a write missed its write concern; what it did is undone,
                 except a commit whose undo failed too (``commit_may_survive``: the checkpoint
                 is listed and may or may not survive a failover).
@@ -388,6 +408,8 @@ class WeightsStore(ABC):
         Raises:
             CheckpointNotFoundError: no complete checkpoint (a ``FileNotFoundError`` and ``ValueError``).
             CorruptCheckpointError: the payload is missing, corrupt or not a plain state dict.
+            CheckpointChangedError: the checkpoint was replaced at each of :data:`READ_ATTEMPTS`
+                attempts to read it (it is intact: read it again).
         """
         info = self.checkpoint_info(run, iteration)
         for _ in range(READ_ATTEMPTS):
@@ -398,9 +420,7 @@ class WeightsStore(ABC):
                 info = self._current_version(info, error)
                 continue
             return Weights(states.get("model"), states.get("optimizer"))
-        raise CorruptCheckpointError(
-            f"{describe(info.run, info.iteration)} was replaced {READ_ATTEMPTS} times while it was being read"
-        )
+        raise _changed_while_read(info)
 
     def load_weights(self, run: RunLike, iteration: int) -> None:
         """Load checkpoint ``iteration`` into ``run.model`` and ``run.optimizer``.
@@ -452,6 +472,10 @@ class WeightsStore(ABC):
     def remove(self, run: RunLike, iteration: int) -> None:
         """Remove checkpoint ``iteration`` of ``run``: it is invisible at once, then deleted.
 
+        If another writer is overwriting it (``overwrite=True``), the remove is ordered before
+        that store: its upload goes on as a plain store of the checkpoint, which its commit
+        makes visible again, with the new state.
+
         Once the catalog entry is gone the remove is complete: a payload that cannot be
         deleted then (no permission, a lost connection) is logged as a warning and left to
         :meth:`collect_garbage`, never raised.
@@ -501,7 +525,8 @@ class WeightsStore(ABC):
         """Re-check the size and digest of every part of a checkpoint; return its entry.
 
         Raises:
-            CheckpointNotFoundError, CorruptCheckpointError.
+            CheckpointNotFoundError, CorruptCheckpointError, CheckpointChangedError: as
+                :meth:`retrieve_weights`.
         """
         info = self.checkpoint_info(run, iteration)
         for _ in range(READ_ATTEMPTS):
@@ -512,9 +537,7 @@ class WeightsStore(ABC):
                 info = self._current_version(info, error)
                 continue
             return info
-        raise CorruptCheckpointError(
-            f"{describe(info.run, info.iteration)} was replaced {READ_ATTEMPTS} times while it was being read"
-        )
+        raise _changed_while_read(info)
 
     def _current_version(self, info: CheckpointInfo, error: BaseException) -> CheckpointInfo:
         """After a read of ``info``'s payloads failed with ``error``: return the checkpoint's
@@ -653,8 +676,9 @@ class WeightsStore(ABC):
     @abstractmethod
     def _commit(self, reservation: Reservation, parts: Mapping[str, PartInfo]) -> CheckpointInfo:
         """Mark the reserved checkpoint complete with ``parts`` (for a replacement: swap the
-        stored entry's parts for ``parts`` in one update); raise ReservationLostError if the
-        claim was taken over (or the replaced checkpoint removed)."""
+        stored entry's parts for ``parts`` in one update; if a remove turned the replacement
+        claim into a pending reservation, commit that and set ``reservation.replaces`` to
+        ``None``); raise ReservationLostError if the claim was taken over."""
 
     @abstractmethod
     def _abandon(self, reservation: Reservation) -> None:
@@ -680,7 +704,11 @@ class WeightsStore(ABC):
 
     @abstractmethod
     def _unlist(self, run: str, iteration: int) -> CheckpointInfo | None:
-        """Atomically delete the complete checkpoint's catalog entry; return it, or ``None``."""
+        """Atomically unlist the complete checkpoint; return its entry, or ``None``. The entry
+        is deleted, or, if a live upload replaces the checkpoint (a replacement claim that is
+        not abandoned, see :func:`claim_abandoned`), turned into that upload's pending
+        reservation (same token, heartbeat and owner), so that the upload stays live and its
+        commit stores the new checkpoint."""
 
     @abstractmethod
     def _delete_payload(self, location: str) -> bool:

@@ -12,6 +12,8 @@ import subprocess
 import sys
 import textwrap
 import threading
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import torch
@@ -19,6 +21,7 @@ import torch
 from dacapo_store import LocalWeightsStore, Weights, background, helper_threads
 from dacapo_store.background import snapshot_state
 from dacapo_store.testing.contract import ToyRun, assert_state_equal
+from dacapo_store.testing.state_values import LOADABLE_VALUES, assert_loaded_equal
 
 
 def test_a_snapshot_copies_every_tensor_and_container_and_keeps_shared_storages_shared() -> None:
@@ -285,3 +288,82 @@ def test_shares_queued_behind_other_work_are_copied_by_the_calling_thread(monkey
         for task in busy:
             task.result(timeout=60)
     assert all(torch.equal(target, source) for target, source in zip(targets, sources))
+
+
+class _Stateful:
+    """Stands for a module or an optimizer: ``state_dict()`` returns ``state`` itself (a module's
+    state dict holds the module's own tensors)."""
+
+    def __init__(self, state: dict) -> None:
+        self.state = state
+
+    def state_dict(self) -> dict:
+        return self.state
+
+
+def change_in_place(value: Any, seen: set[int] | None = None) -> None:
+    """Change everything mutable in ``value`` in place, as training and user code may after a
+    background store returns: every byte of every tensor and storage (a sparse tensor's values),
+    ``requires_grad`` of leaf tensors, tensor attributes (and one added), bytearrays, and every
+    container and dict key (an item added to each)."""
+    seen = set() if seen is None else seen
+    if id(value) in seen:
+        return
+    seen.add(id(value))
+    if isinstance(value, torch.Tensor):
+        data = value._values() if value.layout == torch.sparse_coo else value
+        data = data.values() if data.layout not in (torch.strided, torch.sparse_coo) else data
+        if data.device.type != "meta" and data.untyped_storage().nbytes():
+            torch.empty(0, dtype=torch.uint8).set_(data.untyped_storage()).add_(1)
+        if value.is_leaf and (value.is_floating_point() or value.is_complex()) and not value.is_quantized:
+            value.requires_grad_(not value.requires_grad)
+        for item in list(vars(value).values()):
+            change_in_place(item, seen)
+        value.added_later = True
+    elif isinstance(value, (torch.UntypedStorage, torch.TypedStorage)):
+        untyped = value.untyped() if isinstance(value, torch.TypedStorage) else value
+        torch.empty(0, dtype=torch.uint8).set_(untyped).add_(1)
+    elif isinstance(value, bytearray):
+        value[:] = bytes((byte + 1) % 256 for byte in value) + b"+"
+    elif isinstance(value, dict):
+        for key, item in list(value.items()):
+            change_in_place(key, seen)
+            change_in_place(item, seen)
+        if hasattr(value, "__dict__"):
+            change_in_place(vars(value), seen)
+        value["added later"] = 1
+    elif isinstance(value, (list, tuple, set)):
+        for item in list(value):
+            change_in_place(item, seen)
+        if isinstance(value, list):
+            value.append("added later")
+        elif isinstance(value, set):
+            value.add("added later")
+
+
+@pytest.mark.parametrize("make", LOADABLE_VALUES)
+def test_a_background_store_stores_exactly_what_a_synchronous_store_at_the_call_would(
+    tmp_path, monkeypatch, make
+) -> None:
+    """For every kind of value a state dict may hold (met twice: sharing must be kept too),
+    changed in place as soon as the background call returns: the same bytes are stored."""
+    value = make()
+    model = {"weight": torch.ones(2), "extra": value, "again": value}
+    optimizer = {"state": {0: {"extra": value}}, "param_groups": [{"lr": 0.1, "params": [0], "extra": value}]}
+    store = LocalWeightsStore(tmp_path)
+    synchronous = store.put_weights("synchronous", 1, Weights(model, optimizer))
+    release, put_weights = threading.Event(), store.put_weights
+    monkeypatch.setattr(store, "put_weights", lambda *args, **kwargs: (release.wait(), put_weights(*args, **kwargs))[1])
+    run = SimpleNamespace(name="background", model=_Stateful(model), optimizer=_Stateful(optimizer))
+    store.store_weights(run, 1, background=True)
+    change_in_place(model)
+    change_in_place(optimizer)
+    release.set()
+    store.flush()
+    stored = store.checkpoint_info("background", 1)
+    assert {part: (info.size, info.digest) for part, info in stored.parts.items()} == {
+        part: (info.size, info.digest) for part, info in synchronous.parts.items()
+    }
+    expected, loaded = store.retrieve_weights("synchronous", 1), store.retrieve_weights("background", 1)
+    assert_loaded_equal(loaded.model, expected.model)
+    assert_loaded_equal(loaded.optimizer, expected.optimizer)

@@ -24,7 +24,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dacapo_store import CorruptCheckpointError, LocalWeightsStore, MongoWeightsStore, Weights, flat_format
+from dacapo_store import CorruptCheckpointError, LocalWeightsStore, MongoWeightsStore, Weights, flat_format, gc_pause
 from dacapo_store.payload_memory import private_memory
 from dacapo_store.serialization import (
     PAYLOAD_FORMAT_VARIABLE,
@@ -394,7 +394,7 @@ def test_a_child_forked_while_another_thread_plans_has_its_garbage_collector_on(
     inside, leave = threading.Event(), threading.Event()
 
     def pausing() -> None:
-        with flat_format._gc_paused():
+        with gc_pause.gc_paused():
             inside.set()
             leave.wait()
 

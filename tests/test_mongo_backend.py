@@ -18,8 +18,10 @@ from dacapo_store import (
 )
 from dacapo_store.cli import main
 from dacapo_store.mongo.connection import MongoDatabase
+from dacapo_store.owner import upload_ended
 from dacapo_store.testing.contract import ToyRun
 from dacapo_store.uri import redact_uri
+from dacapo_store.weights_store import Reservation
 from dacapo_store.testing.mongomock_support import mongomock_client
 
 
@@ -171,3 +173,26 @@ def test_a_prefix_isolates_stores_in_one_database(client) -> None:
 def test_an_invalid_prefix_is_refused(client, prefix, error) -> None:
     with pytest.raises(error, match="collection_prefix"):
         MongoWeightsStore(client, collection_prefix=prefix)
+
+
+def test_a_remove_reads_again_when_an_overwrite_claims_the_checkpoint_after_its_read(client, monkeypatch) -> None:
+    """The catalog entry is read, then unlisted: a replacement claim put on it in between is
+    not deleted with it (the overwrite is live), it becomes that upload's pending reservation."""
+    store = MongoWeightsStore(client)
+    store.store_weights(ToyRun("r"), 1)
+    claim, real_read = Reservation.new("r", 1), store.database.read
+
+    def read_then_claimed(what, operation):
+        result = real_read(what, operation)
+        if what.startswith("looking up") and claim.replaces is None:
+            store._reserve(claim, replace=True)
+        return result
+
+    monkeypatch.setattr(store.database, "read", read_then_claimed)
+    try:
+        store.remove("r", 1)
+        entry = store.checkpoints.find_one({"run": "r", "iteration": 1})
+        assert (entry["state"], entry["token"], "replacement" in entry) == ("pending", claim.token, False)
+        assert store.list_checkpoints("r") == []
+    finally:
+        upload_ended(claim.token)

@@ -170,16 +170,25 @@ class LocalWeightsStore(WeightsStore):
             )
 
     def _heartbeat(self, reservation: Reservation) -> None:
-        """Refresh the reservation's heartbeat; ReservationLostError if it was taken over."""
-        claim = "replacement_token" if reservation.replaces else "token"
-        beat = "replacement_heartbeat" if reservation.replaces else "heartbeat"
+        """Refresh the reservation's heartbeat; ReservationLostError if it was taken over. A
+        replacement claim that a remove turned into a pending reservation is refreshed as one
+        (and ``reservation.replaces`` becomes ``None``)."""
         with self.catalog.transaction(durable=False) as db:
+            key = (reservation.run, reservation.iteration, reservation.token)
+            if reservation.replaces is not None and db.execute(
+                "UPDATE checkpoints SET replacement_heartbeat = ? WHERE run = ? AND iteration = ?"
+                " AND replacement_token = ?",
+                (time.time(), *key),
+            ).rowcount:
+                return
             updated = db.execute(
-                f"UPDATE checkpoints SET {beat} = ? WHERE run = ? AND iteration = ? AND {claim} = ?",
-                (time.time(), reservation.run, reservation.iteration, reservation.token),
+                "UPDATE checkpoints SET heartbeat = ? WHERE run = ? AND iteration = ? AND token = ?"
+                " AND state = 'pending'",
+                (time.time(), *key),
             ).rowcount
         if updated != 1:
             raise reservation_lost(reservation, "while it was uploading")
+        reservation.replaces = None
 
     def _write_part(self, reservation: Reservation, part: str, state: Any) -> PartInfo:
         location = f"{reservation.token}.{part}.pt"
@@ -219,13 +228,8 @@ class LocalWeightsStore(WeightsStore):
         self._sync_payloads(reservation)
         now = time.time()
         with self.catalog.transaction() as db:
-            if reservation.replaces is None:
-                updated = db.execute(
-                    "UPDATE checkpoints SET state = 'complete', parts = ?, heartbeat = ?"
-                    " WHERE run = ? AND iteration = ? AND token = ? AND state = 'pending'",
-                    (parts_to_json(dict(parts)), now, reservation.run, reservation.iteration, reservation.token),
-                ).rowcount
-            else:
+            updated = 0
+            if reservation.replaces is not None:
                 updated = db.execute(
                     "UPDATE checkpoints SET parts = ?, token = ?, created = ?, heartbeat = ?, owner = ?,"
                     " replacement_token = NULL, replacement_heartbeat = NULL, replacement_owner = NULL"
@@ -235,6 +239,14 @@ class LocalWeightsStore(WeightsStore):
                         reservation.run, reservation.iteration, reservation.token,
                     ),
                 ).rowcount
+            if not updated:  # a plain store, or a replacement whose checkpoint was removed
+                updated = db.execute(
+                    "UPDATE checkpoints SET state = 'complete', parts = ?, heartbeat = ?"
+                    " WHERE run = ? AND iteration = ? AND token = ? AND state = 'pending'",
+                    (parts_to_json(dict(parts)), now, reservation.run, reservation.iteration, reservation.token),
+                ).rowcount
+                if updated and reservation.replaces is not None:
+                    reservation.replaces = None  # its payloads went with the remove
             if updated != 1:
                 raise reservation_lost(reservation, "before it committed")
             row = db.execute(
@@ -283,7 +295,17 @@ class LocalWeightsStore(WeightsStore):
             ).fetchone()
             if row is None:
                 return None
-            db.execute("DELETE FROM checkpoints WHERE run = ? AND iteration = ?", (run, iteration))
+            replacement = _claim(row)
+            if replacement is not None and not replacement.abandoned(time.time() - self.stale_after):
+                db.execute(  # the live overwrite goes on as a plain store
+                    "UPDATE checkpoints SET state = 'pending', parts = NULL, token = replacement_token,"
+                    " created = ?, heartbeat = replacement_heartbeat, owner = replacement_owner,"
+                    " replacement_token = NULL, replacement_heartbeat = NULL, replacement_owner = NULL"
+                    " WHERE run = ? AND iteration = ?",
+                    (time.time(), run, iteration),
+                )
+            else:
+                db.execute("DELETE FROM checkpoints WHERE run = ? AND iteration = ?", (run, iteration))
         return checkpoint_from_row(row)
 
     def _delete_payload(self, location: str) -> bool:

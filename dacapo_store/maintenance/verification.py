@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from ..errors import CheckpointNotFoundError, CorruptCheckpointError
+from ..errors import CheckpointChangedError, CheckpointNotFoundError, CorruptCheckpointError
 from ..records import CheckpointInfo
 from ..weights_store import WeightsStore
 
@@ -27,7 +27,8 @@ def verify_checkpoints(
     """Verify every checkpoint in ``checkpoints`` (each part's size and digest).
 
     ``progress`` is called after each checkpoint. A checkpoint removed since it was listed is
-    skipped.
+    skipped, and so is one replaced at every attempt to check it (a writer overwrites it as fast
+    as it is checked: that is no damage).
 
     Returns:
         The failures, in the order checked (empty: all intact).
@@ -38,7 +39,7 @@ def verify_checkpoints(
             weights_store.verify(info.run, info.iteration)
         except CorruptCheckpointError as error:
             failures.append(VerifyFailure(info.run, info.iteration, str(error)))
-        except CheckpointNotFoundError:
+        except (CheckpointNotFoundError, CheckpointChangedError):
             pass
         if progress is not None:
             progress(info)

@@ -12,8 +12,9 @@ idempotent under retry:
 * **commit**: a retry after a commit that had landed finds no pending entry and fails; the
   protocol's clean-up then finds the checkpoint complete with this upload's payloads and
   returns it (see ``WeightsStore.put_weights``);
-* **remove**: the entry is read first, then deleted by its ``_id`` and token; a retry that finds
-  it gone after a failed attempt knows its own delete had landed.
+* **remove**: the entry is read first, then deleted by its ``_id`` and token (or, while a live
+  upload replaces it, turned into that upload's pending reservation); a retry that finds it gone
+  after a failed attempt knows its own delete had landed.
 
 A commit that lands but misses its write concern is undone (the new entry deleted, or a
 replaced checkpoint's parts put back) and the call fails with WriteConcernFailedError; if the
@@ -325,16 +326,22 @@ class MongoWeightsStore(WeightsStore):
 
     def _heartbeat(self, reservation: Reservation) -> None:
         """Refresh the reservation's heartbeat (retried: the same update again);
-        ReservationLostError if it was taken over."""
-        claim = "replacement." if reservation.replaces else ""
+        ReservationLostError if it was taken over. A replacement claim that a remove turned into
+        a pending reservation is refreshed as one (and ``reservation.replaces`` becomes ``None``)."""
+        where = {"run": reservation.run, "iteration": reservation.iteration}
 
         def beat() -> None:
+            if reservation.replaces is not None and self.checkpoints.update_one(
+                {**where, "replacement.token": reservation.token},
+                {"$set": {"replacement.heartbeat": time.time()}},
+            ).matched_count:
+                return
             result = self.checkpoints.update_one(
-                {"run": reservation.run, "iteration": reservation.iteration, f"{claim}token": reservation.token},
-                {"$set": {f"{claim}heartbeat": time.time()}},
+                {**where, "token": reservation.token, "state": "pending"}, {"$set": {"heartbeat": time.time()}}
             )
             if result.matched_count != 1:
                 raise reservation_lost(reservation, "while it was uploading")
+            reservation.replaces = None
 
         self.database.write(f"refreshing the reservation of {describe(reservation.run, reservation.iteration)}", beat)
 
@@ -414,13 +421,8 @@ class MongoWeightsStore(WeightsStore):
             "state": "complete",
         }
         where = {"run": reservation.run, "iteration": reservation.iteration}
-        if reservation.replaces is None:
-            document = self.checkpoints.find_one_and_update(
-                {**where, "token": reservation.token, "state": "pending"},
-                {"$set": completion},
-                return_document=True,
-            )
-        else:
+        document = None
+        if reservation.replaces is not None:
             document = self.checkpoints.find_one_and_update(
                 {**where, "replacement.token": reservation.token, "state": "complete"},
                 {
@@ -429,6 +431,14 @@ class MongoWeightsStore(WeightsStore):
                 },
                 return_document=True,
             )
+        if document is None:  # a plain store, or a replacement whose checkpoint was removed
+            document = self.checkpoints.find_one_and_update(
+                {**where, "token": reservation.token, "state": "pending"},
+                {"$set": completion},
+                return_document=True,
+            )
+            if document is not None:
+                reservation.replaces = None  # its payloads went with the remove
         if document is None:
             raise reservation_lost(reservation, "before it committed")
         return checkpoint_from_document(document)
@@ -559,9 +569,10 @@ class MongoWeightsStore(WeightsStore):
         check_payload(position, format_digest(algorithm, hash_object), expected, where)
 
     def _unlist(self, run: str, iteration: int) -> CheckpointInfo | None:
-        """Read the complete entry, then delete exactly that entry (its ``_id`` and token),
-        retried: a retry that finds it gone after a failed attempt knows its own delete had
-        landed. An entry replaced in between is read again."""
+        """Read the complete entry, then delete exactly that entry (its ``_id`` and token), or
+        turn it into the pending reservation of the live upload that replaces it (see
+        ``WeightsStore._unlist``), retried: a retry that finds it gone after a failed attempt
+        knows its own delete had landed. An entry replaced in between is read again."""
         where = describe(run, iteration)
         for _ in range(3):
             document = self.database.read(
@@ -570,15 +581,28 @@ class MongoWeightsStore(WeightsStore):
             )
             if document is None:
                 return None
+            replacement = document.get("replacement")
+            entry = {  # exactly the entry read: a replacement claim put on it since is read again
+                "_id": document["_id"], "token": document["token"], "state": "complete",
+                "replacement.token": replacement["token"] if replacement is not None else {"$exists": False},
+            }
+            live = replacement is not None and not _claim_of(document).abandoned(time.time() - self.stale_after)
             attempts = []
 
             def delete() -> bool:
                 attempts.append(1)
-                deleted = self.checkpoints.find_one_and_delete(
-                    {"_id": document["_id"], "token": document["token"], "state": "complete"},
-                    projection={"_id": True},
-                )
-                return deleted is not None or len(attempts) > 1
+                if live:  # the overwrite goes on as a plain store
+                    unlisted = self.checkpoints.find_one_and_update(
+                        entry,
+                        {
+                            "$set": {"state": "pending", "created": time.time(), **replacement},
+                            "$unset": {"replacement": "", "parts": "", "size": ""},
+                        },
+                        projection={"_id": True},
+                    )
+                else:
+                    unlisted = self.checkpoints.find_one_and_delete(entry, projection={"_id": True})
+                return unlisted is not None or len(attempts) > 1
 
             if self.database.write(f"removing {where}", delete):
                 return checkpoint_from_document(document)

@@ -39,7 +39,7 @@ from dacapo_store import (
 )
 from dacapo_store import serialization
 from dacapo_store.digests import DEFAULT_ALGORITHM, algorithm_of
-from dacapo_store.errors import ReservationLostError
+from dacapo_store.errors import CheckpointChangedError
 from dacapo_store.serialization import HashingWriter
 from dacapo_store.state_checks import MAX_STATE_DEPTH
 from dacapo_store.testing.state_values import (
@@ -377,10 +377,47 @@ class StoreContract:
         weights_store.store_weights(run, 7, overwrite=True)  # the claim was dropped
         assert_state_equal(weights_store.retrieve_weights(run.name, 7).model, run.model.state_dict())
 
-    def test_a_checkpoint_removed_while_it_is_replaced_stays_removed(
+    @pytest.mark.parametrize("collect_garbage", [False, True], ids=["remove", "remove then gc"])
+    def test_a_checkpoint_removed_while_it_is_overwritten_is_stored_anew(
+        self, weights_store: WeightsStore, run: ToyRun, monkeypatch: pytest.MonkeyPatch, collect_garbage: bool
+    ) -> None:
+        """The remove is ordered before the overwrite: the old checkpoint is gone at once, the
+        live upload goes on (its heartbeats hold; gc leaves it alone) and its commit stores the
+        new checkpoint."""
+        weights_store.store_weights(run, 8)
+        run.train_steps(1)
+        if not collect_garbage:  # a heartbeat at every write (with gc: none, gc's own checks only)
+            monkeypatch.setattr(type(weights_store), "heartbeat_every", 0.0)
+        writers: list[HashingWriter] = []
+        collected = []
+        real_forward = HashingWriter._forward
+
+        def removed_in_the_optimizer_part(writer: HashingWriter, view: memoryview) -> None:
+            if writer not in writers:
+                writers.append(writer)
+                if len(writers) == 2:  # the model part is written, the optimizer part is being written
+                    weights_store.remove(run.name, 8)
+                    assert weights_store.list_checkpoints(run.name) == []
+                    if collect_garbage:
+                        collected.append(weights_store.collect_garbage(older_than=weights_store.stale_after))
+            real_forward(writer, view)
+
+        monkeypatch.setattr(HashingWriter, "_forward", removed_in_the_optimizer_part)
+        info = weights_store.store_weights(run, 8, overwrite=True)
+        monkeypatch.undo()
+        assert len(writers) == 2
+        assert [item for report in collected for item in report.items] == []
+        assert weights_store.list_checkpoints(run.name) == [info]
+        stored = weights_store.retrieve_weights(run.name, 8)
+        assert_state_equal(stored.model, run.model.state_dict())
+        assert_state_equal(stored.optimizer, run.optimizer.state_dict())
+        assert weights_store.collect_garbage(dry_run=True).items == ()
+
+    def test_a_checkpoint_removed_just_before_its_overwrite_commits_is_stored_anew(
         self, weights_store: WeightsStore, run: ToyRun, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         weights_store.store_weights(run, 8)
+        run.train_steps(1)
         real_commit = weights_store._commit
 
         def removed_then_commit(reservation: Any, parts: Any) -> Any:
@@ -388,10 +425,32 @@ class StoreContract:
             return real_commit(reservation, parts)
 
         monkeypatch.setattr(weights_store, "_commit", removed_then_commit)
-        with pytest.raises(ReservationLostError):
-            weights_store.store_weights(run, 8, overwrite=True)
-        assert weights_store.list_checkpoints(run.name) == []
+        info = weights_store.store_weights(run, 8, overwrite=True)
+        assert weights_store.list_checkpoints(run.name) == [info]
+        assert_state_equal(weights_store.retrieve_weights(run.name, 8).model, run.model.state_dict())
         assert weights_store.collect_garbage(dry_run=True).items == ()
+
+    @pytest.mark.parametrize("read", ["retrieve_weights", "verify"])
+    def test_a_reader_of_a_checkpoint_overwritten_at_every_attempt_gets_a_retryable_error_not_corrupt(
+        self, weights_store: WeightsStore, run: ToyRun, monkeypatch: pytest.MonkeyPatch, read: str
+    ) -> None:
+        weights_store.store_weights(run, 3)
+        method = "_load_part" if read == "retrieve_weights" else "_verify_part"
+        real_read = getattr(weights_store, method)
+
+        def overwritten_before_the_read(info: Any, part: str, *options: Any) -> Any:
+            if part == "model":  # a writer overwrites it as often as a read takes
+                run.train_steps(1)
+                weights_store.store_weights(run, 3, overwrite=True)
+            return real_read(info, part, *options)
+
+        monkeypatch.setattr(weights_store, method, overwritten_before_the_read)
+        with pytest.raises(CheckpointChangedError, match="checkpoint 3 of run .* was replaced 3 times while it was being read") as caught:
+            getattr(weights_store, read)(run.name, 3)
+        assert not isinstance(caught.value, CorruptCheckpointError)
+        monkeypatch.undo()  # the overwrites stop: the same call reads the newest checkpoint
+        getattr(weights_store, read)(run.name, 3)
+        assert_state_equal(weights_store.retrieve_weights(run.name, 3).model, run.model.state_dict())
 
     def test_an_abandoned_replacement_is_taken_over_and_collected(
         self, weights_store: WeightsStore, run: ToyRun, monkeypatch: pytest.MonkeyPatch

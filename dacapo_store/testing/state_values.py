@@ -66,6 +66,47 @@ def _with_attribute(value: Any) -> torch.Tensor:
     return tensor
 
 
+def _tensor_referring_to_itself() -> torch.Tensor:
+    tensor = torch.arange(3.0)
+    tensor.me = tensor
+    return tensor
+
+
+def _tensors_referring_to_each_other() -> dict:
+    first, second = torch.ones(1), torch.zeros(1)
+    first.partner, second.partners = second, [first]
+    return {"first": first, "second": second}
+
+
+def _tuple_holding_itself() -> tuple:
+    items: list = []
+    outer = (items,)
+    items.append(outer)
+    return outer
+
+
+def _parameter_with_attribute() -> torch.nn.Parameter:
+    parameter = torch.nn.Parameter(torch.ones(2))
+    parameter.note = {"tag": [1, 2]}
+    return parameter
+
+
+def _ordered_dict_with_metadata() -> collections.OrderedDict:
+    state = collections.OrderedDict(w=torch.ones(2))
+    state._metadata = {"": {"version": 2}}
+    return state
+
+
+def _shared_list() -> dict:
+    items = [1, bytearray(b"x")]
+    return {"a": items, "b": items}
+
+
+def _storage_and_its_tensor() -> dict:
+    tensor = torch.arange(4.0)
+    return {"tensor": tensor, "storage": tensor.storage()}  # typed: an untyped one cannot be saved
+
+
 def _self_referencing() -> dict:
     state: dict = {"weight": torch.ones(2)}
     state["self"] = state
@@ -109,9 +150,13 @@ LOADABLE_VALUES = [
     _entry("list", lambda: [1, "a", None]),
     _entry("tuple", lambda: (1, 2.5)),
     _entry("set", lambda: {1, 2}),
+    _entry("set of a tuple and an int", lambda: {(1, 2), 3}),  # their hashes collide: order matters
     _entry("dict with int keys", lambda: {0: {"step": 3}}),
     _entry("tuple key", lambda: {(1, "a"): 2}),
     _entry("OrderedDict", lambda: collections.OrderedDict(b=1, a=2)),
+    _entry("OrderedDict with metadata", _ordered_dict_with_metadata),
+    _entry("tensor key", lambda: {torch.arange(2.0): "a"}),
+    _entry("container referenced twice", _shared_list),
     _entry("Counter", lambda: collections.Counter(a=2)),
     _entry("tensor", lambda: torch.arange(6.0).reshape(2, 3)),
     _entry("0-d tensor", lambda: torch.tensor(3.5)),
@@ -123,12 +168,24 @@ LOADABLE_VALUES = [
     _entry("bool tensor", lambda: torch.tensor([True, False])),
     _entry("uint16 tensor", lambda: torch.tensor([1, 65535], dtype=torch.uint16)),
     _entry("sparse COO tensor", lambda: torch.eye(3).to_sparse()),
+    _entry("uncoalesced sparse COO tensor", lambda: torch.sparse_coo_tensor([[0, 0]], [1.0, 2.0], (3,)), beta=True),
     _entry("sparse CSR tensor", lambda: torch.eye(3).to_sparse_csr(), beta=True),
+    _entry("sparse BSC tensor", lambda: torch.eye(4).to_sparse_bsc((2, 2)), beta=True),
     _entry("quantized tensor", lambda: torch.quantize_per_tensor(torch.arange(4.0), 0.5, 0, torch.quint8), beta=True),
+    _entry("per-channel quantized tensor", lambda: torch.quantize_per_channel(
+        torch.arange(4.0).reshape(2, 2), torch.tensor([0.5, 0.25]), torch.tensor([0, 1]), 0, torch.quint8
+    ), beta=True),
+    _entry("nested tensor", lambda: torch.nested.nested_tensor([torch.ones(2), torch.arange(3.0)]), beta=True),
     _entry("meta tensor", lambda: torch.empty(2, 3, device="meta")),
+    _entry("lazy conjugate", lambda: torch.tensor([1 + 2j, 3 - 1j]).conj()),
+    _entry("lazy negation", lambda: torch._neg_view(torch.arange(3.0))),
+    _entry("tensor requiring grad", lambda: torch.ones(2, requires_grad=True)),
+    _entry("non-leaf tensor", lambda: torch.ones(2, requires_grad=True) * 2),
     _entry("Parameter", lambda: torch.nn.Parameter(torch.ones(2))),
     _entry("frozen Parameter", lambda: torch.nn.Parameter(torch.ones(2), requires_grad=False)),
     _entry("tensor with an attribute", lambda: _with_attribute("a note")),
+    _entry("tensor with a tensor attribute", lambda: _with_attribute(torch.ones(2))),
+    _entry("Parameter with an attribute", _parameter_with_attribute),
     _entry("shared tensor and view", _shared_tensor),
     _entry("self-referencing dict", _self_referencing),
     _entry("torch.Size", lambda: torch.Size([2, 3])),
@@ -139,6 +196,7 @@ LOADABLE_VALUES = [
     _entry("RNG state", torch.get_rng_state),
     _entry("typed storage", lambda: torch.arange(3.0).storage()),
     _entry("untyped storage", lambda: torch.arange(3.0).untyped_storage()),
+    _entry("typed storage and its tensor", _storage_and_its_tensor, beta=True),
 ]
 
 REFUSED_VALUES = [
@@ -177,39 +235,54 @@ REFUSED_VALUES = [
     _entry("class", lambda: int),
     _entry("optimizer class", lambda: torch.optim.Adam),
     _entry("torch.memory_format", lambda: torch.channels_last),
+    _entry("tensor whose attribute is itself", _tensor_referring_to_itself),
+    _entry("tensors whose attributes refer to each other", _tensors_referring_to_each_other),
+    _entry("tuple that holds itself through a list", _tuple_holding_itself),
 ]
 
 
 def assert_loaded_equal(actual: Any, expected: Any) -> None:
     """Compare a value loaded back with the value stored: tensors exactly (by layout: sparse,
-    quantized and meta tensors too, and their attributes), storages by their bytes, NaN equal to
-    NaN, containers item by item and of the same type; a self-referencing container is compared
-    once."""
-    _compare(actual, expected, set())
+    quantized, nested and meta tensors too, their lazy conjugate and negation bits, and their
+    attributes), storages by their bytes, NaN equal to NaN, containers item by item (keys too)
+    and of the same type (an ``OrderedDict``'s attributes too), and sharing: an object met
+    twice in ``expected`` (a tensor, a container, a bytearray) is one object in ``actual`` too,
+    and different ones are different; a self-referencing container is compared once."""
+    _compare(actual, expected, {}, set())
 
 
-def _compare(actual: Any, expected: Any, seen: set[int]) -> None:
+_SHARED_KINDS = (torch.Tensor, dict, list, tuple, set, bytearray)
+"""Values that ``torch.save`` stores once however often they are met (pickle's memo)."""
+
+
+def _compare(actual: Any, expected: Any, seen: dict[int, Any], images: set[int]) -> None:
     if isinstance(expected, (torch.UntypedStorage, torch.TypedStorage)):  # loads back typed
         assert isinstance(actual, torch.TypedStorage) and _storage_bytes(actual) == _storage_bytes(expected)
         return
     assert type(actual) is type(expected), f"{type(actual).__name__} != {type(expected).__name__}"
+    if isinstance(expected, _SHARED_KINDS) and expected != ():  # the one empty tuple is everywhere
+        if id(expected) in seen:
+            assert seen[id(expected)] is actual, "an object met twice was loaded as two objects"
+            return
+        assert id(actual) not in images, "two objects were loaded as one"
+        seen[id(expected)] = actual
+        images.add(id(actual))
     if isinstance(expected, torch.Tensor):
         _compare_tensors(actual, expected)
         assert vars(actual).keys() == vars(expected).keys()
         for name, item in vars(expected).items():
-            _compare(getattr(actual, name), item, seen)
-    elif isinstance(expected, (dict, list, tuple)):
-        if id(expected) in seen:
-            return
-        seen.add(id(expected))
+            _compare(getattr(actual, name), item, seen, images)
+    elif isinstance(expected, dict):
         assert len(actual) == len(expected)
-        if isinstance(expected, dict):
-            assert list(actual) == list(expected)
-            pairs = [(actual[key], expected[key]) for key in expected]
-        else:
-            pairs = list(zip(actual, expected))
-        for a, e in pairs:
-            _compare(a, e, seen)
+        for (key, item), (expected_key, expected_item) in zip(actual.items(), expected.items()):
+            _compare(key, expected_key, seen, images)
+            _compare(item, expected_item, seen, images)
+        if hasattr(expected, "__dict__"):  # an OrderedDict's _metadata
+            _compare(vars(actual), vars(expected), seen, images)
+    elif isinstance(expected, (list, tuple)):
+        assert len(actual) == len(expected)
+        for a, e in zip(actual, expected):
+            _compare(a, e, seen, images)
     elif isinstance(expected, float) and math.isnan(expected):
         assert math.isnan(actual)
     else:
@@ -222,18 +295,34 @@ def _storage_bytes(storage: Any) -> bytes:
 
 
 def _compare_tensors(actual: torch.Tensor, expected: torch.Tensor) -> None:
-    assert (actual.dtype, actual.shape, actual.layout) == (expected.dtype, expected.shape, expected.layout)
+    assert (actual.dtype, actual.layout, actual.is_nested) == (expected.dtype, expected.layout, expected.is_nested)
     assert actual.requires_grad == expected.requires_grad
+    if expected.is_nested:
+        assert len(actual.unbind()) == len(expected.unbind())
+        for a, e in zip(actual.unbind(), expected.unbind()):
+            _compare_tensors(a, e)
+        return
+    assert actual.shape == expected.shape
     if expected.device.type == "meta":
         assert actual.device.type == "meta"
     elif expected.is_quantized:
-        assert actual.q_scale() == expected.q_scale() and actual.q_zero_point() == expected.q_zero_point()
+        assert actual.qscheme() == expected.qscheme()
+        if expected.qscheme() == torch.per_tensor_affine:
+            assert actual.q_scale() == expected.q_scale() and actual.q_zero_point() == expected.q_zero_point()
+        else:
+            assert actual.q_per_channel_axis() == expected.q_per_channel_axis()
+            assert torch.equal(actual.q_per_channel_scales(), expected.q_per_channel_scales())
+            assert torch.equal(actual.q_per_channel_zero_points(), expected.q_per_channel_zero_points())
         assert torch.equal(actual.int_repr(), expected.int_repr())
+    elif expected.layout == torch.sparse_coo:  # uncoalesced: the same entries, not just their sums
+        assert actual.is_coalesced() == expected.is_coalesced()
+        assert torch.equal(actual._indices(), expected._indices()) and torch.equal(actual._values(), expected._values())
     elif expected.layout != torch.strided:
         assert torch.equal(actual.to_dense(), expected.to_dense())
     elif expected.dtype.is_floating_point and expected.element_size() == 1:  # float8: compare the bits
         assert torch.equal(actual.view(torch.uint8), expected.view(torch.uint8))
     else:
+        assert (actual.is_conj(), actual.is_neg()) == (expected.is_conj(), expected.is_neg())
         assert torch.equal(actual, expected)
 
 

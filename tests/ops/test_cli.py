@@ -12,6 +12,8 @@ from click.testing import CliRunner
 
 from dacapo_store.cli import main
 from dacapo_store.cli.ops_commands import human_bytes
+from dacapo_store.errors import CheckpointChangedError
+from dacapo_store.maintenance.verification import verify_checkpoints
 from dacapo_store.records import Weights
 
 from .conftest import seed_run, toy_weights
@@ -242,6 +244,22 @@ def test_verify_names_each_bad_checkpoint(seeded) -> None:
     report = json.loads(seeded.cli("verify", "run_a", "--json").output.split("\nerror:")[0])
     assert [(f["run"], f["iteration"]) for f in report["failures"]] == [("run_a", 300)]
     assert report["checked"] == 4
+
+
+def test_verify_does_not_call_a_checkpoint_overwritten_at_every_attempt_bad(seeded, monkeypatch) -> None:
+    """A writer overwriting a checkpoint as fast as it is checked is no damage: it is skipped."""
+    store, real_verify = seeded.weights, seeded.weights.verify
+
+    def verify(run, iteration):
+        if (run, iteration) == ("run_a", 300):
+            raise CheckpointChangedError("checkpoint 300 of run 'run_a' was replaced 3 times while it was being read")
+        return real_verify(run, iteration)
+
+    monkeypatch.setattr(store, "verify", verify)
+    checked = []
+    checkpoints = [info for run in store.list_runs() for info in store.list_checkpoints(run)]
+    assert verify_checkpoints(store, checkpoints, checked.append) == []
+    assert checked == checkpoints
 
 
 def test_du(seeded) -> None:

@@ -155,7 +155,8 @@ def test_remove_deletes_exactly_the_entry_it_read_then_the_payloads(server, weig
     stored = server.database(DATABASE)[weights.checkpoints.name]
     assert stored.count_documents({}) == 0
     assert unlist.body["remove"] is True
-    assert set(unlist.body["query"]) == {"_id", "token", "state"}
+    assert set(unlist.body["query"]) == {"_id", "token", "state", "replacement.token"}
+    assert unlist.body["query"]["replacement.token"] == {"$exists": False}  # no overwrite claimed it since
     deletes = [c.body["deletes"][0] for c in server.sent("delete")]
     model = ObjectId(info.parts["model"].location)
     assert deletes[:2] == [{"q": {"_id": model}, "limit": 1}, {"q": {"files_id": model}, "limit": 0}]
