@@ -732,16 +732,11 @@ class WeightsStore(ABC):
         """After a write failed: return the checkpoint if its commit reached the catalog anyway
         (its reply was lost); otherwise delete what the upload wrote, drop its claim and
         return ``None``. Clean-up errors are logged, not raised: the original error matters
-        more. A claim that could not be dropped is dropped again before this store's next
-        write; meanwhile it no longer blocks a writer in this process (its upload is not
-        running), and ``collect_garbage`` reclaims what is left."""
+        more. A clean-up that failed is tried again, from the catalog lookup on, before this
+        store's next write; meanwhile it no longer blocks a writer in this process (its upload
+        is not running), and ``collect_garbage`` reclaims what is left."""
         try:
-            info = self._find(reservation.run, reservation.iteration)
-            if info is not None and all(
-                part.location in reservation.payloads for part in info.parts.values()
-            ):  # payload locations are unique to one upload: this is our checkpoint
-                return info
-            self._abandon(reservation)
+            return self._discard_unless_committed(reservation)
         except Exception:
             logger.exception(
                 "could not clean up the aborted upload of %s; retrying before the next write",
@@ -751,14 +746,31 @@ class WeightsStore(ABC):
                 self._failed_drops.append(reservation)
         return None
 
+    def _discard_unless_committed(self, reservation: Reservation) -> CheckpointInfo | None:
+        """Return the checkpoint of ``reservation`` if the catalog lists it (its commit landed);
+        else delete what its upload wrote, drop its claim and return ``None``.
+
+        Raises:
+            Exception: whatever the catalog or the payload storage raised; nothing listed was
+                deleted.
+        """
+        info = self._find(reservation.run, reservation.iteration)
+        if info is not None and all(
+            part.location in reservation.payloads for part in info.parts.values()
+        ):  # payload locations are unique to one upload: this is our checkpoint
+            return info
+        self._abandon(reservation)
+        return None
+
     def _retry_failed_drops(self) -> None:
         """Clean up again after the aborted uploads whose clean-up failed (see
-        :meth:`_clean_up_failed_write`); those that fail again stay for the next write."""
+        :meth:`_clean_up_failed_write`), keeping any whose commit turns out to have landed;
+        those that fail again stay for the next write."""
         with self._failed_drops_lock:
             drops, self._failed_drops = self._failed_drops, []
         for reservation in drops:
             try:
-                self._abandon(reservation)
+                self._discard_unless_committed(reservation)
             except Exception as error:
                 logger.debug("the clean-up of %s failed again: %s", describe(reservation.run, reservation.iteration), error)
                 with self._failed_drops_lock:

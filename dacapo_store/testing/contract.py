@@ -430,6 +430,32 @@ class StoreContract:
         assert_state_equal(weights_store.retrieve_weights(run.name, 8).model, run.model.state_dict())
         assert weights_store.collect_garbage(dry_run=True).items == ()
 
+    def test_a_commit_whose_reply_and_clean_up_both_failed_is_kept_by_the_later_clean_up(
+        self, weights_store: WeightsStore, run: ToyRun, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        real_commit, real_find = weights_store._commit, weights_store._find
+        lookups: list[str] = []
+
+        def commit_then_lose_the_reply(reservation: Any, parts: Any) -> Any:
+            real_commit(reservation, parts)
+            raise ConnectionError("the commit's reply was lost")
+
+        def catalog_unreachable_once(name: str, iteration: int) -> Any:
+            lookups.append(name)
+            if len(lookups) == 1:
+                raise ConnectionError("the catalog cannot be reached for the clean-up")
+            return real_find(name, iteration)
+
+        monkeypatch.setattr(weights_store, "_commit", commit_then_lose_the_reply)
+        monkeypatch.setattr(weights_store, "_find", catalog_unreachable_once)
+        with pytest.raises(ConnectionError, match="reply was lost"):
+            weights_store.store_weights(run, 4)
+        monkeypatch.undo()
+        weights_store.store_weights(run, 5)  # the next write retries the clean-up of checkpoint 4
+        assert [info.iteration for info in weights_store.list_checkpoints(run.name)] == [4, 5]
+        assert_state_equal(weights_store.retrieve_weights(run.name, 4).model, run.model.state_dict())
+        assert weights_store.collect_garbage(dry_run=True).items == ()
+
     @pytest.mark.parametrize("read", ["retrieve_weights", "verify"])
     def test_a_reader_of_a_checkpoint_overwritten_at_every_attempt_gets_a_retryable_error_not_corrupt(
         self, weights_store: WeightsStore, run: ToyRun, monkeypatch: pytest.MonkeyPatch, read: str
