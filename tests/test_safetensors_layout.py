@@ -289,6 +289,10 @@ DAMAGED = [
     pytest.param(struct.pack("<Q", 10**9) + b"{}" + bytes(64), id="header longer than the cap"),
     pytest.param(struct.pack("<Q", 3) + b"{{{", id="header not JSON"),
     pytest.param(struct.pack("<Q", 6) + '{"ü":1'.encode()[:6], id="header not ASCII"),
+    pytest.param(
+        (lambda header: struct.pack("<Q", len(header)) + header + D)(json.dumps(E()).encode("utf-16-le")),
+        id="header in UTF-16, which JSON's parser would take and a depth check could misread",
+    ),
     pytest.param(S({"__metadata__": {"a": 1}, **E()}, D), id="metadata not strings"),
     pytest.param(S(_with_structure("{{"), D), id="structure not JSON"),
     pytest.param(S(E(), D, T(version=2)), id="unknown structure version"),
