@@ -1,17 +1,18 @@
 """Serializing state dicts into a backend's payload storage, and loading them back verified.
 
-A part is written as a flat payload (:mod:`~dacapo_store.flat_format`: a JSON description and
-the tensors' bytes, no pickle) when its state dict is plain, else with ``torch.save``; either
-way through a :class:`HashingWriter`, which counts the bytes and hashes them (XXH3-128, see
-:mod:`dacapo_store.digests`) while it hands them on to the backend's sink: the serialized
-checkpoint is streamed, never held in memory as a whole.
+A part is written in the safetensors layout (:mod:`~dacapo_store.safetensors_layout`: a valid
+safetensors file, its structure in the header's metadata, no pickle) when its state dict is
+plain, else with ``torch.save``; either way through a :class:`HashingWriter`, which counts the
+bytes and hashes them (XXH3-128, see :mod:`dacapo_store.digests`) while it hands them on to the
+backend's sink: the serialized checkpoint is streamed, never held in memory as a whole.
 
-A part is read back into private memory (:mod:`~dacapo_store.payload_memory`), hashed as it arrives, and
-parsed only once its size and digest match what the catalog recorded; the tensors are built in
-that memory (:func:`load_state_from_memory`), so every byte is copied once and what is parsed
-is exactly what was verified. Loads are weights only: a flat payload holds nothing but data,
-and a ``torch.save`` archive is read with ``torch.load(weights_only=True)``'s unpickler, which
-refuses anything but a plain state dict, so no pickled code runs.
+A part is read back into private memory (:mod:`~dacapo_store.payload_memory`), hashed as it
+arrives, and parsed only once its size and digest match what the catalog recorded; the tensors
+are built in that memory (:func:`load_state_from_memory`), so every byte is copied once and what
+is parsed is exactly what was verified. Loads are weights only: a safetensors-layout payload (or
+a legacy flat v1 one, :mod:`~dacapo_store.flat_format`) holds nothing but data, and a
+``torch.save`` archive is read with ``torch.load(weights_only=True)``'s unpickler, which refuses
+anything but a plain state dict, so no pickled code runs.
 """
 
 from __future__ import annotations
@@ -30,11 +31,12 @@ from typing import Any, BinaryIO, Callable
 import torch
 from torch.serialization import default_restore_location
 
-from . import flat_format
+from . import flat_format, safetensors_layout
 from .digests import DEFAULT_ALGORITHM, algorithm_of, format_digest, new_hash
 from .errors import CorruptCheckpointError
 from .payload_memory import payload_memory
 from .records import PartInfo
+from .state_structure import Undescribable
 
 DEFAULT_HEARTBEAT_SECONDS = 60.0
 
@@ -144,18 +146,22 @@ def _save(state: Any, writer: BinaryIO) -> None:
 
 
 PAYLOAD_FORMAT_VARIABLE = "DACAPO_STORE_PAYLOAD_FORMAT"
-PAYLOAD_FORMATS = ("flat", "torch")
+PAYLOAD_FORMATS = ("safetensors", "torch")
+_FORMAT_ALIASES = {"flat": "safetensors"}
+"""``flat`` (0.5.0's name for its default, flat v1 payloads, no longer written) means the default."""
 
 
 def payload_format() -> str:
     """The payload format new checkpoints are written in: ``$DACAPO_STORE_PAYLOAD_FORMAT``,
-    ``"flat"`` (the default: flat payloads for plain state dicts, which dacapo-store 0.4 and
-    later read) or ``"torch"`` (``torch.save`` archives only, which every version reads).
+    ``"safetensors"`` (the default, also for ``"flat"``: the safetensors layout for plain state
+    dicts, which dacapo-store 0.6 and later read) or ``"torch"`` (``torch.save`` archives only,
+    which every version reads).
 
     Raises:
         ValueError: the variable holds another value.
     """
-    chosen = os.environ.get(PAYLOAD_FORMAT_VARIABLE, "").strip().lower() or "flat"
+    chosen = os.environ.get(PAYLOAD_FORMAT_VARIABLE, "").strip().lower() or "safetensors"
+    chosen = _FORMAT_ALIASES.get(chosen, chosen)
     if chosen not in PAYLOAD_FORMATS:
         raise ValueError(
             f"${PAYLOAD_FORMAT_VARIABLE} is {chosen!r}: it must be one of {', '.join(PAYLOAD_FORMATS)}"
@@ -163,13 +169,13 @@ def payload_format() -> str:
     return chosen
 
 
-def _flat_plan(state: Any) -> flat_format.FlatPayload | None:
-    """``state`` planned as a flat payload, or ``None`` (not plain enough, or not chosen)."""
-    if payload_format() != "flat":
+def _safetensors_plan(state: Any) -> safetensors_layout.PlannedPayload | None:
+    """``state`` planned in the safetensors layout, or ``None`` (not plain enough, or not chosen)."""
+    if payload_format() != "safetensors":
         return None
     try:
-        return flat_format.plan(state)
-    except flat_format.NotFlat:
+        return safetensors_layout.plan(state)
+    except Undescribable:
         return None
 
 
@@ -183,8 +189,8 @@ def serialize_state(
 ) -> PartInfo:
     """Stream ``state`` into ``sink`` as a payload and return the part's size and digest.
 
-    The payload is a flat payload (:mod:`~dacapo_store.flat_format`) where ``state`` is plain
-    enough and :func:`payload_format` allows it, else a ``torch.save`` archive.
+    The payload is in the safetensors layout (:mod:`~dacapo_store.safetensors_layout`) where
+    ``state`` is plain enough and :func:`payload_format` allows it, else a ``torch.save`` archive.
 
     ``sink`` is called with each piece of the payload in order (at most ``slice_bytes`` each,
     if given: see :class:`HashingWriter`); a piece is only valid during the call.
@@ -192,12 +198,12 @@ def serialize_state(
     Raises:
         the first exception of ``sink`` or ``heartbeat`` (not torch's follow-up error).
     """
-    flat = _flat_plan(state)
+    planned = _safetensors_plan(state)
     writer = HashingWriter(sink, heartbeat, heartbeat_every, slice_bytes)
     gathering = io.BufferedWriter(writer, buffer_size=GATHER_BYTES)
     try:
-        if flat is not None:
-            flat.write(gathering.write)
+        if planned is not None:
+            planned.write(gathering.write)
         else:
             _save(state, gathering)
         gathering.flush()
@@ -243,7 +249,9 @@ def check_payload(size: int, digest: str, expected: PartInfo, describe: str) -> 
 
 
 ZIP_MAGIC = b"PK\x03\x04"
-"""The first bytes of every payload: ``torch.save`` writes a zip archive."""
+"""The first bytes of a ``torch.save`` archive (a zip archive)."""
+HEAD_BYTES = 16
+"""Enough first bytes of a payload to tell its format."""
 
 
 def load_state(source: Any, map_location: Any, describe: str, mmap: bool = False) -> Any:
@@ -262,17 +270,17 @@ def load_state(source: Any, map_location: Any, describe: str, mmap: bool = False
             unavailable ``map_location`` device, out of memory): the checkpoint is not blamed.
         OSError: reading ``source`` failed.
     """
-    head = _read_head(source, len(flat_format.MAGIC))
+    head = _read_head(source, HEAD_BYTES)
     _check_head(head, describe)
-    if flat_format.is_flat(head):
-        return load_state_from_memory(_flat_memory(source, mmap), map_location, describe)
+    if not head.startswith(ZIP_MAGIC):
+        return load_state_from_memory(_payload_memory(source, mmap), map_location, describe)
     placement = _Placement(map_location)
     with _blaming_the_payload(placement, describe):
         return torch.load(source, map_location=placement.map_location, weights_only=True, mmap=mmap)
 
 
-def _flat_memory(source: Any, mmap: bool) -> Any:
-    """The bytes of the flat payload ``source`` as writable memory of this process: the file
+def _payload_memory(source: Any, mmap: bool) -> Any:
+    """The bytes of the payload ``source`` as writable memory of this process: the file
     mapped copy-on-write (``mmap`` and a path), else read into private memory."""
     if isinstance(source, (str, os.PathLike)):
         with open(source, "rb") as file:
@@ -307,18 +315,17 @@ def _read_into_private_memory(file: BinaryIO, size: int) -> Any:
 
 
 def _check_head(head: bytes, describe: str) -> None:
-    """Refuse a payload whose first bytes are neither a zip archive's nor a flat payload's,
-    before anything parses it.
+    """Refuse a payload whose first bytes are neither a zip archive's, the safetensors layout's
+    nor a flat v1 payload's, before anything parses it.
 
     Raises:
-        CorruptCheckpointError: ``head`` starts with neither :data:`ZIP_MAGIC` nor
-            :data:`~dacapo_store.flat_format.MAGIC`.
+        CorruptCheckpointError: ``head`` starts like none of them.
     """
-    if not (head.startswith(ZIP_MAGIC) or flat_format.is_flat(head)):
+    if not (head.startswith(ZIP_MAGIC) or safetensors_layout.is_safetensors(head) or flat_format.is_flat(head)):
         raise CorruptCheckpointError(
-            f"{describe}: refused to load the payload, it is neither a torch archive nor a flat "
-            f"payload (it starts with {head!r}; torch.save writes {ZIP_MAGIC!r}, dacapo-store "
-            f"{flat_format.MAGIC!r})"
+            f"{describe}: refused to load the payload, it is neither a torch archive nor a "
+            f"safetensors or flat payload (it starts with {head!r}; torch.save writes "
+            f"{ZIP_MAGIC!r}, safetensors a header length and '{{', dacapo-store 0.5 {flat_format.MAGIC!r})"
         )
 
 
@@ -400,12 +407,15 @@ def load_state_from_memory(memory: Any, map_location: Any, describe: str) -> Any
         as :func:`load_state`.
     """
     view = memoryview(memory).cast("B")
-    head = bytes(view[: len(flat_format.MAGIC)])
+    head = bytes(view[:HEAD_BYTES])
     _check_head(head, describe)
     placement = _Placement(map_location)
     with _blaming_the_payload(placement, describe):
+        restore = None if placement.is_meta else placement.map_location
         if flat_format.is_flat(head):
-            return flat_format.load(memory, None if placement.is_meta else placement.map_location)
+            return flat_format.load(memory, restore)
+        if not head.startswith(ZIP_MAGIC):
+            return safetensors_layout.load(memory, restore)
         if not LOADS_IN_PLACE:
             return torch.load(_MemoryFile(view), map_location=placement.map_location, weights_only=True)
         storage = torch.frombuffer(memory, dtype=torch.uint8).untyped_storage()

@@ -365,6 +365,33 @@ def flat_payload(header: Any, data: bytes = b"") -> bytes:
     return prefix + bytes(-len(prefix) % ALIGNMENT) + data
 
 
+def safetensors_payload(header: Any, data: bytes = b"", structure: Any = None) -> bytes:
+    """A payload in the safetensors layout (see ``dacapo_store.safetensors_layout``): the JSON
+    ``header`` (with ``structure``, if given, as its dacapo-store metadata), padded to 64 bytes,
+    then ``data``."""
+    if structure is not None:
+        header = {"__metadata__": {"format": "pt", "dacapo_store": json.dumps(structure)}, **header}
+    encoded = json.dumps(header).encode()
+    encoded += b" " * (-(8 + len(encoded)) % 64)
+    return struct.pack("<Q", len(encoded)) + encoded + data
+
+
+def safetensors_entries(**changes: Any) -> dict[str, Any]:
+    """The entries of a payload of one float32 tensor ``w`` of 4 elements, ``changes`` to its entry."""
+    return {"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16], **changes}}
+
+
+def safetensors_structure(**changes: Any) -> dict[str, Any]:
+    """The dacapo-store structure of :func:`safetensors_entries`, with ``changes``."""
+    structure = {
+        "version": 1,
+        "storages": [["w", "cpu"]],
+        "tensors": [[0, "float32", [4], [1], 0, False, False]],
+        "root": {"d": ["w", {"t": 0}]},
+    }
+    return {**structure, **changes}
+
+
 def flat_header(**changes: Any) -> dict[str, Any]:
     """The header of a flat payload of one float32 tensor ``w`` of 4 elements, with ``changes``."""
     header = {
@@ -388,6 +415,26 @@ FOREIGN_PAYLOADS = [
     pytest.param(lambda: torch_archive(byteorder=b"middle"), id="archive with bad byteorder"),
     pytest.param(lambda: torch_archive(**{"0": b"short"}), id="archive with short tensor data"),
     pytest.param(lambda: flat_payload(flat_header())[:-4], id="flat payload cut in its header"),
+    pytest.param(
+        lambda: safetensors_payload(safetensors_entries(), bytes(16), safetensors_structure())[:-4],
+        id="safetensors payload cut in its data",
+    ),
+    pytest.param(
+        lambda: safetensors_payload(safetensors_entries(), bytes(16), safetensors_structure(root={"x": 1})),
+        id="safetensors payload with an unknown tag",
+    ),
+    pytest.param(
+        lambda: safetensors_payload(safetensors_entries(data_offsets=[0, 12]), bytes(12)),
+        id="safetensors entry shorter than its shape",
+    ),
+    pytest.param(
+        lambda: safetensors_payload(
+            safetensors_entries(),
+            bytes(16),
+            safetensors_structure(tensors=[[0, "float32", [5], [1], 0, False, False]]),
+        ),
+        id="safetensors payload with a tensor past its storage",
+    ),
     pytest.param(lambda: flat_payload(flat_header(root={"x": 1}), bytes(16)), id="flat payload with an unknown tag"),
     pytest.param(
         lambda: flat_payload(flat_header(storages=[[0, 64, "cpu"]]), bytes(16)), id="flat payload with a short storage"
