@@ -381,6 +381,7 @@ def states(draw: Any) -> Any:
     return draw(st.dictionaries(keys, tree, min_size=1, max_size=4))
 
 
+@pytest.mark.slow  # a big property run (150 examples)
 @settings(max_examples=150, deadline=None)
 @given(states())
 def test_any_plain_state_loads_from_a_flat_payload_as_from_torch_save(state: Any) -> None:
