@@ -5,8 +5,10 @@ Every fenced block tagged ``console`` in the pages listed in ``PAGES`` is a sess
 script seeds one local store (``lab-store`` in a fresh temporary directory, addressed through
 ``$DACAPO_STORE_URI`` as the pages say) with two training runs, runs the commands of all blocks
 in page order through click's test runner, and compares each command's output with the block.
-Blocks tagged ``text`` are not run: they are samples that say so where they stand (the demo, a
-MongoDB deployment).
+Every block tagged ``pycon`` in the pages listed in ``PYTHON_PAGES`` is a Python session, run by
+:mod:`doctest` (one namespace per page; ``...`` in a traceback stands for its frames). Blocks
+tagged ``text`` are not run: they are samples that say so where they stand (the demo, a MongoDB
+deployment).
 
 Usage, from the repository root::
 
@@ -25,11 +27,13 @@ by these rules and no others:
 
 Sizes, counts, scores and every other word are compared exactly: a change of the payload format
 or of a command's wording fails CI until the docs are rewritten (``--write``) and reviewed.
+``--write`` rewrites ``console`` blocks only; a failing ``pycon`` session is edited by hand.
 """
 
 from __future__ import annotations
 
 import difflib
+import doctest
 import math
 import os
 import re
@@ -52,6 +56,8 @@ from dacapo_store.weights_store import Reservation
 DOCS = Path(__file__).resolve().parent
 PAGES = ["operations.md"]
 """Pages whose ``console`` blocks are run, in this order (one session)."""
+PYTHON_PAGES = ["concepts.md"]
+"""Pages whose ``pycon`` blocks are run by doctest."""
 SHOWN_HOME = "/home/alice"
 STORE = "lab-store"
 DATASET = "validate"
@@ -62,6 +68,7 @@ RUNS = {
     "cells_unet_lr1e-4": (range(1000, 11000, 1000), 6000),
 }
 BLOCK = re.compile(r"^```console\n(.*?)^```\n", re.DOTALL | re.MULTILINE)
+PYTHON_BLOCK = re.compile(r"^```pycon\n(.*?)^```\n", re.DOTALL | re.MULTILINE)
 VARYING = [
     (re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d"), "YYYY-MM-DD hh:mm:ss"),
     (re.compile(r"xxh3-128:[0-9a-f]+"), "xxh3-128:<digest>"),
@@ -177,6 +184,18 @@ def run_session(commands: list[Command], home: str) -> list[str]:
     return outputs
 
 
+def failed_python_sessions() -> int:
+    """Run the ``pycon`` blocks of ``PYTHON_PAGES`` with doctest; how many examples failed
+    (doctest prints each failure)."""
+    failed = 0
+    for page in PYTHON_PAGES:
+        source = "\n".join(PYTHON_BLOCK.findall((DOCS / page).read_text()))
+        test = doctest.DocTestParser().get_doctest(source, {}, page, str(DOCS / page), 0)
+        runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
+        failed += runner.run(test).failed
+    return failed
+
+
 def main_script(write: bool) -> int:
     pages = {page: (DOCS / page).read_text() for page in PAGES}
     blocks = {page: [parse(match[1]) for match in BLOCK.finditer(text)] for page, text in pages.items()}
@@ -207,11 +226,16 @@ def main_script(write: bool) -> int:
             (DOCS / page).write_text(BLOCK.sub(lambda _: f"```console\n{next(rendered)}```\n", text))
         print(f"checked {len(commands)} commands; rewrote {stale} output(s)")
         return 0
+    failed = failed_python_sessions()
     if stale:
         print(f"{stale} of {len(commands)} outputs differ: run `python docs/check_examples.py --write` "
               "and review the diff", file=sys.stderr)
+    if failed:
+        print(f"{failed} Python example(s) of {', '.join(PYTHON_PAGES)} failed (doctest, above)", file=sys.stderr)
+    if stale or failed:
         return 1
-    print(f"ok: the output of {len(commands)} commands matches the docs")
+    print(f"ok: the output of {len(commands)} commands and the Python sessions of {', '.join(PYTHON_PAGES)} "
+          "match the docs")
     return 0
 
 

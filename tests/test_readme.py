@@ -110,3 +110,9 @@ def test_every_console_block_of_the_docs_is_one_that_check_examples_runs() -> No
             assert commands and block.startswith("$ dacapo-store "), page.name
             assert all(shlex.split(line[2:])[0] == "dacapo-store" for line in commands), page.name
     assert with_blocks == set(ast.literal_eval(checked))
+
+
+def test_every_python_session_of_the_docs_is_one_that_check_examples_runs() -> None:
+    [checked] = re.findall(r"^PYTHON_PAGES = (\[.*\])$", (DOCS / "check_examples.py").read_text(), re.MULTILINE)
+    with_sessions = {page.name for page in DOCS.glob("*.md") if "\n```pycon\n" in page.read_text()}
+    assert with_sessions == set(ast.literal_eval(checked))
