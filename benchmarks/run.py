@@ -1,4 +1,4 @@
-"""``python -m benchmarks``: the performance table of dacapo-store (see the README).
+"""``python -m benchmarks``: the performance table of dacapo-store (see docs/performance.md).
 
 Every timed figure compares dacapo-store with the strongest baseline measured in the same
 interleaved rounds (see :mod:`benchmarks.speed`); torch runs on one thread on both sides.

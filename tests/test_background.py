@@ -98,6 +98,7 @@ def _child(script: str, basedir) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow  # starts and kills interpreters
 def test_an_upload_in_flight_at_exit_is_finished_and_a_failure_logged(tmp_path) -> None:
     script = """
         import sys
@@ -124,6 +125,7 @@ def _killed_mid_upload(basedir: str, ready) -> None:
     threading.Event().wait()
 
 
+@pytest.mark.slow  # starts and kills interpreters
 def test_a_process_killed_mid_upload_leaves_nothing_visible(tmp_path) -> None:
     LocalWeightsStore(tmp_path).store_weights(ToyRun("r"), 1)
     context = multiprocessing.get_context("spawn")
@@ -205,6 +207,7 @@ def test_a_snapshot_keeps_the_metadata_that_load_state_dict_reads() -> None:
     assert snapshot.weights.model._metadata == state._metadata
 
 
+@pytest.mark.slow  # starts and kills interpreters
 def test_a_snapshot_taken_while_the_interpreter_shuts_down_copies_on_the_calling_thread() -> None:
     """No new threads start once shutdown began (an atexit "save on exit" hook)."""
     script = textwrap.dedent("""

@@ -1,4 +1,4 @@
-"""The deployment files say what the README says: a configurable bind address and advertised
+"""The deployment files say what the README and docs/deployment.md say: a configurable bind address and advertised
 host, the trainer and viewer users, and replica-set URIs that follow a new primary."""
 
 from __future__ import annotations
@@ -36,10 +36,13 @@ def test_the_users_script_creates_trainer_read_write_and_viewer_read() -> None:
     assert '["viewer", "read", "VIEWER_PASSWORD"]' in script
 
 
-def test_readme_uris_name_the_replica_set_and_never_connect_directly() -> None:
-    uris = re.findall(r"mongodb://[^\s'\"`]+", (ROOT / "README.md").read_text())
-    replica_set_uris = [uri for uri in uris if "replicaSet=" in uri]
-    assert replica_set_uris
+def test_readme_and_docs_uris_name_the_replica_set_and_never_connect_directly() -> None:
+    for page in [ROOT / "README.md", ROOT / "docs" / "deployment.md"]:
+        uris = re.findall(r"mongodb://[^\s'\"`]+", page.read_text())
+        replica_set_uris = [uri for uri in uris if "replicaSet=" in uri]
+        assert replica_set_uris, page.name
+    uris = [uri for page in [ROOT / "README.md", *(ROOT / "docs").glob("*.md")]
+            for uri in re.findall(r"mongodb://[^\s'\"`]+", page.read_text())]
     assert not [uri for uri in uris if "directConnection=true" in uri]
 
 

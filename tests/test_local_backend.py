@@ -28,6 +28,7 @@ def _race_to_store(basedir: str, barrier, results) -> None:
         results.put("lost")
 
 
+@pytest.mark.slow  # racing processes (~25 s on 2 cores)
 def test_processes_racing_on_one_checkpoint_have_exactly_one_winner(tmp_path) -> None:
     context = multiprocessing.get_context("spawn")
     barrier, results = context.Barrier(PROCESSES), context.Queue()

@@ -42,7 +42,7 @@ DEFAULT_CPU_THREADS = 1
 """torch's CPU threads unless ``--threads`` or ``$OMP_NUM_THREADS`` says otherwise. torch's own
 default, one per core, made the demo 2 to 10 times slower than one thread on a shared 2-core
 machine (OpenMP threads wait for each other while other processes hold the cores); the
-small models of a demo gain little from more (README, "Threads")."""
+small models of a demo gain little from more (docs/getting-started.md, "Threads")."""
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ except ImportError as error:  # depends on the environment
     if _missing and _missing != "dacapo" and not _missing.startswith("dacapo."):
         raise ModuleNotFoundError(
             f"DaCapo is installed, but importing it failed: no module named {_missing!r} (DaCapo 0.3.5 "
-            "imports fibsem_tools and cellmap_models when it is imported; see the README, 'Installing DaCapo')",
+            "imports fibsem_tools and cellmap_models when it is imported; see docs/dacapo.md, 'Installing DaCapo')",
             name=_missing,
         ) from error
     raise ImportError(

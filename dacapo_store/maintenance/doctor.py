@@ -232,7 +232,7 @@ def diagnose_local(path: Path) -> list[Finding]:
             WARNING, "filesystem",
             f"on a network filesystem ({catalog.network_filesystem}): "
             + (f"writes allowed by ${NETWORK_FS_ENV} (rollback journal; safe only if its locks work across hosts)"
-               if allowed else "reading only; use MongoDB for runs on several nodes (see README: Shared filesystems)"),
+               if allowed else "reading only; use MongoDB for runs on several nodes (see docs/deployment.md: Shared filesystems)"),
         ))
     if is_writable(catalog.basedir):
         found.append(Finding(OK, "permissions", "this user may write the store"))

@@ -5,7 +5,7 @@ Plotly (whose bundled ``plotly.min.js`` the pages load from the server: no CDN, 
 Modules: :mod:`.queries` (what each page shows, read from the stores), :mod:`.commands` (the
 CLI lines shown for a run), :mod:`.formatting` (the templates' filters), :mod:`.app` (routes
 and responses; ``templates/`` and ``static/`` beside it), :mod:`.serving` (uvicorn in a
-thread, for the CLI, the screenshots and the browser tests), :mod:`.screenshots` (the README's
+thread, for the CLI, the screenshots and the browser tests), :mod:`.screenshots` (the docs'
 pictures).
 """
 

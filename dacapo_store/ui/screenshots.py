@@ -1,4 +1,4 @@
-"""The README's pictures of the dashboard, kept current by running this module:
+"""The docs' pictures of the dashboard (docs/ui-*.png), kept current by running this module:
 
     python -m dacapo_store.ui.screenshots [--output docs] [--store DIR]
 
@@ -29,7 +29,7 @@ DEMO_RUNS = (120, 80, 40)
 """Iterations of the demo runs the pictures show (named ``demo-N``)."""
 COMPARED = ("validate_0", "iou")
 DEMO_LABEL = "lab-store"
-"""How the pictures name the temporary store of the demo runs (as the README's examples do)."""
+"""How the pictures name the temporary store of the demo runs (as the docs' examples do)."""
 
 
 def train_demo_runs(store: Path, iterations: Sequence[int] = DEMO_RUNS) -> list[str]:

@@ -33,6 +33,14 @@ STAND_INS = Path(__file__).parent / "stand_ins"
 if any(importlib.util.find_spec(name) is None for name in ("fibsem_tools", "cellmap_models")):
     sys.path.append(str(STAND_INS))
 
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test of the DaCapo suite is slow (DaCapo's import alone takes seconds): `-m slow`."""
+    here = Path(__file__).parent
+    for item in items:
+        if here in item.path.parents:
+            item.add_marker(pytest.mark.slow)
+
 def require_dacapo() -> types.ModuleType:
     """Import DaCapo for a test module: skip the module without it, fail it instead when
     ``DACAPO_STORE_REQUIRE_DACAPO=1``."""

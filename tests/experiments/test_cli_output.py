@@ -104,7 +104,7 @@ class TinyCNN(Architecture):
 
 @pytest.mark.parametrize("found_in", ["the config's directory", "the working directory"])
 def test_a_plugin_next_to_its_config_needs_no_pythonpath(tmp_path, found_in) -> None:
-    """The README's plug-in example, run as users run it: the console script, whose sys.path
+    """The plug-in example of docs/getting-started.md, run as users run it: the console script, whose sys.path
     holds neither directory."""
     project = tmp_path / "project"
     package = project / "my_package_for_test"

@@ -41,6 +41,7 @@ def one_error_line(result: subprocess.CompletedProcess) -> str:
     return lines[0]
 
 
+@pytest.mark.slow  # runs the CLI in a fresh interpreter per case
 @pytest.mark.parametrize("damage", ["garbage bytes", "a directory"])
 @pytest.mark.parametrize("command", [["runs"], ["du"], ["demo", "--iterations", "2"]])
 def test_an_unusable_catalog_is_one_error_line(tmp_path: Path, damage: str, command: list[str]) -> None:
@@ -69,6 +70,7 @@ def test_a_closed_standard_output_ends_quietly(tmp_path: Path, command: list[str
     assert all(line.startswith("store: ") for line in result.stderr.splitlines()), result.stderr  # no error
 
 
+@pytest.mark.slow  # runs the CLI in a fresh interpreter per case
 def test_head_gets_its_line_and_the_command_stops_quietly(tmp_path: Path) -> None:
     pipeline = f"{' '.join(map(repr, CLI))} demo --iterations 2 --store store | head -1; echo \"${{PIPESTATUS[0]}}\" >&2"
     result = subprocess.run(["bash", "-c", pipeline], cwd=tmp_path, capture_output=True, text=True, timeout=300)
@@ -107,6 +109,7 @@ REFUSALS = {
 }
 
 
+@pytest.mark.slow  # runs the CLI in a fresh interpreter per case
 @pytest.mark.parametrize("kind", list(REFUSALS))
 def test_import_refuses_hostile_files_without_reading_them(tmp_path: Path, kind: str) -> None:
     path = hostile_file(tmp_path, kind)

@@ -6,6 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # runs every benchmark figure in a subprocess (~90 s on 2 cores)
+
 REPO = Path(__file__).resolve().parents[2]
 
 

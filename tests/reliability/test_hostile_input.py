@@ -114,6 +114,7 @@ def snapshot(backend: Backend) -> tuple:
     )
 
 
+@pytest.mark.slow  # a big property run (60 examples per backend)
 @pytest.mark.parametrize("kind", KINDS)
 @SETTINGS
 @given(name=names)
@@ -136,6 +137,7 @@ def test_any_run_name_round_trips_or_is_refused(kind: str, name: Any) -> None:
         assert_victim_untouched(backend)
 
 
+@pytest.mark.slow  # a big property run (60 examples per backend)
 @pytest.mark.parametrize("kind", KINDS)
 @SETTINGS
 @given(iteration=iterations)
@@ -154,6 +156,7 @@ def test_any_iteration_round_trips_or_is_refused(kind: str, iteration: Any) -> N
         assert tag_of(backend.weights.retrieve_weights("r", iteration)) == 1
 
 
+@pytest.mark.slow  # a big property run (60 examples per backend)
 @pytest.mark.parametrize("kind", KINDS)
 @SETTINGS
 @given(value=scores, higher_is_better=st.booleans())
@@ -177,6 +180,7 @@ def test_any_score_round_trips_or_is_refused(kind: str, value: Any, higher_is_be
         assert_victim_untouched(backend)
 
 
+@pytest.mark.slow  # a big property run (60 examples per backend)
 @pytest.mark.parametrize("kind", KINDS)
 @SETTINGS
 @given(params=parameters)

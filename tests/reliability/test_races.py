@@ -83,6 +83,7 @@ def check_outcome(store: WeightsStore, results: list[dict[str, Any]], shared: in
     assert store.latest_iteration(RUN) == max(expected)
 
 
+@pytest.mark.slow  # eight racing threads (~11 s on mongomock)
 def test_eight_threads_store_list_load_remove_and_race(backend: Backend) -> None:
     threads, own, shared = 8, 50, 10
     results: list[dict[str, Any]] = []
@@ -112,6 +113,7 @@ def process_worker(basedir: str, worker: int, own: int, shared: int, barrier: An
     Path(basedir, f"result-{worker}.json").write_text(json.dumps(result))
 
 
+@pytest.mark.slow  # racing processes
 def test_four_processes_on_one_local_store(tmp_path: Path) -> None:
     processes, own, shared = 4, 25, 10
     context = multiprocessing.get_context("fork")

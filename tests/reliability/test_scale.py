@@ -58,6 +58,7 @@ def big_local_store(tmp_path_factory: pytest.TempPathFactory) -> LocalWeightsSto
     return store
 
 
+@pytest.mark.slow  # builds a big catalog (~10 s)
 def test_big_local_catalog_answers_with_one_indexed_query_each(big_local_store: LocalWeightsStore) -> None:
     store = big_local_store
     counts = store.catalog.query(

@@ -31,7 +31,7 @@ from dacapo_store.ui.formatting import query_url  # noqa: E402
 from dacapo_store.ui.queries import open_dashboard_stores  # noqa: E402
 from dacapo_store.ui.serving import BackgroundServer  # noqa: E402
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.slow]  # a headless Chromium per module
 DEMO_RUNS = {"demo-6": "6", "demo-4": "4", HOSTILE: "2"}
 """Run name -> ``--iterations`` of the demo runs in the store."""
 SCORE_PLOTS = 6  # 2 validation datasets x 3 criteria
