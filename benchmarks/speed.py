@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .release import REPO, Release
+from .system import can_drop_page_cache
 from .timing import Samples
 from .workloads import MB
 
@@ -104,6 +105,8 @@ class Result:
     spec: Spec
     label: str
     samples: Samples
+    resident: int | None = None
+    """Cold rows: the most bytes ``fincore`` found still cached after an eviction (``None``: not checked)."""
 
 
 def specs(cold: bool) -> list[Spec]:
@@ -112,7 +115,7 @@ def specs(cold: bool) -> list[Spec]:
     rows = [Spec("store_weights, local", "main", "store_weights", "st_store", "floor_write", False,
                  {SAFETENSORS: 1.0, RELEASE: 0.9}),
             Spec("store_weights, mongomock", "main", "store_weights_mongomock", None, None, False, at_least_release)]
-    for is_cold in (False, True) if cold else (False,):
+    for is_cold in (False, True) if cold and can_drop_page_cache() else (False,):
         temperature = "cold" if is_cold else "warm"
         rows += [
             Spec(f"load_weights into the model, {temperature}", "main", "load_weights", "st_load", "floor_read", is_cold,
@@ -158,12 +161,13 @@ def timed_rows(release: Release | None, sizes: list[int], small_params: int, rou
                 if spec.workload in workloads:
                     label = f"{spec.name}, {workloads[spec.workload][2]}"
                     print(f"timing {label} ...", file=sys.stderr, flush=True)
-                    results.append(Result(spec, label, _interleaved(spec, ours, theirs, rounds)))
+                    results.append(Result(spec, label, *_interleaved(spec, ours, theirs, rounds)))
     return results
 
 
-def _interleaved(spec: Spec, ours: Worker, theirs: Worker | None, rounds: int) -> Samples:
-    """Every contender of ``spec`` once per round, in a rotated order per round."""
+def _interleaved(spec: Spec, ours: Worker, theirs: Worker | None, rounds: int) -> tuple[Samples, int | None]:
+    """Every contender of ``spec`` once per round, in a rotated order per round; the samples,
+    and for a cold row the most bytes still cached after an eviction (``None``: not checked)."""
     contenders = {OURS: (ours, spec.case)}
     if theirs is not None:
         contenders[RELEASE] = (theirs, spec.case)
@@ -172,6 +176,7 @@ def _interleaved(spec: Spec, ours: Worker, theirs: Worker | None, rounds: int) -
     if spec.floor:
         contenders[FLOOR] = (ours, spec.floor)
     samples = Samples({name: [] for name in contenders})
+    resident: list[int | None] = []
     names = list(contenders)
     for round_ in range(rounds):
         shift = round_ % len(names)
@@ -179,4 +184,5 @@ def _interleaved(spec: Spec, ours: Worker, theirs: Worker | None, rounds: int) -
             worker, case = contenders[name]
             reply = worker.ask(op="time", workload=spec.workload, case=case, cold=spec.cold)
             samples.seconds[name].append(reply["seconds"])
-    return samples
+            resident.append(reply.get("resident"))
+    return samples, None if None in resident else max(resident)

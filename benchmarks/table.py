@@ -88,7 +88,10 @@ def side_by_side(results: list[Result]) -> list[str]:
     lines = []
     for result in results:
         samples, names = result.samples, result.samples.seconds
-        cells = [result.label] + [_spread(samples, name) if name in names else "-"
+        label = result.label
+        if result.spec.cold:
+            label += " (fincore not run)" if result.resident is None else f" ({result.resident // 1024} KiB left cached)"
+        cells = [label] + [_spread(samples, name) if name in names else "-"
                                   for name in ("ours", "0.5.0", "safetensors", "floor")]
         ratios = {}
         for baseline in ("0.5.0", "safetensors"):
