@@ -112,7 +112,7 @@ class Result:
 def specs(cold: bool) -> list[Spec]:
     """The rows of the issue's performance table (the cold ones only with ``cold``)."""
     at_least_release = {RELEASE: 0.9}
-    rows = [Spec("store_weights, local", "main", "store_weights", "st_store", "floor_write", False,
+    rows = [Spec("store_weights, local", "main", "store_weights", "st_store", None, False,
                  {SAFETENSORS: 1.0, RELEASE: 0.9}),
             Spec("store_weights, mongomock", "main", "store_weights_mongomock", None, None, False, at_least_release)]
     for is_cold in (False, True) if cold and can_drop_page_cache() else (False,):
@@ -129,7 +129,7 @@ def specs(cold: bool) -> list[Spec]:
         ]
     rows += [
         Spec("background store stall", "main", "background_stall", None, "floor_copy", False, at_least_release),
-        Spec("store_weights, local", "small", "store_weights", "st_store", "floor_write", False, at_least_release),
+        Spec("store_weights, local", "small", "store_weights", "st_store", None, False, at_least_release),
         Spec("load_weights into the model, warm", "small", "load_weights", "st_load", "floor_read", False,
              at_least_release),
     ]

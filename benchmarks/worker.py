@@ -211,17 +211,6 @@ class Workload:
             while done < len(memory):
                 done += file.readinto(memory[done:done + (1 << 30)])
 
-    def floor_write(self) -> None:
-        """The payload's bytes written once to a new file, then fsync."""
-        memory = self.floor_memory(os.path.getsize(self.full)).numpy()
-        path = os.path.join(self.directory, f"floor-{next(self.iterations)}.bin")
-        self.written.append(path)
-        with open(path, "wb", buffering=0) as file:
-            view, done = memoryview(memory), 0
-            while done < len(view):
-                done += file.write(view[done:done + (1 << 30)])
-            os.fsync(file.fileno())
-
     def floor_copy(self) -> None:
         """A snapshot's least cost on one thread: every tensor copied into memory allocated once."""
         for buffer, tensor in self.snapshot_buffers():
@@ -316,7 +305,6 @@ CASES: dict[str, Case] = {
     # floors
     "floor_read": (_files("full"), lambda w: w.floor_read(w.full)),
     "floor_read_model": (_files("model_only"), lambda w: w.floor_read(w.model_only)),
-    "floor_write": (_cleaned, lambda w: w.floor_write()),
     "floor_copy": (_snapshot_buffers, lambda w: w.floor_copy()),
 }
 
