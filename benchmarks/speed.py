@@ -105,8 +105,9 @@ class Result:
     spec: Spec
     label: str
     samples: Samples
-    resident: int | None = None
-    """Cold rows: the most bytes ``fincore`` found still cached after an eviction (``None``: not checked)."""
+    resident: dict[str, int | None] = field(default_factory=dict)
+    """Cold rows, per contender: the most bytes ``fincore`` found still cached after an
+    eviction (``None``: not checked)."""
 
 
 def specs(cold: bool) -> list[Spec]:
@@ -165,9 +166,10 @@ def timed_rows(release: Release | None, sizes: list[int], small_params: int, rou
     return results
 
 
-def _interleaved(spec: Spec, ours: Worker, theirs: Worker | None, rounds: int) -> tuple[Samples, int | None]:
+def _interleaved(spec: Spec, ours: Worker, theirs: Worker | None, rounds: int) -> tuple[Samples, dict[str, int | None]]:
     """Every contender of ``spec`` once per round, in a rotated order per round; the samples,
-    and for a cold row the most bytes still cached after an eviction (``None``: not checked)."""
+    and for a cold row each contender's most bytes still cached after an eviction (``None``:
+    not checked)."""
     contenders = {OURS: (ours, spec.case)}
     if theirs is not None:
         contenders[RELEASE] = (theirs, spec.case)
@@ -176,7 +178,7 @@ def _interleaved(spec: Spec, ours: Worker, theirs: Worker | None, rounds: int) -
     if spec.floor:
         contenders[FLOOR] = (ours, spec.floor)
     samples = Samples({name: [] for name in contenders})
-    resident: list[int | None] = []
+    resident: dict[str, int | None] = {}
     names = list(contenders)
     for round_ in range(rounds):
         shift = round_ % len(names)
@@ -184,5 +186,7 @@ def _interleaved(spec: Spec, ours: Worker, theirs: Worker | None, rounds: int) -
             worker, case = contenders[name]
             reply = worker.ask(op="time", workload=spec.workload, case=case, cold=spec.cold)
             samples.seconds[name].append(reply["seconds"])
-            resident.append(reply.get("resident"))
-    return samples, None if None in resident else max(resident)
+            if spec.cold:
+                cached = reply.get("resident")
+                resident[name] = None if cached is None or resident.get(name, 0) is None else max(resident.get(name, 0), cached)
+    return samples, resident

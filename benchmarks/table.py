@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .timing import Samples
+from .workloads import MB
 
 if TYPE_CHECKING:
     from .speed import Result
@@ -81,6 +82,14 @@ SIDE_BY_SIDE = ("row", "ours", "0.5.0", "safetensors", "floor", "0.5.0 / ours", 
                 "target", "met")
 
 
+def _cached(resident: dict[str, int | None]) -> str:
+    """What ``fincore`` found cached after the evictions: the contenders that kept over 1 MiB."""
+    if None in resident.values():
+        return "eviction not checked: no fincore"
+    kept = [f"{name} {cached / MB:.0f} MB" for name, cached in resident.items() if cached > 2**20]
+    return "fincore: still cached " + ", ".join(kept) if kept else "fincore: evicted"
+
+
 def targets_met(result: Result) -> bool:
     """Whether every target of ``result`` whose baseline ran is met (on the medians)."""
     samples = result.samples
@@ -98,7 +107,7 @@ def side_by_side(results: list[Result]) -> list[str]:
         samples, names = result.samples, result.samples.seconds
         label = result.label
         if result.spec.cold:
-            label += " (fincore not run)" if result.resident is None else f" ({result.resident // 1024} KiB left cached)"
+            label += f" ({_cached(result.resident)})"
         cells = [label] + [_spread(samples, name) if name in names else "-"
                            for name in ("ours", "0.5.0", "safetensors", "floor")]
         cells += [_ratio(samples, baseline, "ours")[1] if baseline in names else "-" for baseline in ("0.5.0", "safetensors")]

@@ -107,8 +107,9 @@ class Workload:
 
         self.trained = TrainedModel(size, tensors)
         self.run = self._run(self.trained, self.trained.optimizer)
-        existing = TrainedModel(size, tensors, seed=1)  # what load_weights loads into: a model
-        self.target = self._run(existing, existing.optimizer)  # and Adam mid-training (state set)
+        self.target = self._existing_run(size, tensors)  # what load_weights loads into
+        self.st_target = self._existing_run(size, tensors)  # the same for safetensors' load (its
+        # optimizer keeps mapped tensors, which must not be what load_weights writes into)
         self.directory = directory
         self.store_dir = os.path.join(directory, "store")
         self.store = LocalWeightsStore(self.store_dir)
@@ -125,6 +126,12 @@ class Workload:
     @staticmethod
     def _run(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None) -> SimpleNamespace:
         return SimpleNamespace(name="run", model=model, optimizer=optimizer)
+
+    @classmethod
+    def _existing_run(cls, size: int, tensors: int) -> SimpleNamespace:
+        """A model and Adam mid-training (other values, optimizer state set)."""
+        model = TrainedModel(size, tensors, seed=1)
+        return cls._run(model, model.optimizer)
 
     def _fresh_run(self, optimizer: bool = True) -> SimpleNamespace:
         """A freshly built model (and Adam) shaped like the trained one, gradients set."""
@@ -231,6 +238,9 @@ def _tensors(value: Any) -> Iterator[torch.Tensor]:
 Case = tuple[Callable[[Workload], list[str]], Callable[[Workload], object]]
 """A case's setup (returns the files a cold run evicts) and its timed action."""
 
+FINISH: dict[str, Callable[[Workload], None]] = {}
+"""What runs after a case's timed action, untimed (see :data:`CASES`)."""
+
 
 def _fresh(optimizer: bool = True) -> Callable[[Workload], list[str]]:
     def setup(w: Workload) -> list[str]:
@@ -281,6 +291,15 @@ def _files(*names: str, fresh: bool | None = None) -> Callable[[Workload], list[
     return setup
 
 
+def _st_load_finish(w: Workload) -> None:
+    """Give ``st_target``'s optimizer private copies of the tensors the load left mapped, so
+    that it is a model mid-training again and the file's pages can leave the page cache."""
+    for state in w.st_target.optimizer.state.values():
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor):
+                state[key] = value.clone()
+
+
 def _snapshot_buffers(w: Workload) -> list[str]:
     w.snapshot_buffers()
     return []
@@ -298,7 +317,7 @@ CASES: dict[str, Case] = {
     "background_stall": (_cleaned, lambda w: w.store.store_weights(w.run, next(w.iterations), background=True)),
     # safetensors baselines
     "st_store": (_cleaned, lambda w: w.st_store()),
-    "st_load": (_files("full"), lambda w: w.st_load(w.target, touch_optimizer=True)),
+    "st_load": (_files("full"), lambda w: w.st_load(w.st_target, touch_optimizer=True)),
     "st_retrieve": (_files("full"), _st_retrieve),
     "st_resume": (_files("full", fresh=True), _st_resume),
     "st_inference": (_files("model_only", fresh=False), _st_inference),
@@ -307,6 +326,17 @@ CASES: dict[str, Case] = {
     "floor_read_model": (_files("model_only"), lambda w: w.floor_read(w.model_only)),
     "floor_copy": (_snapshot_buffers, lambda w: w.floor_copy()),
 }
+
+FINISH["st_load"] = _st_load_finish
+
+
+def _drop_fresh_run(w: Workload) -> None:
+    """Let the fresh run go (and with it any map of a file it holds, which would keep that
+    file's pages in the page cache)."""
+    w.fresh = None
+
+
+FINISH.update(dict.fromkeys(("resume", "st_resume", "inference", "st_inference"), _drop_fresh_run))
 
 
 def _time(workload: Workload, case: str, cold: bool) -> dict[str, Any]:
@@ -323,6 +353,7 @@ def _time(workload: Workload, case: str, cold: bool) -> dict[str, Any]:
     action(workload)
     reply["seconds"] = time.perf_counter() - start
     workload.store.flush()  # a background store ends here, untimed, before anything else runs
+    FINISH.get(case, lambda w: None)(workload)
     return reply
 
 
