@@ -30,7 +30,7 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--sizes", type=float, nargs="+", default=[100],
                         help="model sizes in MB; each checkpoint holds 3x that with Adam (default 100; "
-                        "add 1000 for the 1 GB case: two workers holding several copies of it need about 40 GB of free RAM)")
+                        "add 1000 for the 1 GB case: two workers holding several copies of it need about 45 GB of free RAM)")
     parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds per timed row (default 7)")
     parser.add_argument("--small-tensors", type=int, default=5000,
                         help="parameters of the many-small-tensors checkpoint (with Adam: 4x as many tensors, "
