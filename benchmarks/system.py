@@ -1,28 +1,15 @@
-"""The machine around a benchmark: a busy neighbour, and a cold page cache."""
+"""The machine around a benchmark: a cold page cache, memory given back to the system.
+
+Stdlib only: the benchmark worker imports it beside itself, under any dacapo-store version."""
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import ctypes.util
 import os
 import shutil
 import subprocess
-import sys
-from collections.abc import Iterable, Iterator
-
-HOG = "while True: pass"
-
-
-@contextlib.contextmanager
-def busy_neighbour() -> Iterator[None]:
-    """A CPU hog (a separate process spinning on one core) for the duration of the block."""
-    hog = subprocess.Popen([sys.executable, "-c", HOG])
-    try:
-        yield
-    finally:
-        hog.kill()
-        hog.wait()
+from collections.abc import Iterable
 
 
 def drop_from_page_cache(paths: Iterable[str | os.PathLike]) -> None:
