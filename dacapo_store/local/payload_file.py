@@ -16,6 +16,7 @@ for the trade-off).
 
 from __future__ import annotations
 
+import mmap as mmap_module
 import os
 import threading
 from collections.abc import Iterator
@@ -210,6 +211,33 @@ class _SharedRead:
 
     def _piece(self, index: int) -> memoryview:
         return self._view[index * PIECE_BYTES : min((index + 1) * PIECE_BYTES, self._expected.size)]
+
+
+def map_payload_file(path: Path, expected: PartInfo, describe: str) -> Any:
+    """Load the payload file at ``path`` on the CPU as views of a private read-only-in-practice
+    mapping of it, verified first by hashing the mapping: the bytes are read from the page cache
+    once to hash and once more when copied out, never copied into memory of this process first.
+    For a caller that copies the tensors out at once and drops them
+    (:meth:`~dacapo_store.weights_store.WeightsStore.load_weights`): the tensors show any later
+    change to the file, and a file truncated while they live kills the process with ``SIGBUS``
+    (the store never changes a payload file in place: it writes ``.partial`` files and renames them).
+
+    Returns:
+        The state dict.
+
+    Raises:
+        CorruptCheckpointError: the file is missing, corrupt, or not a plain state dict.
+    """
+    algorithm = verifying_algorithm(expected, describe)
+    with _open_payload(path, expected, describe) as file:
+        if expected.size == 0:
+            memory: Any = bytearray()
+        else:  # copy-on-write: torch.frombuffer wants writable memory; nothing writes to it
+            memory = mmap_module.mmap(file.fileno(), expected.size, access=mmap_module.ACCESS_COPY)
+    hash_object = new_hash(algorithm)
+    hash_object.update(memory)
+    check_payload(expected.size, format_digest(algorithm, hash_object), expected, describe)
+    return load_state_from_memory(memory, "cpu", describe)
 
 
 def load_payload_file(path: Path, expected: PartInfo, map_location: Any, describe: str, mmap: bool = False) -> Any:
