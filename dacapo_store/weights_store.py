@@ -430,7 +430,7 @@ class WeightsStore(ABC):
     def load_weights(self, run: RunLike, iteration: int) -> None:
         """Load checkpoint ``iteration`` into ``run.model`` and ``run.optimizer``: both parts are
         read and verified first, then copied straight into the existing tensors
-        (:func:`~dacapo_store.load_into.load_into`; the result of both ``load_state_dict``\ s).
+        (:func:`~dacapo_store.load_into.load_into`; the result of both ``load_state_dict`` calls).
 
         Raises:
             as :meth:`retrieve_weights`; TypeError if ``run`` is a name; as ``load_state_dict``
