@@ -195,3 +195,16 @@ def test_loading_into_a_cuda_model_equals_load_state_dict(tmp_path, monkeypatch)
         for name, value in entry.items():
             mine = run.optimizer.state_dict()["state"][key][name]
             assert torch.equal(mine.cpu(), value.cpu()) and mine.device == value.device
+
+
+def test_a_large_load_copied_by_two_threads_is_exact(monkeypatch) -> None:
+    from dacapo_store import helper_threads, staged_copies
+
+    monkeypatch.setattr(helper_threads, "thread_count", lambda: 2)
+    monkeypatch.setattr(staged_copies, "PARALLEL_COPY_BYTES", 0)
+    monkeypatch.setattr(staged_copies, "COPY_SLICE_BYTES", 1000)
+    run, source = _run(1), _run(0)
+    load_into(run.model, run.optimizer, source.model.state_dict(), source.optimizer.state_dict())
+    assert all(torch.equal(a, b) for a, b in zip(run.model.state_dict().values(), source.model.state_dict().values()))
+    for key, entry in source.optimizer.state_dict()["state"].items():
+        assert all(torch.equal(run.optimizer.state_dict()["state"][key][name], value) for name, value in entry.items())
