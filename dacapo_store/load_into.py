@@ -54,23 +54,19 @@ def load_into(
     """
     model_pairs = _model_pairs(model, model_state)
     optimizer_pairs: Pairs = []
-    restore_optimizer = None
+    previous: dict[str, Any] | None = None
     if optimizer_state is not None:
         if optimizer is None:
             raise ValueError("an optimizer state was given but no optimizer to load it into")
         substituted, optimizer_pairs = _optimizer_plan(optimizer, optimizer_state, transient)
-        old = {"state": optimizer.state, "param_groups": optimizer.param_groups}
+        previous = {"state": optimizer.state, "param_groups": optimizer.param_groups}
         optimizer.load_state_dict(substituted)  # the state tensors kept from before still hold their old values
-
-        def restore_optimizer() -> None:
-            optimizer.__setstate__(old)
-
     try:
         if model_pairs is None:
             _load_model_state_dict(model, model_state)
     except BaseException:
-        if restore_optimizer is not None:
-            restore_optimizer()
+        if optimizer is not None and previous is not None:
+            optimizer.__setstate__(previous)
         raise
     copy_pairs((model_pairs or []) + optimizer_pairs)
 
@@ -101,7 +97,8 @@ def _model_pairs(model: torch.nn.Module, state: Mapping[str, Any]) -> Pairs | No
 def _load_model_state_dict(model: torch.nn.Module, state: Mapping[str, Any]) -> None:
     """``model.load_state_dict(state)``, undone if it raises (it copies the tensors that fit
     before it reports those that do not)."""
-    backup = {name: value.detach().clone() for name, value in model.state_dict(keep_vars=True).items() if isinstance(value, torch.Tensor)}
+    before = model.state_dict(keep_vars=True)
+    backup = {name: value.detach().clone() for name, value in before.items() if isinstance(value, torch.Tensor)}
     try:
         model.load_state_dict(state)
     except BaseException:
