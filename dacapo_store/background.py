@@ -252,21 +252,7 @@ def copy_in_parallel(copies: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
     for target, source in slices:
         shares[min(threads - 1, done // share_bytes)].append((target, source))
         done += target.numel()
-    tasks = [partial(_copy_all, share) for share in shares[1:]]
-    helpers: list[Future] = []
-    try:
-        helpers, left = helper_threads.submit(tasks)
-        _copy_all(shares[0])
-        for task, helper in zip(tasks, helpers):  # a share still queued behind other work: done here
-            if helper.cancel():
-                task()
-        for task in left:
-            task()
-    finally:  # even if a share failed or Ctrl-C came: no helper may still write when this returns
-        helper_threads.wait_for_all([helper for helper in helpers if not helper.cancel()])
-    for helper in helpers:
-        if not helper.cancelled():
-            helper.result()
+    helper_threads.run_together([partial(_copy_all, share) for share in shares])
 
 
 def _copy_all(copies: list[tuple[torch.Tensor, torch.Tensor]]) -> None:

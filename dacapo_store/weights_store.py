@@ -31,7 +31,7 @@ import threading
 import time
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,6 +45,7 @@ from .errors import (
     ReservationLostError,
     WriteConcernFailedError,
 )
+from .load_into import load_into
 from .owner import current_owner, owner_is_dead, upload_ended, upload_started
 from .records import PARTS, CheckpointInfo, PartInfo, RunTotals, Weights
 from .state_checks import check_loadable_weights
@@ -411,11 +412,15 @@ class WeightsStore(ABC):
             CheckpointChangedError: the checkpoint was replaced at each of :data:`READ_ATTEMPTS`
                 attempts to read it (it is intact: read it again).
         """
+        return self._retrieve(run, iteration, optimizer, lambda info, part: self._load_part(info, part, map_location, mmap))
+
+    def _retrieve(self, run: RunLike, iteration: int, optimizer: bool, load_part: Callable[[CheckpointInfo, str], Any]) -> Weights:
+        """:meth:`retrieve_weights`, each part loaded by ``load_part(info, part)``."""
         info = self.checkpoint_info(run, iteration)
         for _ in range(READ_ATTEMPTS):
             wanted = [part for part in PARTS if part in info.parts and (optimizer or part == "model")]
             try:
-                states = {part: self._load_part(info, part, map_location, mmap) for part in wanted}
+                states = {part: load_part(info, part) for part in wanted}
             except (CorruptCheckpointError, FileNotFoundError) as error:
                 info = self._current_version(info, error)
                 continue
@@ -423,18 +428,20 @@ class WeightsStore(ABC):
         raise _changed_while_read(info)
 
     def load_weights(self, run: RunLike, iteration: int) -> None:
-        """Load checkpoint ``iteration`` into ``run.model`` and ``run.optimizer``.
+        """Load checkpoint ``iteration`` into ``run.model`` and ``run.optimizer``: both parts are
+        read and verified first, then copied straight into the existing tensors
+        (:func:`~dacapo_store.load_into.load_into`; the result of both ``load_state_dict`` calls).
 
         Raises:
-            as :meth:`retrieve_weights`; TypeError if ``run`` is a name.
+            as :meth:`retrieve_weights`; TypeError if ``run`` is a name; as ``load_state_dict``
+            for a checkpoint that does not fit the model or optimizer. On any error, model and
+            optimizer are left as they were.
         """
         if isinstance(run, str):
             raise TypeError("load_weights needs a run object with .model and .optimizer, not a name")
-        weights = self.retrieve_weights(run, iteration)
-        run.model.load_state_dict(weights.model)
-        if weights.optimizer is not None:
-            run.optimizer.load_state_dict(weights.optimizer)
-        else:
+        weights = self._retrieve(run, iteration, True, self._load_part_to_copy)
+        load_into(run.model, run.optimizer, weights.model, weights.optimizer, transient=True)
+        if weights.optimizer is None:
             logger.warning("%s has no optimizer state; optimizer left as is", describe(run.name, iteration))
 
     def load_best(self, run: RunLike, dataset: Any, criterion: str) -> int:
@@ -695,6 +702,12 @@ class WeightsStore(ABC):
         :meth:`retrieve_weights`.
 
         Raises CorruptCheckpointError naming run, iteration and part."""
+
+    def _load_part_to_copy(self, info: CheckpointInfo, part: str) -> Any:
+        """One part's state on the CPU, verified, to be copied into a model at once and dropped
+        (its tensors may view memory that must not outlive the copy); by default
+        :meth:`_load_part`."""
+        return self._load_part(info, part, "cpu")
 
     @abstractmethod
     def _verify_part(self, info: CheckpointInfo, part: str) -> None:

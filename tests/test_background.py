@@ -164,14 +164,15 @@ def test_a_forked_child_does_not_wait_for_its_parents_upload(tmp_path) -> None:
 
 
 def test_a_large_snapshot_is_copied_exactly_by_several_threads(monkeypatch) -> None:
+    """Split over three threads (whichever of them runs which share), the copy is exact."""
     monkeypatch.setattr(helper_threads, "thread_count", lambda: 3)
     monkeypatch.setattr(background, "COPY_SLICE_BYTES", 1000)
     monkeypatch.setattr(background, "PARALLEL_COPY_BYTES", 0)
-    shares: list[tuple[str, int]] = []  # (thread, bytes) of each share of the copy
+    shares: list[int] = []  # bytes of each share of the copy
     real = background._copy_all
 
     def recording(copies):
-        shares.append((threading.current_thread().name, sum(target.numel() for target, _ in copies)))
+        shares.append(sum(target.numel() for target, _ in copies))
         real(copies)
 
     monkeypatch.setattr(background, "_copy_all", recording)
@@ -180,9 +181,8 @@ def test_a_large_snapshot_is_copied_exactly_by_several_threads(monkeypatch) -> N
     snapshot = snapshot_state(Weights(model, {"state": {0: {"m": torch.full((2_500,), 7.0)}}}))
     assert_state_equal(snapshot.weights.model, model)
     assert torch.equal(snapshot.weights.optimizer["state"][0]["m"], torch.full((2_500,), 7.0))
-    assert len(shares) == 3 and [name for name, _ in shares].count(threading.current_thread().name) == 1
-    total = sum(size for _, size in shares)
-    assert total == 40_000 + 777 * 2 + 10_000 and all(size <= total // 3 + 1000 for _, size in shares)
+    total = sum(shares)
+    assert len(shares) == 3 and total == 40_000 + 777 * 2 + 10_000 and all(size <= total // 3 + 1000 for size in shares)
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
@@ -270,27 +270,6 @@ def test_a_failed_share_of_a_copy_waits_for_every_share_that_started(monkeypatch
     with pytest.raises(OSError, match="this share failed"):
         background.copy_in_parallel([(target, torch.ones(4000, dtype=torch.uint8)) for target in targets])
     assert sorted(finished) == sorted(first for first in started if first != targets[failing_share].data_ptr())
-
-
-def test_shares_queued_behind_other_work_are_copied_by_the_calling_thread(monkeypatch) -> None:
-    """Helper threads busy elsewhere (a load reading a payload): the snapshot does not wait."""
-    monkeypatch.setattr(helper_threads, "thread_count", lambda: 4)
-    monkeypatch.setattr(background, "PARALLEL_COPY_BYTES", 0)
-    monkeypatch.setattr(background, "COPY_SLICE_BYTES", 1000)
-    release = threading.Event()
-    busy = [helper_threads._process_pool().submit(release.wait) for _ in range(helper_threads.MAX_HELPER_THREADS - 1)]
-    sources = [torch.full((4000,), k, dtype=torch.uint8) for k in range(4)]
-    targets = [torch.zeros(4000, dtype=torch.uint8) for _ in range(4)]
-    copier = threading.Thread(target=background.copy_in_parallel, args=(list(zip(targets, sources)),))
-    try:
-        copier.start()
-        copier.join(timeout=60)
-        assert not copier.is_alive()
-    finally:
-        release.set()
-        for task in busy:
-            task.result(timeout=60)
-    assert all(torch.equal(target, source) for target, source in zip(targets, sources))
 
 
 class _Stateful:

@@ -1,103 +1,89 @@
-"""The helper thread pool: tasks that run once, and waits that an interrupt cannot cut short."""
+"""Helper threads are scoped to their call: started when needed, joined before it returns."""
 
 from __future__ import annotations
 
 import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from dacapo_store import helper_threads
 
 
-def test_an_interrupt_while_waiting_comes_out_only_once_every_task_is_done(monkeypatch) -> None:
+def test_every_task_runs_once_and_no_thread_outlives_the_call() -> None:
+    before = set(threading.enumerate())
+    ran: list[int] = []
+    lock = threading.Lock()
+
+    def task(index):
+        with lock:
+            ran.append(index)
+
+    helper_threads.run_together([lambda index=index: task(index) for index in range(4)])
+    assert sorted(ran) == [0, 1, 2, 3]
+    assert set(threading.enumerate()) == before
+
+
+def test_importing_starts_no_thread_and_registers_no_fork_handler() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import os, threading; calls = []\n"
+        "real = os.register_at_fork; os.register_at_fork = lambda **kw: calls.append(kw)\n"
+        "import dacapo_store.helper_threads, dacapo_store.background, dacapo_store.local.payload_file\n"
+        "print(threading.active_count(), any('dacapo_store' in repr(c) for c in calls))"
+    )
+    child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert child.stdout.split() == ["1", "False"]
+
+
+def test_a_thread_that_cannot_start_leaves_its_task_to_the_caller(monkeypatch) -> None:
+    def refuse(self):
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(threading.Thread, "start", refuse)
+    ran: list[str] = []
+    helper_threads.run_together([lambda: ran.append("first"), lambda: ran.append("second")])
+    assert ran == ["first", "second"]
+
+
+def test_errors_come_out_once_every_task_is_done_callers_first() -> None:
     release = threading.Event()
-    task = helper_threads._process_pool().submit(release.wait, 60)
-    real_wait = helper_threads.wait
-    interrupts: list[bool] = []
-
-    def interrupted_wait(futures):
-        if not interrupts:  # Ctrl-C while waiting; the task is still running
-            interrupts.append(task.done())
-            release.set()
-            raise KeyboardInterrupt
-        return real_wait(futures)
-
-    monkeypatch.setattr(helper_threads, "wait", interrupted_wait)
-    with pytest.raises(KeyboardInterrupt):
-        helper_threads.wait_for_all([task])
-    assert interrupts == [False] and task.done()
-
-
-def test_a_task_queued_by_a_pool_that_then_failed_to_start_a_thread_runs_once(monkeypatch) -> None:
-    """ThreadPoolExecutor.submit queues the task before it starts a thread; when that fails
-    ("can't start new thread"), the caller runs the task, and the queued copy must not run it
-    again later (a snapshot copied twice would copy tensors training changed meanwhile)."""
-    real_pool = ThreadPoolExecutor(1)
-    queued: list = []
-
-    class FailingPool:
-        def submit(self, task):
-            if queued:
-                queued.append(task)
-                real_pool.submit(lambda: release.wait(60) and task())  # runs after the caller
-                raise RuntimeError("can't start new thread")
-            queued.append(task)
-            return real_pool.submit(task)
-
-    release = threading.Event()
-    runs: list[int] = []
-    monkeypatch.setattr(helper_threads, "_process_pool", lambda: FailingPool())
-    futures, left = helper_threads.submit([lambda: runs.append(1), lambda: runs.append(2)])
-    assert len(futures) == 1 and len(left) == 1
-    for task in left:
-        task()
-    futures[0].result(timeout=60)
-    release.set()
-    real_pool.shutdown(wait=True)
-    assert sorted(runs) == [1, 2]
-
-
-def test_when_the_pool_runs_a_task_first_the_callers_run_waits_for_it_and_gets_its_error() -> None:
-    """The pool thread claimed the task (queued before the pool failed to start a thread): the
-    caller's run returns only once that run is done, or the snapshot share would be unfinished."""
-    started, release = threading.Event(), threading.Event()
-
-    def share():
-        started.set()
-        assert release.wait(60)
-        raise OSError("the share failed")
-
-    once = helper_threads._RunOnce(share)
-    pool = ThreadPoolExecutor(1)
-    pool.submit(once)
-    assert started.wait(60)
-    outcome: list[BaseException] = []
+    done: list[str] = []
 
     def caller():
-        try:
-            once()
-        except BaseException as error:
-            outcome.append(error)
+        raise ValueError("caller")
 
-    waiting = threading.Thread(target=caller)
-    waiting.start()
-    waiting.join(timeout=0.2)
-    assert waiting.is_alive() and not outcome  # still waiting for the pool's run
-    release.set()
-    waiting.join(timeout=60)
-    pool.shutdown(wait=True)
-    assert [str(error) for error in outcome] == ["the share failed"]
+    def helper():
+        release.wait(60)
+        done.append("helper")
+        raise OSError("helper")
+
+    def releaser():
+        release.set()
+
+    with pytest.raises(ValueError, match="caller"):
+        helper_threads.run_together([caller, helper, releaser])
+    assert done == ["helper"]
 
 
-def test_an_ordinary_error_of_the_wait_is_not_retried(monkeypatch) -> None:
-    calls: list[int] = []
+def test_an_interrupt_while_joining_stops_the_tasks_and_comes_out_once_they_are_done(monkeypatch) -> None:
+    stop = threading.Event()
+    finished: list[bool] = []
+    real_join = threading.Thread.join
+    interrupts: list[bool] = []
 
-    def failing_wait(futures):
-        calls.append(1)
-        raise MemoryError
+    def interrupted_join(self, timeout=None):
+        if not interrupts:
+            interrupts.append(True)
+            raise KeyboardInterrupt
+        return real_join(self, timeout)
 
-    monkeypatch.setattr(helper_threads, "wait", failing_wait)
-    with pytest.raises(MemoryError):
-        helper_threads.wait_for_all([])
-    assert calls == [1]
+    def helper():
+        stop.wait(60)
+        finished.append(stop.is_set())
+
+    monkeypatch.setattr(threading.Thread, "join", interrupted_join)
+    with pytest.raises(KeyboardInterrupt):
+        helper_threads.run_together([lambda: None, helper], on_interrupt=stop.set)
+    assert finished == [True]

@@ -1,8 +1,8 @@
 """Reading payload files of the local store back, verified.
 
 By default a payload is read once into private memory of this process
-(:func:`~dacapo_store.payload_memory.payload_memory`: huge pages where the system offers them,
-reused from a recent load where one fits), by several threads for a large payload, each piece
+(:func:`~dacapo_store.payload_memory.payload_memory`, fresh memory
+never reused by another load), by several threads for a large payload, each piece
 hashed in order right after it lands, while it is still in a CPU cache; only once the whole
 payload matches its recorded size and digest does ``torch`` parse it, from that memory,
 building the tensors as views of it
@@ -16,10 +16,10 @@ for the trade-off).
 
 from __future__ import annotations
 
+import mmap as mmap_module
 import os
 import threading
 from collections.abc import Iterator
-from concurrent.futures import Future
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -142,34 +142,17 @@ class _SharedRead:
         self._hashing = False  # whether a thread has the turn to hash
         self._failed = False
         self._lock = threading.Lock()
-        self._finished = threading.Event()  # every piece hashed, or a thread failed
 
     def run(self, helpers: int) -> None:
-        """Read and hash the whole payload, with ``helpers`` helper threads (those that cannot
-        start leave their share to the calling thread, which reads all that is left anyway).
+        """Read and hash the whole payload, with ``helpers`` helper threads started for this read
+        (:func:`~dacapo_store.helper_threads.run_together`; the calling thread reads all that
+        is left anyway). A thread that fails, or Ctrl-C, makes the others stop at their next piece.
 
         Raises:
-            the calling thread's error, else the error of a helper (in the order they were
-            started); whichever it is, every helper has stopped by then.
+            an interrupt, else the calling thread's error, else the error of a helper; whichever
+            it is, every helper has stopped by then.
         """
-        futures: list[Future] = []
-        try:
-            futures, left = helper_threads.submit([self._read_pieces] * helpers)
-            self._read_pieces()
-            for task in left:  # nothing left to read by now, but one may run on the pool: waits
-                task()
-            self._finished.wait()
-        except BaseException:  # also Ctrl-C while waiting: the helpers stop at their next piece
-            self._fail()
-            raise
-        finally:
-            # A helper still queued behind other work has nothing left to do: it is cancelled
-            # (and not waited for: wait() would wait until a worker dequeued it). No helper that
-            # started may still write into the memory when this returns.
-            started = [future for future in futures if not future.cancel()]
-            helper_threads.wait_for_all(started)
-        for future in started:
-            future.result()
+        helper_threads.run_together([self._read_pieces] * (helpers + 1), on_interrupt=self._fail)
 
     def _read_pieces(self) -> None:
         """Read pieces nobody took yet, hashing in turn, until none is left or a thread failed."""
@@ -182,10 +165,9 @@ class _SharedRead:
             raise
 
     def _fail(self) -> None:
-        """Make every thread stop at its next piece, and wake the calling thread."""
+        """Make every thread stop at its next piece."""
         with self._lock:
             self._failed = True
-        self._finished.set()
 
     def _take(self) -> int | None:
         with self._lock:
@@ -222,8 +204,6 @@ class _SharedRead:
                 following = self._next_to_hash
                 if self._failed or following == self._pieces or not self._landed[following]:
                     self._hashing = False
-                    if following == self._pieces:
-                        self._finished.set()
                     return
             self._hash.update(self._piece(following))
             with self._lock:
@@ -231,6 +211,33 @@ class _SharedRead:
 
     def _piece(self, index: int) -> memoryview:
         return self._view[index * PIECE_BYTES : min((index + 1) * PIECE_BYTES, self._expected.size)]
+
+
+def map_payload_file(path: Path, expected: PartInfo, describe: str) -> Any:
+    """Load the payload file at ``path`` on the CPU as views of a private read-only-in-practice
+    mapping of it, verified first by hashing the mapping: the bytes are read from the page cache
+    once to hash and once more when copied out, never copied into memory of this process first.
+    For a caller that copies the tensors out at once and drops them
+    (:meth:`~dacapo_store.weights_store.WeightsStore.load_weights`): the tensors show any later
+    change to the file, and a file truncated while they live kills the process with ``SIGBUS``
+    (the store never changes a payload file in place: it writes ``.partial`` files and renames them).
+
+    Returns:
+        The state dict.
+
+    Raises:
+        CorruptCheckpointError: the file is missing, corrupt, or not a plain state dict.
+    """
+    algorithm = verifying_algorithm(expected, describe)
+    with _open_payload(path, expected, describe) as file:
+        if expected.size == 0:
+            memory: Any = bytearray()
+        else:  # copy-on-write: torch.frombuffer wants writable memory; nothing writes to it
+            memory = mmap_module.mmap(file.fileno(), expected.size, access=mmap_module.ACCESS_COPY)
+    hash_object = new_hash(algorithm)
+    hash_object.update(memory)
+    check_payload(expected.size, format_digest(algorithm, hash_object), expected, describe)
+    return load_state_from_memory(memory, "cpu", describe)
 
 
 def load_payload_file(path: Path, expected: PartInfo, map_location: Any, describe: str, mmap: bool = False) -> Any:

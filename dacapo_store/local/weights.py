@@ -28,7 +28,7 @@ from ..weights_store import (
     describe,
     reservation_lost,
 )
-from .payload_file import load_payload_file, verify_payload_file
+from .payload_file import load_payload_file, map_payload_file, verify_payload_file
 from .writeback import WritebackFile
 from .catalog import BEST_SCORE_SQL, RUN_TOTALS_SQL, Catalog, checkpoint_from_row, no_score_error, parts_to_json
 
@@ -281,6 +281,11 @@ class LocalWeightsStore(WeightsStore):
         expected = info.parts[part]
         where = describe(info.run, info.iteration, part)
         return load_payload_file(self.payload_path(expected.location, where), expected, map_location, where, mmap)
+
+    def _load_part_to_copy(self, info: CheckpointInfo, part: str) -> Any:
+        expected = info.parts[part]
+        where = describe(info.run, info.iteration, part)
+        return map_payload_file(self.payload_path(expected.location, where), expected, where)
 
     def _verify_part(self, info: CheckpointInfo, part: str) -> None:
         expected = info.parts[part]

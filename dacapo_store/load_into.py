@@ -1,0 +1,193 @@
+"""Loading a verified checkpoint straight into an existing model and optimizer.
+
+:func:`load_into` gives the result of ``model.load_state_dict(model_state)`` followed by
+``optimizer.load_state_dict(optimizer_state)``, but copies each loaded tensor's bytes into the
+parameter, buffer or optimizer state tensor that is already there wherever that tensor has the
+shape, dtype and device ``load_state_dict`` would give it (one copy; no new state tensors).
+Everything else (a missing or differently shaped tensor, a fresh optimizer without state yet,
+hooks that may rewrite a state dict) goes through ``load_state_dict`` itself.
+
+All or nothing: every check runs before the first byte is copied, and an error of
+``load_state_dict`` leaves model and optimizer as they were. The states passed in must already be
+verified (:meth:`~dacapo_store.weights_store.WeightsStore.load_weights` reads and checks both
+parts before calling this).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from itertools import chain
+from typing import Any
+
+import torch
+from torch.nn.modules.batchnorm import _NormBase
+
+from .staged_copies import copy_pairs
+
+_PLAIN_MODULE_LOADS = (torch.nn.Module._load_from_state_dict, _NormBase._load_from_state_dict)
+"""``_load_from_state_dict`` implementations that, given exactly the module's own keys with
+matching shapes, do nothing but ``param.copy_(loaded)`` for each (BatchNorm's only adds a
+missing ``num_batches_tracked``)."""
+
+Pairs = list[tuple[torch.Tensor, torch.Tensor]]
+"""(target already in the model or optimizer, loaded source) to copy."""
+
+
+def load_into(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    model_state: Mapping[str, Any],
+    optimizer_state: Mapping[str, Any] | None,
+    transient: bool = False,
+) -> None:
+    """Load ``model_state`` into ``model`` and ``optimizer_state`` (if not ``None``) into
+    ``optimizer``, as ``load_state_dict`` of each would (see the module doc).
+
+    ``transient=True`` says the loaded tensors view memory that must not outlive this call (a
+    mapped payload file): whatever the optimizer keeps of them is copied into private memory.
+
+    Raises:
+        RuntimeError, ValueError, KeyError...: as ``load_state_dict`` for states that do not fit
+            (missing or unexpected keys, other shapes, other parameter groups); model and
+            optimizer are then unchanged.
+    """
+    model_pairs = _model_pairs(model, model_state)
+    optimizer_pairs: Pairs = []
+    previous: dict[str, Any] | None = None
+    if optimizer_state is not None:
+        if optimizer is None:
+            raise ValueError("an optimizer state was given but no optimizer to load it into")
+        substituted, optimizer_pairs = _optimizer_plan(optimizer, optimizer_state, transient)
+        previous = {"state": optimizer.state, "param_groups": optimizer.param_groups}
+        optimizer.load_state_dict(substituted)  # the state tensors kept from before still hold their old values
+    try:
+        if model_pairs is None:
+            _load_model_state_dict(model, model_state)
+    except BaseException:
+        if optimizer is not None and previous is not None:
+            optimizer.__setstate__(previous)
+        raise
+    copy_pairs((model_pairs or []) + optimizer_pairs)
+
+
+def _model_pairs(model: torch.nn.Module, state: Mapping[str, Any]) -> Pairs | None:
+    """The copies that equal ``model.load_state_dict(state)``, or ``None`` where that cannot be
+    shown: other keys, another shape, a value that is no tensor, a meta target, load hooks or a
+    module with its own ``_load_from_state_dict``."""
+    for module in model.modules():
+        if module._load_state_dict_pre_hooks or module._load_state_dict_post_hooks:
+            return None
+        if type(module)._load_from_state_dict not in _PLAIN_MODULE_LOADS:
+            return None
+    targets = model.state_dict(keep_vars=True)
+    if set(targets) != set(state):
+        return None
+    pairs: Pairs = []
+    for name, target in targets.items():
+        source = state[name]
+        if not (isinstance(target, torch.Tensor) and isinstance(source, torch.Tensor)):
+            return None
+        if target.is_meta or target.shape != source.shape:
+            return None
+        pairs.append((target.detach(), source))
+    return pairs
+
+
+def _load_model_state_dict(model: torch.nn.Module, state: Mapping[str, Any]) -> None:
+    """``model.load_state_dict(state)``, undone if it raises (it copies the tensors that fit
+    before it reports those that do not)."""
+    before = model.state_dict(keep_vars=True)
+    backup = {name: value.detach().clone() for name, value in before.items() if isinstance(value, torch.Tensor)}
+    try:
+        model.load_state_dict(state)
+    except BaseException:
+        current = model.state_dict(keep_vars=True)
+        with torch.no_grad():
+            for name, value in backup.items():
+                if isinstance(current.get(name), torch.Tensor) and current[name].shape == value.shape:
+                    current[name].copy_(value)
+        raise
+
+
+def _optimizer_plan(optimizer: torch.optim.Optimizer, saved: Mapping[str, Any], transient: bool) -> tuple[dict, Pairs]:
+    """A state dict for ``optimizer.load_state_dict`` in which each loaded tensor whose result
+    tensor already exists (same shape, and the dtype and device ``load_state_dict`` would cast
+    it to) is replaced by that existing tensor, and the copies that then fill those tensors.
+
+    Raises:
+        ValueError: the parameter groups do not fit the optimizer's, as ``load_state_dict`` says.
+    """
+    groups = optimizer.param_groups
+    saved_groups = saved["param_groups"]
+    if len(groups) != len(saved_groups):
+        raise ValueError("loaded state dict has a different number of parameter groups")
+    if any(len(group["params"]) != len(saved_group["params"]) for group, saved_group in zip(groups, saved_groups)):
+        raise ValueError("loaded state dict contains a parameter group that doesn't match the size of optimizer's group")
+    substituted = dict(saved)
+    pairs: Pairs = []
+    if optimizer._optimizer_load_state_dict_pre_hooks:  # a hook may rewrite the state dict: no shortcut
+        substituted["state"] = _private(saved["state"], transient)
+        return substituted, pairs
+    params = dict(
+        zip(
+            chain.from_iterable(group["params"] for group in saved_groups),
+            chain.from_iterable(group["params"] for group in groups),
+        )
+    )
+    state: dict[Any, Any] = {}
+    for key, entry in saved["state"].items():
+        param = params.get(key)
+        if param is None or not isinstance(entry, dict):
+            state[key] = _private(entry, transient)
+            continue
+        existing = optimizer.state.get(param, {})
+        on_device = _step_on_param_device(key, saved_groups)
+        state[key] = {}
+        for name, value in entry.items():
+            target = existing.get(name)
+            if isinstance(value, torch.Tensor) and _fits(target, value, param, name, on_device):
+                state[key][name] = target
+                pairs.append((target, value))
+            else:
+                state[key][name] = _private(value, transient)
+    substituted["state"] = state
+    return substituted, pairs
+
+
+def _step_on_param_device(param_id: Any, saved_groups: list[dict]) -> bool:
+    """Whether ``load_state_dict`` moves a ``step`` to the parameter's device (its group is fused or capturable)."""
+    for group in saved_groups:
+        if param_id in group["params"]:
+            return bool(group.get("fused", False) or group.get("capturable", False))
+    return False
+
+
+def _fits(target: Any, value: torch.Tensor, param: torch.Tensor, name: Any, step_on_device: bool) -> bool:
+    """Whether ``target`` already has the shape, dtype and device that ``load_state_dict``
+    gives the loaded ``value`` (``torch.optim.Optimizer``'s documented casting: floating state
+    follows the parameter's dtype and device, ``step`` stays as loaded unless fused or capturable)."""
+    if not isinstance(target, torch.Tensor) or target is param or target.requires_grad or target.shape != value.shape:
+        return False
+    if name == "step":
+        dtype, device = (torch.float32, param.device) if step_on_device else (value.dtype, value.device)
+    else:
+        dtype = param.dtype if param.is_floating_point() else value.dtype
+        device = param.device
+    return target.dtype == dtype and target.device == device
+
+
+def _private(value: Any, transient: bool) -> Any:
+    """``value`` with every tensor in it copied to private memory where ``transient``."""
+    if not transient:
+        return value
+    if isinstance(value, torch.Tensor):
+        return value.clone()
+    if isinstance(value, dict):
+        copied = copy.copy(value)  # keeps the mapping's type (OrderedDict, defaultdict...)
+        for key, item in value.items():
+            copied[key] = _private(item, transient)
+        return copied
+    if isinstance(value, (list, tuple)):
+        return type(value)(_private(item, transient) for item in value)
+    return value

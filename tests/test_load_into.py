@@ -1,0 +1,210 @@
+"""load_weights copies a verified checkpoint into the existing model and optimizer: the result of
+both load_state_dicts, and nothing changed at all when anything is wrong."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+import torch
+from bson import ObjectId
+
+from dacapo_store import CorruptCheckpointError, LocalWeightsStore, MongoWeightsStore, Weights
+from dacapo_store.load_into import load_into
+from dacapo_store.testing.mongomock_support import mongomock_client
+
+
+@dataclass
+class Run:
+    name: str
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+
+
+def _run(seed: int, width: int = 20, stepped: bool = True) -> Run:
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(10, width), torch.nn.BatchNorm1d(width), torch.nn.Linear(width, 3))
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01 * (seed + 1))
+    if stepped:
+        model(torch.randn(8, 10)).sum().backward()
+        optimizer.step()
+    return Run("r", model, optimizer)
+
+
+def _snapshot(run: Run) -> tuple[dict, dict]:
+    """Everything load_weights may change, cloned, with the identity of each tensor."""
+    model = {name: (value.clone(), id(value), value.data_ptr()) for name, value in run.model.state_dict(keep_vars=True).items()}
+    state = run.optimizer.state_dict()
+    optimizer = {
+        "state": {key: {name: value.clone() for name, value in entry.items()} for key, entry in state["state"].items()},
+        "param_groups": [dict(group) for group in state["param_groups"]],
+    }
+    return model, optimizer
+
+
+def _assert_same(run: Run, snapshot: tuple[dict, dict]) -> None:
+    model, optimizer = snapshot
+    now = run.model.state_dict(keep_vars=True)
+    assert now.keys() == model.keys()
+    for name, (value, identity, pointer) in model.items():
+        assert torch.equal(now[name], value) and id(now[name]) == identity and now[name].data_ptr() == pointer, name
+    state = run.optimizer.state_dict()
+    assert state["param_groups"] == optimizer["param_groups"]
+    assert state["state"].keys() == optimizer["state"].keys()
+    for key, entry in optimizer["state"].items():
+        for name, value in entry.items():
+            assert torch.equal(state["state"][key][name], value), (key, name)
+
+
+def _assert_loaded_as_load_state_dict(run: Run, weights: Weights, fresh_optimizer: bool = False) -> None:
+    expected = _run(1, stepped=not fresh_optimizer)
+    expected.model.load_state_dict(weights.model)
+    expected.optimizer.load_state_dict(weights.optimizer)
+    for (name, value), (_, reference) in zip(run.model.state_dict().items(), expected.model.state_dict().items()):
+        assert torch.equal(value, reference) and value.dtype == reference.dtype, name
+    got, want = run.optimizer.state_dict(), expected.optimizer.state_dict()
+    assert got["param_groups"] == want["param_groups"] and got["state"].keys() == want["state"].keys()
+    for key, entry in want["state"].items():
+        assert entry.keys() == got["state"][key].keys()
+        for name, value in entry.items():
+            mine = got["state"][key][name]
+            assert torch.equal(mine, value) and (mine.dtype, mine.device) == (value.dtype, value.device), (key, name)
+
+
+@pytest.fixture(params=["local", "mongomock"])
+def store(request, tmp_path):
+    return LocalWeightsStore(tmp_path) if request.param == "local" else MongoWeightsStore(mongomock_client())
+
+
+def _flip_payload_byte(store, location: str) -> None:
+    if isinstance(store, LocalWeightsStore):
+        path = store.payload_path(location)
+        data = bytearray(path.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        path.write_bytes(bytes(data))
+        return
+    chunks = store.database.collection("weights.chunks")
+    chunk = chunks.find_one({"files_id": ObjectId(location), "n": 0})
+    data = bytearray(chunk["data"])
+    data[len(data) // 2] ^= 0xFF
+    chunks.update_one({"_id": chunk["_id"]}, {"$set": {"data": bytes(data)}})
+
+
+def _stored(store) -> Weights:
+    source = _run(0)
+    weights = Weights(source.model.state_dict(), source.optimizer.state_dict())
+    store.put_weights("r", 1, weights)
+    return store.retrieve_weights("r", 1)
+
+
+def test_loading_into_a_trained_model_equals_load_state_dict_and_keeps_every_tensor(store) -> None:
+    weights = _stored(store)
+    run = _run(1)
+    tensors = {name: (id(value), value.data_ptr()) for name, value in run.model.state_dict(keep_vars=True).items()}
+    moments = [id(entry["exp_avg"]) for entry in run.optimizer.state.values()]
+    store.load_weights(run, 1)
+    _assert_loaded_as_load_state_dict(run, weights)
+    assert {name: (id(value), value.data_ptr()) for name, value in run.model.state_dict(keep_vars=True).items()} == tensors
+    assert [id(entry["exp_avg"]) for entry in run.optimizer.state.values()] == moments  # copied in place
+
+
+def test_loading_into_a_fresh_optimizer_equals_load_state_dict(store) -> None:
+    weights = _stored(store)
+    run = _run(1, stepped=False)
+    store.load_weights(run, 1)
+    _assert_loaded_as_load_state_dict(run, weights, fresh_optimizer=True)
+
+
+@pytest.mark.parametrize("part", ["model", "optimizer"])
+def test_a_corrupt_part_leaves_model_and_optimizer_bit_identical(store, part) -> None:
+    _stored(store)
+    _flip_payload_byte(store, store.checkpoint_info("r", 1).parts[part].location)
+    run = _run(1)
+    before = _snapshot(run)
+    with pytest.raises(CorruptCheckpointError):
+        store.load_weights(run, 1)
+    _assert_same(run, before)
+
+
+def test_a_tensor_of_another_shape_found_late_changes_nothing(store) -> None:
+    """The last layer differs: load_state_dict would copy the first layers before it raised."""
+    source = _run(0)
+    source.model[2] = torch.nn.Linear(20, 4)
+    source.optimizer = torch.optim.Adam(source.model.parameters())
+    store.put_weights("r", 1, Weights(source.model.state_dict(), source.optimizer.state_dict()))
+    run = _run(1)
+    before = _snapshot(run)
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        store.load_weights(run, 1)
+    _assert_same(run, before)
+
+
+def test_an_optimizer_state_that_does_not_fit_changes_nothing(store) -> None:
+    source = _run(0)
+    store.put_weights("r", 1, Weights(source.model.state_dict(), torch.optim.Adam(list(source.model.parameters())[:2]).state_dict()))
+    run = _run(1)
+    before = _snapshot(run)
+    with pytest.raises(ValueError, match="parameter group"):
+        store.load_weights(run, 1)
+    _assert_same(run, before)
+
+
+def test_a_fresh_optimizers_state_does_not_view_the_payload_file(tmp_path) -> None:
+    """The local store maps the payload to copy from it; what the optimizer keeps is its own."""
+    store = LocalWeightsStore(tmp_path)
+    weights = _stored(store)
+    run = _run(1, stepped=False)
+    store.load_weights(run, 1)
+    path = store.payload_path(store.checkpoint_info("r", 1).parts["optimizer"].location)
+    with open(path, "r+b") as file:  # the store never does this; a map would show it
+        file.write(b"\0" * path.stat().st_size)
+    _assert_loaded_as_load_state_dict(run, weights, fresh_optimizer=True)
+
+
+def test_load_into_with_hooks_goes_through_load_state_dict() -> None:
+    run, source = _run(1), _run(0)
+    seen: list[str] = []
+    run.model.register_load_state_dict_post_hook(lambda module, keys: seen.append("model"))
+    run.optimizer.register_load_state_dict_pre_hook(lambda optimizer, state: seen.append("optimizer"))
+    load_into(run.model, run.optimizer, source.model.state_dict(), source.optimizer.state_dict())
+    assert sorted(seen) == ["model", "optimizer"]
+    assert all(torch.equal(a, b) for a, b in zip(run.model.state_dict().values(), source.model.state_dict().values()))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_loading_into_a_cuda_model_equals_load_state_dict(tmp_path, monkeypatch) -> None:
+    from dacapo_store import staged_copies
+
+    monkeypatch.setattr(staged_copies, "STAGING_BYTES", 4096)  # many turns through the pinned buffers
+    store = LocalWeightsStore(tmp_path)
+    weights = _stored(store)
+    run = _run(1)
+    run.model.cuda()
+    run.optimizer = torch.optim.Adam(run.model.parameters(), lr=0.02)
+    run.model(torch.randn(8, 10, device="cuda")).sum().backward()
+    run.optimizer.step()
+    store.load_weights(run, 1)
+    expected = _run(1)
+    expected.model.cuda()
+    expected.optimizer = torch.optim.Adam(expected.model.parameters(), lr=0.02)
+    expected.model.load_state_dict(weights.model)
+    expected.optimizer.load_state_dict(weights.optimizer)
+    for a, b in zip(run.model.state_dict().values(), expected.model.state_dict().values()):
+        assert torch.equal(a, b) and a.device == b.device
+    for key, entry in expected.optimizer.state_dict()["state"].items():
+        for name, value in entry.items():
+            mine = run.optimizer.state_dict()["state"][key][name]
+            assert torch.equal(mine.cpu(), value.cpu()) and mine.device == value.device
+
+
+def test_a_large_load_copied_by_two_threads_is_exact(monkeypatch) -> None:
+    from dacapo_store import helper_threads, staged_copies
+
+    monkeypatch.setattr(helper_threads, "thread_count", lambda: 2)
+    monkeypatch.setattr(staged_copies, "PARALLEL_COPY_BYTES", 0)
+    monkeypatch.setattr(staged_copies, "COPY_SLICE_BYTES", 1000)
+    run, source = _run(1), _run(0)
+    load_into(run.model, run.optimizer, source.model.state_dict(), source.optimizer.state_dict())
+    assert all(torch.equal(a, b) for a, b in zip(run.model.state_dict().values(), source.model.state_dict().values()))
+    for key, entry in source.optimizer.state_dict()["state"].items():
+        assert all(torch.equal(run.optimizer.state_dict()["state"][key][name], value) for name, value in entry.items())
