@@ -22,7 +22,9 @@ from .local import LocalStatsStore, LocalWeightsStore
 from .mongo import MongoStatsStore, MongoWeightsStore
 from .payload_memory import release_spare_memory
 from .records import CheckpointInfo, PartInfo, RunTotals, TrainingIterationStats, ValidationScore, Weights
+from .run_configs import RunConfigConflictError, RunConfigNotFoundError, RunConfigStore
 from .stats_store import StatsStore
+from .store import Store, open_store
 from .weights_store import WeightsStore
 
 __all__ = [
@@ -43,8 +45,12 @@ __all__ = [
     "NotAuthorizedError",
     "PartInfo",
     "ReadOnlyStoreError",
+    "RunConfigConflictError",
+    "RunConfigNotFoundError",
+    "RunConfigStore",
     "RunTotals",
     "StatsStore",
+    "Store",
     "StoreConnectionError",
     "StoreNotFoundError",
     "TrainingIterationStats",
@@ -54,6 +60,7 @@ __all__ = [
     "WriteConcernFailedError",
     "create_stats_store",
     "create_weights_store",
+    "open_store",
     "release_spare_memory",
     "resolve_store",
 ]

@@ -190,12 +190,13 @@ def resolve_store(store: str | os.PathLike | None = None, like_dacapo: bool = Fa
     return StoreLocation("local", str(default_local_dir()), DEFAULT_DB_NAME, "the default")
 
 
-def open_store(
+def _open_one(
     store: str | os.PathLike | StoreLocation | None, local: Callable[..., T], mongo: Callable[..., T], **options: Any
 ) -> T:
     """Resolve ``store`` (unless it is a resolved :class:`StoreLocation` already) and build
-    ``local(basedir, **options)`` or ``mongo(uri, db_name, **options)`` for it: how every kind
-    of store is opened. A MongoDB
+    ``local(basedir, **options)`` or ``mongo(uri, db_name, **options)`` for it: one view opened
+    on its own connection (:func:`dacapo_store.open_store` opens a location once for all its
+    views). A MongoDB
     store's collection prefix comes from ``$DACAPO_STORE_COLLECTION_PREFIX`` when set (and not
     given in ``options``).
 
@@ -217,7 +218,7 @@ def create_weights_store(store: str | os.PathLike | StoreLocation | None = None,
     Raises:
         ConfigurationError, StoreConnectionError, StoreNotFoundError (read-only, no store there).
     """
-    return open_store(store, LocalWeightsStore, MongoWeightsStore, **options)
+    return _open_one(store, LocalWeightsStore, MongoWeightsStore, **options)
 
 
 def create_stats_store(store: str | os.PathLike | StoreLocation | None = None, **options: Any) -> StatsStore:
@@ -227,4 +228,4 @@ def create_stats_store(store: str | os.PathLike | StoreLocation | None = None, *
     Raises:
         ConfigurationError, StoreConnectionError, StoreNotFoundError (read-only, no store there).
     """
-    return open_store(store, LocalStatsStore, MongoStatsStore, **options)
+    return _open_one(store, LocalStatsStore, MongoStatsStore, **options)

@@ -29,7 +29,7 @@ from typing import Any
 import click
 from pymongo.errors import PyMongoError
 
-from ..config import create_stats_store, create_weights_store, resolve_store
+from ..config import resolve_store
 from ..errors import CheckpointExistsError, CheckpointNotFoundError, DacapoStoreError
 from ..local.catalog import CATALOG_FILENAME
 from ..local.weights import fsync_directory
@@ -40,6 +40,7 @@ from ..records import Weights
 from ..safe_files import open_regular_file
 from ..serialization import check_uncompressed_archive, fd_path, load_state
 from ..stats_store import StatsStore
+from ..store import Store, open_store
 from ..uri import redact_text
 from ..weights_store import WeightsStore
 
@@ -48,28 +49,28 @@ from ..weights_store import WeightsStore
 
 
 class Stores:
-    """The weights and stats stores designated by one ``--store`` value, opened on first use
-    (read-only if ``read_only``)."""
+    """The weights and stats views of the store location designated by one ``--store`` value,
+    on one connection, opened on first use (read-only if ``read_only``)."""
 
     def __init__(self, store: str | None, read_only: bool = False) -> None:
         self.store = store
         self.read_only = read_only
-        self._weights: WeightsStore | None = None
-        self._stats: StatsStore | None = None
+        self._opened: Store | None = None
+
+    def _location(self) -> Store:
+        if self._opened is None:
+            self._opened = open_store(self.store, read_only=self.read_only)
+        return self._opened
 
     @property
     def weights(self) -> WeightsStore:
         """The weights store (opened on first access; raises as :func:`create_weights_store`)."""
-        if self._weights is None:
-            self._weights = create_weights_store(self.store, read_only=self.read_only)
-        return self._weights
+        return self._location().weights
 
     @property
     def stats(self) -> StatsStore:
         """The stats store (opened on first access; raises as :func:`create_stats_store`)."""
-        if self._stats is None:
-            self._stats = create_stats_store(self.store, read_only=self.read_only)
-        return self._stats
+        return self._location().stats
 
     def require_run(self, run: str) -> str:
         """Return ``run`` if the store knows it.

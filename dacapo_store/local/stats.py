@@ -22,7 +22,7 @@ class LocalStatsStore(StatsStore):
     """
 
     def __init__(self, basedir: str | os.PathLike, read_only: bool = False) -> None:
-        self.catalog = Catalog(basedir, read_only)
+        self.catalog = Catalog.of(basedir, read_only)
         self.basedir = self.catalog.basedir
 
     def __repr__(self) -> str:

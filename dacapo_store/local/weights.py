@@ -87,7 +87,7 @@ class LocalWeightsStore(WeightsStore):
         self, basedir: str | os.PathLike, stale_after: float = DEFAULT_STALE_AFTER, read_only: bool = False
     ) -> None:
         super().__init__(stale_after)
-        self.catalog = Catalog(basedir, read_only)
+        self.catalog = Catalog.of(basedir, read_only)
         self.basedir = self.catalog.basedir
         self.payload_dir = self.basedir / PAYLOAD_DIRNAME
 

@@ -69,7 +69,7 @@ class MongoStatsStore(StatsStore):
         retry: RetryPolicy | None = None,
         collection_prefix: str = DEFAULT_COLLECTION_PREFIX,
     ) -> None:
-        self.database = MongoDatabase(db_host, db_name, write_concern, read_only, retry, collection_prefix)
+        self.database = MongoDatabase.of(db_host, db_name, write_concern, read_only, retry, collection_prefix)
         self.training_stats = self.database.collection(TRAINING_STATS_COLLECTION)
         self.scores = self.database.collection(SCORES_COLLECTION)
         self.database.ensure_indexes(self.training_stats, TRAINING_STATS_INDEXES)

@@ -202,14 +202,14 @@ class MongoWeightsStore(WeightsStore):
         retry: RetryPolicy | None = None,
     ) -> None:
         super().__init__(stale_after)
-        self.database = MongoDatabase(db_host, db_name, write_concern, read_only, retry, collection_prefix)
+        self.database = MongoDatabase.of(db_host, db_name, write_concern, read_only, retry, collection_prefix)
         self.checkpoints = self.database.collection(CHECKPOINTS_COLLECTION)
         self.catalog_primary = self.database.primary(self.checkpoints)
         """The catalog read from the primary: the write protocol's reads must see its writes."""
         self.scores = self.database.collection(SCORES_COLLECTION)
         self.bucket = gridfs.GridFSBucket(
             self.database.db,
-            collection_prefix + BUCKET_NAME,
+            self.database.collection_prefix + BUCKET_NAME,
             chunk_size_bytes=chunk_size_bytes,
             write_concern=self.database.write_concern,
         )
