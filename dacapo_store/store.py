@@ -15,6 +15,7 @@ from abc import ABC, abstractmethod
 from typing import Any
 
 from .config import PREFIX_ENV, StoreLocation, resolve_store
+from .health import Finding
 from .run_configs import RunConfigStore
 from .stats_store import StatsStore
 from .weights_store import WeightsStore
@@ -32,6 +33,9 @@ class Store(ABC):
     Opening a view raises as that view's constructor (ConfigurationError,
     StoreConnectionError, StoreNotFoundError for a read-only store that does not exist).
     """
+
+    driver_errors: tuple[type[BaseException], ...] = ()
+    """The backend driver's exception types that a view's call may let through."""
 
     def __init__(self, location: StoreLocation, weights_options: dict[str, Any] | None = None, **options: Any) -> None:
         self.location = location
@@ -81,6 +85,16 @@ class Store(ABC):
         self.close()
 
     @abstractmethod
+    def check_health(self) -> list[Finding]:
+        """Check the location's setup without changing anything (what ``dacapo-store doctor``
+        shows); never raises for what it finds: a problem is a ``"problem"`` finding."""
+
+    def explain_error(self, error: BaseException, message: str) -> str:
+        """What ``error`` (whose one-line text is ``message``) means for this location (e.g. an
+        SQLite error names the local catalog); ``message`` itself if the backend adds nothing."""
+        return message
+
+    @abstractmethod
     def _open_weights(self) -> WeightsStore: ...
 
     @abstractmethod
@@ -91,6 +105,15 @@ class Store(ABC):
 
     @abstractmethod
     def _close_connection(self) -> None: ...
+
+
+def driver_errors() -> tuple[type[BaseException], ...]:
+    """The exception types of the backends' drivers (SQLite's, pymongo's) that a store call
+    may let through (a command line reports them as one line)."""
+    from .local.store import LocalStore
+    from .mongo.store import MongoStore
+
+    return LocalStore.driver_errors + MongoStore.driver_errors
 
 
 def open_store(

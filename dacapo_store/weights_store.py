@@ -47,6 +47,7 @@ from .errors import (
 )
 from .owner import current_owner, owner_is_dead, upload_ended, upload_started
 from .records import PARTS, CheckpointInfo, PartInfo, RunTotals, Weights
+from .score_catalog import ScoreCatalog
 from .state_checks import check_loadable_weights
 
 logger = logging.getLogger(__name__)
@@ -235,11 +236,16 @@ class WeightsStore(ABC):
     """Stores checkpoints (model and optimizer state dicts) by run and iteration.
 
     Subclasses implement the storage primitives (the ``_``-prefixed abstract methods and the
-    one-query look-ups); the DaCapo methods are implemented here on top of them.
+    one-query look-ups) and set :attr:`score_catalog` (the backend's one place that answers
+    best-score queries, shared with its stats store); the DaCapo methods are implemented here
+    on top of them.
 
     Args:
         stale_after: seconds without a heartbeat after which a pending upload may be taken over.
     """
+
+    score_catalog: ScoreCatalog
+    """The backend's best-score queries (:meth:`retrieve_best` asks it)."""
 
     def __init__(self, stale_after: float = DEFAULT_STALE_AFTER) -> None:
         self.stale_after = stale_after
@@ -461,9 +467,9 @@ class WeightsStore(ABC):
             NoScoreError: no non-NaN score (a ``ValueError`` and ``LookupError``).
             TypeError / ValueError: bad names.
         """
-        return self._best_iteration(
+        return self.score_catalog.best_score(
             run_name_of(run), dataset_name_of(dataset), check_name(criterion, "criterion")
-        )
+        ).iteration
 
     def latest_iteration(self, run: RunLike) -> int | None:
         """Return the highest iteration with a complete checkpoint, or ``None``. One query."""
@@ -723,10 +729,6 @@ class WeightsStore(ABC):
     @abstractmethod
     def _latest_iteration(self, run: str) -> int | None:
         """One query: the highest complete iteration of ``run``."""
-
-    @abstractmethod
-    def _best_iteration(self, run: str, dataset: str, criterion: str) -> int:
-        """One query over the stored validation scores (see :meth:`retrieve_best`)."""
 
     def _clean_up_failed_write(self, reservation: Reservation) -> CheckpointInfo | None:
         """After a write failed: return the checkpoint if its commit reached the catalog anyway

@@ -17,7 +17,6 @@ import json
 import math
 import os
 import re
-import sqlite3
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
@@ -27,11 +26,9 @@ from pathlib import Path
 from typing import Any
 
 import click
-from pymongo.errors import PyMongoError
 
 from ..config import resolve_store
 from ..errors import CheckpointExistsError, CheckpointNotFoundError, DacapoStoreError
-from ..local.catalog import CATALOG_FILENAME
 from ..local.weights import fsync_directory
 from ..maintenance.retention import prune
 from ..maintenance.summary import RunSummary, known_runs, summarize_run
@@ -40,7 +37,7 @@ from ..records import Weights
 from ..safe_files import open_regular_file
 from ..serialization import check_uncompressed_archive, fd_path, load_state
 from ..stats_store import StatsStore
-from ..store import Store, open_store
+from ..store import Store, driver_errors, open_store
 from ..uri import redact_text
 from ..weights_store import WeightsStore
 
@@ -102,8 +99,8 @@ class CliError(click.ClickException):
 
 def _one_line(error: BaseException, store: str | None) -> str:
     """The error's message on one line, without pymongo's topology dump or any password (of
-    the store's URI in every form, and of any MongoDB URI in the message); an SQLite error
-    names the local catalog it came from."""
+    the store's URI in every form, and of any MongoDB URI in the message), as the store's
+    backend explains it (an SQLite error names the local catalog it came from)."""
     message = str(error).split(", Topology Description:")[0]
     try:
         location = resolve_store(store)
@@ -111,18 +108,7 @@ def _one_line(error: BaseException, store: str | None) -> str:
         location = None
     uri = location.target if location is not None and location.kind == "mongo" else None
     message = " ".join(redact_text(message, uri).split()) or type(error).__name__
-    if location is not None and location.kind == "local" and isinstance(error, sqlite3.Error):
-        return _catalog_problem(Path(location.target) / CATALOG_FILENAME, message)
-    return message
-
-
-def _catalog_problem(catalog: Path, message: str) -> str:
-    """What an SQLite error says about the local store's ``catalog`` file."""
-    if catalog.is_dir():
-        return f"the store's catalog {catalog} is a directory, not an SQLite database file"
-    if "not a database" in message:
-        return f"the store's catalog {catalog} is not an SQLite database (damaged or foreign): {message}"
-    return f"the store's catalog {catalog} cannot be used: {message}"
+    return message if location is None else open_store(location).explain_error(error, message)
 
 
 def reporting_errors(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -136,7 +122,7 @@ def reporting_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             return command(*args, **kwargs)
         except BrokenPipeError:
             raise
-        except (DacapoStoreError, ValueError, TypeError, OSError, PyMongoError, sqlite3.Error) as error:
+        except (DacapoStoreError, ValueError, TypeError, OSError, *driver_errors()) as error:
             raise CliError(_one_line(error, kwargs.get("store"))) from error
 
     return wrapper

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import sqlite3
+from pathlib import Path
 from typing import Any
 
 from ..config import StoreLocation
 from ..store import Store
-from .catalog import Catalog
+from ..health import Finding
+from .catalog import CATALOG_FILENAME, Catalog
+from .health import diagnose_local
 from .run_configs import LocalRunConfigStore
 from .stats import LocalStatsStore
 from .weights import LocalWeightsStore
@@ -28,6 +32,22 @@ class LocalStore(Store):
         if self._catalog is None:
             self._catalog = Catalog(self.location.target, **self.options)
         return self._catalog
+
+    driver_errors = (sqlite3.Error,)
+
+    def check_health(self) -> list[Finding]:
+        return diagnose_local(Path(self.location.target))
+
+    def explain_error(self, error: BaseException, message: str) -> str:
+        """An SQLite error names the catalog file it came from and what is wrong with it."""
+        if not isinstance(error, sqlite3.Error):
+            return message
+        catalog = Path(self.location.target) / CATALOG_FILENAME
+        if catalog.is_dir():
+            return f"the store's catalog {catalog} is a directory, not an SQLite database file"
+        if "not a database" in message:
+            return f"the store's catalog {catalog} is not an SQLite database (damaged or foreign): {message}"
+        return f"the store's catalog {catalog} cannot be used: {message}"
 
     def _open_weights(self) -> LocalWeightsStore:
         return LocalWeightsStore(self.catalog, **self.weights_options)

@@ -30,7 +30,8 @@ from ..weights_store import (
 )
 from .payload_file import load_payload_file, verify_payload_file
 from .writeback import WritebackFile
-from .catalog import BEST_SCORE_SQL, RUN_TOTALS_SQL, Catalog, checkpoint_from_row, no_score_error, parts_to_json
+from .catalog import RUN_TOTALS_SQL, Catalog, checkpoint_from_row, parts_to_json
+from .scores import LocalScoreCatalog
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +90,7 @@ class LocalWeightsStore(WeightsStore):
         super().__init__(stale_after)
         self.catalog = Catalog.of(basedir, read_only)
         self.basedir = self.catalog.basedir
+        self.score_catalog = LocalScoreCatalog(self.catalog)
         self.payload_dir = self.basedir / PAYLOAD_DIRNAME
 
     def __repr__(self) -> str:
@@ -327,12 +329,6 @@ class LocalWeightsStore(WeightsStore):
             (run,),
         )
         return rows[0]["iteration"] if rows else None
-
-    def _best_iteration(self, run: str, dataset: str, criterion: str) -> int:
-        rows = self.catalog.query(BEST_SCORE_SQL, (run, dataset, criterion))
-        if not rows:
-            raise no_score_error(self.catalog, run, dataset, criterion)
-        return rows[0]["iteration"]
 
     def _find_garbage(self, cutoff: float) -> list[GarbageItem]:
         files = self._payload_files()

@@ -65,7 +65,7 @@ from ..weights_store import (
 from .chunk_reader import checked_chunks
 from .connection import DEFAULT_COLLECTION_PREFIX, MongoDatabase
 from .retry import RetryPolicy
-from .scores import SCORE_INDEXES, SCORES_COLLECTION, find_best_score
+from .scores import SCORE_INDEXES, SCORES_COLLECTION, MongoScoreCatalog
 
 logger = logging.getLogger(__name__)
 
@@ -223,6 +223,11 @@ class MongoWeightsStore(WeightsStore):
         """The payloads read where the URI's read preference sends reads (maybe a secondary)."""
         self.database.ensure_indexes(self.checkpoints, CHECKPOINT_INDEXES)
         self.database.ensure_indexes(self.scores, SCORE_INDEXES)
+
+    @property
+    def score_catalog(self) -> MongoScoreCatalog:
+        """The best-score queries on :attr:`scores` (one place for weights and stats)."""
+        return MongoScoreCatalog(self.database, self.scores)
 
     def __repr__(self) -> str:
         return f"MongoWeightsStore({self.database.display!r}, db_name={self.database.db_name!r})"
@@ -633,12 +638,6 @@ class MongoWeightsStore(WeightsStore):
             ),
         )
         return None if document is None else document["iteration"]
-
-    def _best_iteration(self, run: str, dataset: str, criterion: str) -> int:
-        return self.database.read(
-            f"finding the best score of run {run!r}",
-            lambda: find_best_score(self.scores, run, dataset, criterion)["iteration"],
-        )
 
     def _find_garbage(self, cutoff: float) -> list[GarbageItem]:
         return self.database.read("scanning for garbage", lambda: self._find_garbage_once(cutoff))
