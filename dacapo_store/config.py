@@ -97,11 +97,11 @@ def location_from_value(value: str, source: str, db_name: str | None = None) -> 
 
 
 def _database_in_uri(uri: str, source: str) -> str:
-    from pymongo.uri_parser import parse_uri
+    from .mongo.connection import database_named_in
 
     check_credentials(uri, f"store setting from {source}")
     try:
-        return parse_uri(uri, connect_timeout=None)["database"] or DEFAULT_DB_NAME
+        return database_named_in(uri) or DEFAULT_DB_NAME
     except Exception as error:  # pymongo raises several types for malformed URIs
         raise ConfigurationError(
             f"store setting from {source} is not a valid MongoDB URI ({redact_uri(uri)}): "

@@ -35,7 +35,7 @@ from ..run_configs import RunConfigStore
 from ..stats_store import StatsStore
 from ..store import open_store
 from ..weights_store import WeightsStore
-from .ops_commands import CliError, reporting_errors, store_option
+from ._shared import CliError, reporting_errors, store_option
 from .ui_commands import dashboard_command_line
 
 INTERRUPTED_EXIT_CODE = 130

@@ -15,6 +15,7 @@ from typing import Any
 from ..checks import run_name_of
 from ..errors import CheckpointExistsError, CheckpointNotFoundError, CorruptCheckpointError
 from ..records import CheckpointInfo, PartInfo, RunTotals
+from ..safe_files import fsync_directory
 from ..serialization import serialize_state
 from ..weights_store import (
     DEFAULT_STALE_AFTER,
@@ -50,15 +51,6 @@ outside ``payloads/``."""
 
 _sync_data = getattr(os, "fdatasync", os.fsync)
 """Syncs a file's data and the metadata needed to read it back (its size), not its times."""
-
-
-def fsync_directory(path: Path) -> None:
-    """Make a rename or unlink in ``path`` durable."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class LocalWeightsStore(WeightsStore):

@@ -158,6 +158,15 @@ def unreachable_cause(message: str) -> str:
     return f"{cause} (waited {float(waited.group(1)):g} s)" if waited else cause
 
 
+def database_named_in(uri: str) -> str | None:
+    """The database a MongoDB URI names (``mongodb://host/labdb``), ``None`` if none.
+
+    Raises:
+        pymongo's errors (several types) or ValueError: a malformed URI.
+    """
+    return parse_uri(uri, connect_timeout=None)["database"]
+
+
 class MongoDatabase:
     """One database of a MongoDB deployment, as the stores use it.
 
