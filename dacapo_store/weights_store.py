@@ -29,31 +29,64 @@ import logging
 import math
 import threading
 import time
-import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from concurrent.futures import Future
-from dataclasses import dataclass, field
 from typing import Any
 
+from ._garbage import (
+    GARBAGE_KINDS,
+    ORPHAN_CHUNKS,
+    ORPHAN_PAYLOAD,
+    PARTIAL_FILE,
+    STALE_RESERVATION,
+    GarbageItem,
+    GarbageReport,
+    StoredPayload,
+    classify_garbage,
+)
+from ._reservations import (
+    DEFAULT_STALE_AFTER,
+    PendingUpload,
+    Reservation,
+    claim_abandoned,
+    describe,
+    reservation_lost,
+)
 from .background import BackgroundUploads
 from .checks import check_iteration, check_name, dataset_name_of, run_name_of
 from .errors import (
     CheckpointChangedError,
     CheckpointNotFoundError,
     CorruptCheckpointError,
-    ReservationLostError,
     WriteConcernFailedError,
 )
-from .owner import current_owner, owner_is_dead, upload_ended, upload_started
+from .owner import upload_ended
 from .records import PARTS, CheckpointInfo, PartInfo, RunTotals, Weights
 from .score_catalog import ScoreCatalog
 from .state_checks import check_loadable_weights
 
-logger = logging.getLogger(__name__)
+__all__ = [  # the contract, and the protocol's records that backends and tests import from here
+    "DEFAULT_STALE_AFTER",
+    "GARBAGE_KINDS",
+    "ORPHAN_CHUNKS",
+    "ORPHAN_PAYLOAD",
+    "PARTIAL_FILE",
+    "STALE_RESERVATION",
+    "GarbageItem",
+    "GarbageReport",
+    "PendingUpload",
+    "Reservation",
+    "RunLike",
+    "StoredPayload",
+    "WeightsStore",
+    "claim_abandoned",
+    "classify_garbage",
+    "describe",
+    "reservation_lost",
+]
 
-DEFAULT_STALE_AFTER = 600.0
-"""Seconds without a heartbeat after which a pending upload counts as abandoned."""
+logger = logging.getLogger(__name__)
 
 RunLike = Any
 """A run object (with ``.name``, ``.model``, ``.optimizer``) or, where only the name is needed, a name."""
@@ -64,172 +97,12 @@ READ_ATTEMPTS = 3
 raises CheckpointChangedError."""
 
 
-@dataclass
-class Reservation:
-    """A writer's claim on ``(run, iteration)``; ``payloads`` lists what it has written so far.
-
-    ``replaces`` is the stored checkpoint this upload replaces (``overwrite=True``), else
-    ``None``; ``owner`` is the writer's :func:`~dacapo_store.owner.current_owner` record.
-    """
-
-    run: str
-    iteration: int
-    token: str
-    payloads: list[str] = field(default_factory=list)
-    replaces: CheckpointInfo | None = None
-    owner: dict[str, Any] = field(default_factory=current_owner)
-
-    @classmethod
-    def new(cls, run: str, iteration: int) -> "Reservation":
-        """A reservation with a fresh token, recorded as an upload this process runs until
-        :func:`~dacapo_store.owner.upload_ended` (so that it is never judged abandoned while
-        this process may still write it)."""
-        reservation = cls(run, iteration, uuid.uuid4().hex)
-        upload_started(reservation.token)
-        return reservation
-
-
-def claim_abandoned(heartbeat: float, owner: Any, token: str, cutoff: float) -> bool:
-    """Whether an upload's claim may be taken over: its heartbeat is older than ``cutoff``
-    (POSIX time) or its owner is verifiably dead (:func:`~dacapo_store.owner.owner_is_dead`)."""
-    return heartbeat < cutoff or owner_is_dead(owner, token)
-
-
-STALE_RESERVATION = "stale-reservation"
-ORPHAN_PAYLOAD = "orphan-payload"
-PARTIAL_FILE = "partial-file"
-ORPHAN_CHUNKS = "orphan-chunks"
-GARBAGE_KINDS = (STALE_RESERVATION, ORPHAN_PAYLOAD, PARTIAL_FILE, ORPHAN_CHUNKS)
-"""What :meth:`WeightsStore.collect_garbage` reclaims: abandoned uploads (a pending reservation
-whose heartbeat is stale, with its payloads), payloads no catalog entry or live upload owns,
-local ``.partial`` files, and GridFS chunks whose files document is gone."""
-
-
-@dataclass(frozen=True)
-class GarbageItem:
-    """One thing garbage collection removes (or would remove).
-
-    ``kind`` is one of :data:`GARBAGE_KINDS`; ``payloads`` are the backend locations deleted
-    (GridFS file ids or payload file names); ``size`` their bytes. A stale reservation also
-    names its ``run``, ``iteration`` and ``token``.
-    """
-
-    kind: str
-    payloads: tuple[str, ...]
-    size: int
-    run: str | None = None
-    iteration: int | None = None
-    token: str | None = None
-
-    def __str__(self) -> str:
-        what = ", ".join(self.payloads) or "no payload"
-        if self.kind == STALE_RESERVATION:
-            return f"{self.kind}: {describe(self.run, self.iteration)} ({what}; {self.size} bytes)"
-        return f"{self.kind}: {what} ({self.size} bytes)"
-
-
-@dataclass(frozen=True)
-class GarbageReport:
-    """What :meth:`WeightsStore.collect_garbage` removed (or, with ``dry_run``, would remove)."""
-
-    items: tuple[GarbageItem, ...]
-    dry_run: bool
-
-    @property
-    def bytes_freed(self) -> int:
-        """Bytes of payload removed (or that would be removed)."""
-        return sum(item.size for item in self.items)
-
-
-@dataclass(frozen=True)
-class StoredPayload:
-    """A payload found in a backend's storage during garbage collection: its ``location``,
-    the ``token`` of the upload that wrote it (``None`` if unknown), its ``size`` in bytes, and
-    whether it was left ``unfinished`` (a local ``.partial`` file)."""
-
-    location: str
-    token: str | None
-    size: int
-    unfinished: bool = False
-
-
-@dataclass(frozen=True)
-class PendingUpload:
-    """An upload's claim in the catalog (a pending reservation, or a replacement of a stored
-    checkpoint): whose upload it is, when it last beat, and the writer who owns it."""
-
-    token: str
-    run: str
-    iteration: int
-    heartbeat: float
-    owner: Any = None
-
-    def abandoned(self, cutoff: float) -> bool:
-        """Whether the claim may be taken over (see :func:`claim_abandoned`)."""
-        return claim_abandoned(self.heartbeat, self.owner, self.token, cutoff)
-
-
-def classify_garbage(
-    payloads: Iterable[StoredPayload],
-    referenced: set[str],
-    pending: Iterable[PendingUpload],
-    cutoff: float,
-) -> list[GarbageItem]:
-    """Sort the payloads of a scan into garbage, the same way for every backend.
-
-    A payload is kept when a complete checkpoint references it or its upload is live (a
-    heartbeat at or after ``cutoff`` and an owner not known to be dead). An abandoned upload
-    becomes one STALE_RESERVATION item with all its payloads; any other payload is an
-    ORPHAN_PAYLOAD (or PARTIAL_FILE if unfinished).
-    """
-    pending = list(pending)
-    stale = {upload.token: upload for upload in pending if upload.abandoned(cutoff)}
-    live = {upload.token for upload in pending if upload.token not in stale}
-    owned: dict[str, list[StoredPayload]] = {token: [] for token in stale}
-    items = []
-    for payload in sorted(payloads, key=lambda payload: payload.location):
-        if payload.location in referenced or payload.token in live:
-            continue
-        if payload.token in owned:
-            owned[payload.token].append(payload)
-        else:
-            kind = PARTIAL_FILE if payload.unfinished else ORPHAN_PAYLOAD
-            items.append(GarbageItem(kind, (payload.location,), payload.size))
-    for token, upload in stale.items():
-        mine = owned[token]
-        items.append(
-            GarbageItem(
-                STALE_RESERVATION,
-                tuple(payload.location for payload in mine),
-                sum(payload.size for payload in mine),
-                upload.run,
-                upload.iteration,
-                token,
-            )
-        )
-    return items
-
-
-def reservation_lost(reservation: Reservation, when: str) -> ReservationLostError:
-    """The error of a writer whose reservation another writer took over (judged stale)."""
-    return ReservationLostError(
-        f"the upload of {describe(reservation.run, reservation.iteration)} was taken over by "
-        f"another writer (it was judged stale) {when}"
-    )
-
-
 def _changed_while_read(info: CheckpointInfo) -> CheckpointChangedError:
     """The error of a read that found ``info``'s checkpoint replaced at every attempt."""
     return CheckpointChangedError(
         f"{describe(info.run, info.iteration)} was replaced {READ_ATTEMPTS} times while it was being "
         "read (a writer overwrites it as fast as it is read); it is intact: read it again"
     )
-
-
-def describe(run: str, iteration: int, part: str | None = None) -> str:
-    """Human-readable name of a checkpoint (or one of its parts) for error messages."""
-    where = f"checkpoint {iteration} of run {run!r}"
-    return f"{where} ({part} part)" if part else where
 
 
 class WeightsStore(ABC):
