@@ -18,9 +18,11 @@ from .errors import (
     StoreNotFoundError,
     WriteConcernFailedError,
 )
+from .health import Finding
 from .local import LocalStatsStore, LocalWeightsStore
 from .mongo import MongoStatsStore, MongoWeightsStore
 from .payload_memory import release_spare_memory
+from .payload_store import PayloadStore
 from .records import CheckpointInfo, PartInfo, RunTotals, TrainingIterationStats, ValidationScore, Weights
 from .run_configs import RunConfigConflictError, RunConfigNotFoundError, RunConfigStore
 from .stats_store import StatsStore
@@ -37,6 +39,7 @@ __all__ = [
     "ConfigurationWarning",
     "CorruptCheckpointError",
     "DacapoStoreError",
+    "Finding",
     "LocalStatsStore",
     "LocalWeightsStore",
     "MongoStatsStore",
@@ -44,6 +47,7 @@ __all__ = [
     "NoScoreError",
     "NotAuthorizedError",
     "PartInfo",
+    "PayloadStore",
     "ReadOnlyStoreError",
     "RunConfigConflictError",
     "RunConfigNotFoundError",
