@@ -26,9 +26,7 @@ the new checkpoint.
 from __future__ import annotations
 
 import logging
-import math
 import threading
-import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from concurrent.futures import Future
@@ -36,6 +34,7 @@ from typing import Any
 
 from ._garbage import (
     GARBAGE_KINDS,
+    GarbageCollection,
     ORPHAN_CHUNKS,
     ORPHAN_PAYLOAD,
     PARTIAL_FILE,
@@ -105,7 +104,7 @@ def _changed_while_read(info: CheckpointInfo) -> CheckpointChangedError:
     )
 
 
-class WeightsStore(ABC):
+class WeightsStore(GarbageCollection, ABC):
     """Stores checkpoints (model and optimizer state dicts) by run and iteration.
 
     Subclasses implement the storage primitives (the ``_``-prefixed abstract methods and the
@@ -450,79 +449,6 @@ class WeightsStore(ABC):
     stale_after: float
     """Seconds without a heartbeat after which a pending upload may be taken over; also the
     smallest ``older_than`` garbage collection takes."""
-
-    def collect_garbage(
-        self, older_than: float = 3600.0, dry_run: bool = False, now: float | None = None
-    ) -> GarbageReport:
-        """Remove what no complete checkpoint and no live upload owns.
-
-        An upload is live while its pending reservation's heartbeat (or, for GridFS chunks
-        without a files document, its newest chunk) is younger than ``older_than`` seconds
-        before ``now`` (default: the current time). Removed: stale reservations with their
-        payloads, payloads that belong to no reservation and no complete checkpoint, and
-        (per backend) ``.partial`` files or orphaned GridFS chunks. Complete checkpoints and
-        live uploads are never touched; a reservation that shows a heartbeat after the scan
-        is kept.
-
-        ``older_than`` must be at least the store's ``stale_after``: a live upload's heartbeat
-        may be up to ``stale_after / 4`` seconds old, so a shorter horizon could take a slow
-        writer for a dead one.
-
-        Returns:
-            A :class:`GarbageReport` (with ``dry_run``: what would go; nothing is deleted).
-
-        Raises:
-            TypeError: ``older_than`` is not a number.
-            ValueError: ``older_than`` is not finite or is smaller than ``stale_after``.
-        """
-        if isinstance(older_than, bool) or not isinstance(older_than, (int, float)):
-            raise TypeError(f"older_than must be a number of seconds, got {type(older_than).__name__}")
-        if not math.isfinite(older_than):
-            raise ValueError(f"older_than must be a finite number of seconds, got {older_than}")
-        if older_than < self.stale_after:
-            raise ValueError(
-                f"older_than must be at least the store's stale_after ({self.stale_after:g} s), "
-                f"got {older_than:g} s: a younger upload may still be alive"
-            )
-        if not dry_run:
-            self._require_writable("collecting garbage")
-        cutoff = (time.time() if now is None else now) - older_than
-        self._retry_failed_drops()
-        found = self._find_garbage(cutoff)
-        if dry_run:
-            return GarbageReport(tuple(found), dry_run=True)
-        removed = tuple(item for item in found if self._remove_garbage(item, cutoff))
-        for item in removed:
-            logger.info("garbage collected %s", item)
-        return GarbageReport(removed, dry_run=False)
-
-    def _remove_garbage(self, item: GarbageItem, cutoff: float) -> bool:
-        """Delete one item found by :meth:`_find_garbage`; return whether it was removed.
-
-        A stale reservation is dropped first (only if still abandoned), so its payloads are
-        deleted only once no writer can commit them. Any other item counts as removed only if
-        something of it was still there to delete (a ``.partial`` file renamed into a
-        committed checkpoint since the scan was not).
-        """
-        if item.kind == STALE_RESERVATION:
-            if not self._drop_stale_reservation(item, cutoff):
-                return False
-            for location in item.payloads:
-                self._delete_payload(location)
-            return True
-        return any([self._delete_payload(location) for location in item.payloads])
-
-    @abstractmethod
-    def _find_garbage(self, cutoff: float) -> list[GarbageItem]:
-        """Scan payload storage, then the catalog (in that order, so a payload written during
-        the scan is seen with its reservation); return the garbage, given that heartbeats
-        older than ``cutoff`` (POSIX time) are stale. Deletes nothing."""
-
-    @abstractmethod
-    def _drop_stale_reservation(self, item: GarbageItem, cutoff: float) -> bool:
-        """Drop the upload claim ``(item.run, item.iteration, item.token)`` (a pending
-        reservation, or a replacement on a stored checkpoint) if it is still abandoned
-        (:func:`claim_abandoned` with ``cutoff``); return whether it was dropped."""
 
     # ---- backend primitives -----------------------------------------------------------------
 
