@@ -69,3 +69,24 @@ def test_open_store_resolves_the_environment_and_opens_read_only(tmp_path, monke
     store = open_store(read_only=True)
     with pytest.raises(dacapo_store.StoreNotFoundError):
         store.weights
+
+
+def test_check_health_reports_findings_without_creating_anything(tmp_path) -> None:
+    missing = tmp_path / "missing"
+    [finding] = open_store(missing).check_health()
+    assert (finding.level, finding.topic) == ("problem", "store") and not missing.exists()
+    with open_store(tmp_path / "store") as store:
+        _fill(store)
+        findings = store.check_health()
+    assert all(isinstance(finding, dacapo_store.Finding) for finding in findings)
+    assert {finding.topic: finding.level for finding in findings}["catalog"] == "ok"
+
+
+def test_an_sqlite_error_is_explained_with_the_catalog_it_came_from(tmp_path) -> None:
+    import sqlite3
+
+    (tmp_path / "catalog.sqlite3").mkdir()
+    store = open_store(tmp_path)
+    explained = store.explain_error(sqlite3.OperationalError("unable to open database file"), "unable to open")
+    assert explained == f"the store's catalog {tmp_path / 'catalog.sqlite3'} is a directory, not an SQLite database file"
+    assert store.explain_error(ValueError("x"), "x") == "x"
