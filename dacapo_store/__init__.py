@@ -18,11 +18,15 @@ from .errors import (
     StoreNotFoundError,
     WriteConcernFailedError,
 )
+from .health import Finding
 from .local import LocalStatsStore, LocalWeightsStore
 from .mongo import MongoStatsStore, MongoWeightsStore
 from .payload_memory import release_spare_memory
+from .payload_store import PayloadStore
 from .records import CheckpointInfo, PartInfo, RunTotals, TrainingIterationStats, ValidationScore, Weights
+from .run_configs import RunConfigConflictError, RunConfigNotFoundError, RunConfigStore
 from .stats_store import StatsStore
+from .store import Store, open_store
 from .weights_store import WeightsStore
 
 __all__ = [
@@ -35,6 +39,7 @@ __all__ = [
     "ConfigurationWarning",
     "CorruptCheckpointError",
     "DacapoStoreError",
+    "Finding",
     "LocalStatsStore",
     "LocalWeightsStore",
     "MongoStatsStore",
@@ -42,9 +47,14 @@ __all__ = [
     "NoScoreError",
     "NotAuthorizedError",
     "PartInfo",
+    "PayloadStore",
     "ReadOnlyStoreError",
+    "RunConfigConflictError",
+    "RunConfigNotFoundError",
+    "RunConfigStore",
     "RunTotals",
     "StatsStore",
+    "Store",
     "StoreConnectionError",
     "StoreNotFoundError",
     "TrainingIterationStats",
@@ -54,6 +64,7 @@ __all__ = [
     "WriteConcernFailedError",
     "create_stats_store",
     "create_weights_store",
+    "open_store",
     "release_spare_memory",
     "resolve_store",
 ]

@@ -97,11 +97,11 @@ def location_from_value(value: str, source: str, db_name: str | None = None) -> 
 
 
 def _database_in_uri(uri: str, source: str) -> str:
-    from pymongo.uri_parser import parse_uri
+    from .mongo.connection import database_named_in
 
     check_credentials(uri, f"store setting from {source}")
     try:
-        return parse_uri(uri, connect_timeout=None)["database"] or DEFAULT_DB_NAME
+        return database_named_in(uri) or DEFAULT_DB_NAME
     except Exception as error:  # pymongo raises several types for malformed URIs
         raise ConfigurationError(
             f"store setting from {source} is not a valid MongoDB URI ({redact_uri(uri)}): "
@@ -190,12 +190,13 @@ def resolve_store(store: str | os.PathLike | None = None, like_dacapo: bool = Fa
     return StoreLocation("local", str(default_local_dir()), DEFAULT_DB_NAME, "the default")
 
 
-def open_store(
+def _open_one(
     store: str | os.PathLike | StoreLocation | None, local: Callable[..., T], mongo: Callable[..., T], **options: Any
 ) -> T:
     """Resolve ``store`` (unless it is a resolved :class:`StoreLocation` already) and build
-    ``local(basedir, **options)`` or ``mongo(uri, db_name, **options)`` for it: how every kind
-    of store is opened. A MongoDB
+    ``local(basedir, **options)`` or ``mongo(uri, db_name, **options)`` for it: one view opened
+    on its own connection (:func:`dacapo_store.open_store` opens a location once for all its
+    views). A MongoDB
     store's collection prefix comes from ``$DACAPO_STORE_COLLECTION_PREFIX`` when set (and not
     given in ``options``).
 
@@ -217,7 +218,7 @@ def create_weights_store(store: str | os.PathLike | StoreLocation | None = None,
     Raises:
         ConfigurationError, StoreConnectionError, StoreNotFoundError (read-only, no store there).
     """
-    return open_store(store, LocalWeightsStore, MongoWeightsStore, **options)
+    return _open_one(store, LocalWeightsStore, MongoWeightsStore, **options)
 
 
 def create_stats_store(store: str | os.PathLike | StoreLocation | None = None, **options: Any) -> StatsStore:
@@ -227,4 +228,4 @@ def create_stats_store(store: str | os.PathLike | StoreLocation | None = None, *
     Raises:
         ConfigurationError, StoreConnectionError, StoreNotFoundError (read-only, no store there).
     """
-    return open_store(store, LocalStatsStore, MongoStatsStore, **options)
+    return _open_one(store, LocalStatsStore, MongoStatsStore, **options)

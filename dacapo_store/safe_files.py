@@ -23,6 +23,15 @@ _FILE_KINDS = (
 )
 
 
+def fsync_directory(path: str | os.PathLike) -> None:
+    """Make a rename or unlink in directory ``path`` durable (raises OSError)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def open_regular_file(path: str | os.PathLike, max_bytes: int | None = None) -> BinaryIO:
     """Open ``path`` for binary reading if it is a regular file of at most ``max_bytes``.
 

@@ -18,6 +18,7 @@ from .checks import (
     run_name_of,
 )
 from .records import TrainingIterationStats, ValidationScore, score_rank
+from .score_catalog import ScoreCatalog
 
 RunLike = Any
 
@@ -70,7 +71,13 @@ def score_from_row(row: Mapping[str, Any]) -> ValidationScore:
 
 
 class StatsStore(ABC):
-    """Stores per-iteration training statistics and validation scores of runs."""
+    """Stores per-iteration training statistics and validation scores of runs.
+
+    Subclasses implement the ``_``-prefixed primitives and set :attr:`score_catalog`.
+    """
+
+    score_catalog: ScoreCatalog
+    """The backend's best-score queries (shared with its weights store's ``retrieve_best``)."""
 
     def store_training_stats(self, run: RunLike, stats: Iterable[TrainingIterationStats]) -> None:
         """Store (insert or replace by iteration) training statistics of ``run``.
@@ -164,7 +171,7 @@ class StatsStore(ABC):
         Raises:
             NoScoreError: no non-NaN score (a ``ValueError`` and ``LookupError``).
         """
-        return self._best_score(
+        return self.score_catalog.best_score(
             run_name_of(run), dataset_name_of(dataset), check_name(criterion, "criterion")
         )
 
@@ -173,14 +180,11 @@ class StatsStore(ABC):
         run, dataset and criterion: one query over all runs, by the rule of
         :meth:`best_validation_score` (NaN never wins, ties go to the earliest iteration, then
         the smallest parameters); a triple with only NaN scores is absent."""
-        return self._all_best_scores()
+        return self.score_catalog.all_best_scores()
 
     @abstractmethod
     def list_runs(self) -> list[str]:
         """Return the names of runs with training stats or validation scores, sorted."""
-
-    @abstractmethod
-    def _all_best_scores(self) -> list[ValidationScore]: ...
 
     @abstractmethod
     def _put_training_stats(self, run: str, stats: list[TrainingIterationStats]) -> None: ...
@@ -202,9 +206,6 @@ class StatsStore(ABC):
 
     @abstractmethod
     def _delete_scores(self, run: str, after: int | None) -> int: ...
-
-    @abstractmethod
-    def _best_score(self, run: str, dataset: str, criterion: str) -> ValidationScore: ...
 
 
 def _after(after: int | None) -> int | None:

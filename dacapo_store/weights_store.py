@@ -26,34 +26,67 @@ the new checkpoint.
 from __future__ import annotations
 
 import logging
-import math
 import threading
-import time
-import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
-from dataclasses import dataclass, field
 from typing import Any
 
+from ._garbage import (
+    GARBAGE_KINDS,
+    GarbageCollection,
+    ORPHAN_CHUNKS,
+    ORPHAN_PAYLOAD,
+    PARTIAL_FILE,
+    STALE_RESERVATION,
+    GarbageItem,
+    GarbageReport,
+    StoredPayload,
+    classify_garbage,
+)
+from ._reservations import (
+    DEFAULT_STALE_AFTER,
+    PendingUpload,
+    Reservation,
+    claim_abandoned,
+    describe,
+    reservation_lost,
+)
 from .background import BackgroundUploads
 from .checks import check_iteration, check_name, dataset_name_of, run_name_of
 from .errors import (
     CheckpointChangedError,
     CheckpointNotFoundError,
     CorruptCheckpointError,
-    ReservationLostError,
     WriteConcernFailedError,
 )
 from .load_into import load_into
-from .owner import current_owner, owner_is_dead, upload_ended, upload_started
+from .owner import upload_ended
 from .records import PARTS, CheckpointInfo, PartInfo, RunTotals, Weights
+from .score_catalog import ScoreCatalog
 from .state_checks import check_loadable_weights
 
-logger = logging.getLogger(__name__)
+__all__ = [  # the contract, and the protocol's records that backends and tests import from here
+    "DEFAULT_STALE_AFTER",
+    "GARBAGE_KINDS",
+    "ORPHAN_CHUNKS",
+    "ORPHAN_PAYLOAD",
+    "PARTIAL_FILE",
+    "STALE_RESERVATION",
+    "GarbageItem",
+    "GarbageReport",
+    "PendingUpload",
+    "Reservation",
+    "RunLike",
+    "StoredPayload",
+    "WeightsStore",
+    "claim_abandoned",
+    "classify_garbage",
+    "describe",
+    "reservation_lost",
+]
 
-DEFAULT_STALE_AFTER = 600.0
-"""Seconds without a heartbeat after which a pending upload counts as abandoned."""
+logger = logging.getLogger(__name__)
 
 RunLike = Any
 """A run object (with ``.name``, ``.model``, ``.optimizer``) or, where only the name is needed, a name."""
@@ -64,160 +97,6 @@ READ_ATTEMPTS = 3
 raises CheckpointChangedError."""
 
 
-@dataclass
-class Reservation:
-    """A writer's claim on ``(run, iteration)``; ``payloads`` lists what it has written so far.
-
-    ``replaces`` is the stored checkpoint this upload replaces (``overwrite=True``), else
-    ``None``; ``owner`` is the writer's :func:`~dacapo_store.owner.current_owner` record.
-    """
-
-    run: str
-    iteration: int
-    token: str
-    payloads: list[str] = field(default_factory=list)
-    replaces: CheckpointInfo | None = None
-    owner: dict[str, Any] = field(default_factory=current_owner)
-
-    @classmethod
-    def new(cls, run: str, iteration: int) -> "Reservation":
-        """A reservation with a fresh token, recorded as an upload this process runs until
-        :func:`~dacapo_store.owner.upload_ended` (so that it is never judged abandoned while
-        this process may still write it)."""
-        reservation = cls(run, iteration, uuid.uuid4().hex)
-        upload_started(reservation.token)
-        return reservation
-
-
-def claim_abandoned(heartbeat: float, owner: Any, token: str, cutoff: float) -> bool:
-    """Whether an upload's claim may be taken over: its heartbeat is older than ``cutoff``
-    (POSIX time) or its owner is verifiably dead (:func:`~dacapo_store.owner.owner_is_dead`)."""
-    return heartbeat < cutoff or owner_is_dead(owner, token)
-
-
-STALE_RESERVATION = "stale-reservation"
-ORPHAN_PAYLOAD = "orphan-payload"
-PARTIAL_FILE = "partial-file"
-ORPHAN_CHUNKS = "orphan-chunks"
-GARBAGE_KINDS = (STALE_RESERVATION, ORPHAN_PAYLOAD, PARTIAL_FILE, ORPHAN_CHUNKS)
-"""What :meth:`WeightsStore.collect_garbage` reclaims: abandoned uploads (a pending reservation
-whose heartbeat is stale, with its payloads), payloads no catalog entry or live upload owns,
-local ``.partial`` files, and GridFS chunks whose files document is gone."""
-
-
-@dataclass(frozen=True)
-class GarbageItem:
-    """One thing garbage collection removes (or would remove).
-
-    ``kind`` is one of :data:`GARBAGE_KINDS`; ``payloads`` are the backend locations deleted
-    (GridFS file ids or payload file names); ``size`` their bytes. A stale reservation also
-    names its ``run``, ``iteration`` and ``token``.
-    """
-
-    kind: str
-    payloads: tuple[str, ...]
-    size: int
-    run: str | None = None
-    iteration: int | None = None
-    token: str | None = None
-
-    def __str__(self) -> str:
-        what = ", ".join(self.payloads) or "no payload"
-        if self.kind == STALE_RESERVATION:
-            return f"{self.kind}: {describe(self.run, self.iteration)} ({what}; {self.size} bytes)"
-        return f"{self.kind}: {what} ({self.size} bytes)"
-
-
-@dataclass(frozen=True)
-class GarbageReport:
-    """What :meth:`WeightsStore.collect_garbage` removed (or, with ``dry_run``, would remove)."""
-
-    items: tuple[GarbageItem, ...]
-    dry_run: bool
-
-    @property
-    def bytes_freed(self) -> int:
-        """Bytes of payload removed (or that would be removed)."""
-        return sum(item.size for item in self.items)
-
-
-@dataclass(frozen=True)
-class StoredPayload:
-    """A payload found in a backend's storage during garbage collection: its ``location``,
-    the ``token`` of the upload that wrote it (``None`` if unknown), its ``size`` in bytes, and
-    whether it was left ``unfinished`` (a local ``.partial`` file)."""
-
-    location: str
-    token: str | None
-    size: int
-    unfinished: bool = False
-
-
-@dataclass(frozen=True)
-class PendingUpload:
-    """An upload's claim in the catalog (a pending reservation, or a replacement of a stored
-    checkpoint): whose upload it is, when it last beat, and the writer who owns it."""
-
-    token: str
-    run: str
-    iteration: int
-    heartbeat: float
-    owner: Any = None
-
-    def abandoned(self, cutoff: float) -> bool:
-        """Whether the claim may be taken over (see :func:`claim_abandoned`)."""
-        return claim_abandoned(self.heartbeat, self.owner, self.token, cutoff)
-
-
-def classify_garbage(
-    payloads: Iterable[StoredPayload],
-    referenced: set[str],
-    pending: Iterable[PendingUpload],
-    cutoff: float,
-) -> list[GarbageItem]:
-    """Sort the payloads of a scan into garbage, the same way for every backend.
-
-    A payload is kept when a complete checkpoint references it or its upload is live (a
-    heartbeat at or after ``cutoff`` and an owner not known to be dead). An abandoned upload
-    becomes one STALE_RESERVATION item with all its payloads; any other payload is an
-    ORPHAN_PAYLOAD (or PARTIAL_FILE if unfinished).
-    """
-    pending = list(pending)
-    stale = {upload.token: upload for upload in pending if upload.abandoned(cutoff)}
-    live = {upload.token for upload in pending if upload.token not in stale}
-    owned: dict[str, list[StoredPayload]] = {token: [] for token in stale}
-    items = []
-    for payload in sorted(payloads, key=lambda payload: payload.location):
-        if payload.location in referenced or payload.token in live:
-            continue
-        if payload.token in owned:
-            owned[payload.token].append(payload)
-        else:
-            kind = PARTIAL_FILE if payload.unfinished else ORPHAN_PAYLOAD
-            items.append(GarbageItem(kind, (payload.location,), payload.size))
-    for token, upload in stale.items():
-        mine = owned[token]
-        items.append(
-            GarbageItem(
-                STALE_RESERVATION,
-                tuple(payload.location for payload in mine),
-                sum(payload.size for payload in mine),
-                upload.run,
-                upload.iteration,
-                token,
-            )
-        )
-    return items
-
-
-def reservation_lost(reservation: Reservation, when: str) -> ReservationLostError:
-    """The error of a writer whose reservation another writer took over (judged stale)."""
-    return ReservationLostError(
-        f"the upload of {describe(reservation.run, reservation.iteration)} was taken over by "
-        f"another writer (it was judged stale) {when}"
-    )
-
-
 def _changed_while_read(info: CheckpointInfo) -> CheckpointChangedError:
     """The error of a read that found ``info``'s checkpoint replaced at every attempt."""
     return CheckpointChangedError(
@@ -226,21 +105,20 @@ def _changed_while_read(info: CheckpointInfo) -> CheckpointChangedError:
     )
 
 
-def describe(run: str, iteration: int, part: str | None = None) -> str:
-    """Human-readable name of a checkpoint (or one of its parts) for error messages."""
-    where = f"checkpoint {iteration} of run {run!r}"
-    return f"{where} ({part} part)" if part else where
-
-
-class WeightsStore(ABC):
+class WeightsStore(GarbageCollection, ABC):
     """Stores checkpoints (model and optimizer state dicts) by run and iteration.
 
     Subclasses implement the storage primitives (the ``_``-prefixed abstract methods and the
-    one-query look-ups); the DaCapo methods are implemented here on top of them.
+    one-query look-ups) and set :attr:`score_catalog` (the backend's one place that answers
+    best-score queries, shared with its stats store); the DaCapo methods are implemented here
+    on top of them.
 
     Args:
         stale_after: seconds without a heartbeat after which a pending upload may be taken over.
     """
+
+    score_catalog: ScoreCatalog
+    """The backend's best-score queries (:meth:`retrieve_best` asks it)."""
 
     def __init__(self, stale_after: float = DEFAULT_STALE_AFTER) -> None:
         self.stale_after = stale_after
@@ -468,9 +346,9 @@ class WeightsStore(ABC):
             NoScoreError: no non-NaN score (a ``ValueError`` and ``LookupError``).
             TypeError / ValueError: bad names.
         """
-        return self._best_iteration(
+        return self.score_catalog.best_score(
             run_name_of(run), dataset_name_of(dataset), check_name(criterion, "criterion")
-        )
+        ).iteration
 
     def latest_iteration(self, run: RunLike) -> int | None:
         """Return the highest iteration with a complete checkpoint, or ``None``. One query."""
@@ -579,79 +457,6 @@ class WeightsStore(ABC):
     """Seconds without a heartbeat after which a pending upload may be taken over; also the
     smallest ``older_than`` garbage collection takes."""
 
-    def collect_garbage(
-        self, older_than: float = 3600.0, dry_run: bool = False, now: float | None = None
-    ) -> GarbageReport:
-        """Remove what no complete checkpoint and no live upload owns.
-
-        An upload is live while its pending reservation's heartbeat (or, for GridFS chunks
-        without a files document, its newest chunk) is younger than ``older_than`` seconds
-        before ``now`` (default: the current time). Removed: stale reservations with their
-        payloads, payloads that belong to no reservation and no complete checkpoint, and
-        (per backend) ``.partial`` files or orphaned GridFS chunks. Complete checkpoints and
-        live uploads are never touched; a reservation that shows a heartbeat after the scan
-        is kept.
-
-        ``older_than`` must be at least the store's ``stale_after``: a live upload's heartbeat
-        may be up to ``stale_after / 4`` seconds old, so a shorter horizon could take a slow
-        writer for a dead one.
-
-        Returns:
-            A :class:`GarbageReport` (with ``dry_run``: what would go; nothing is deleted).
-
-        Raises:
-            TypeError: ``older_than`` is not a number.
-            ValueError: ``older_than`` is not finite or is smaller than ``stale_after``.
-        """
-        if isinstance(older_than, bool) or not isinstance(older_than, (int, float)):
-            raise TypeError(f"older_than must be a number of seconds, got {type(older_than).__name__}")
-        if not math.isfinite(older_than):
-            raise ValueError(f"older_than must be a finite number of seconds, got {older_than}")
-        if older_than < self.stale_after:
-            raise ValueError(
-                f"older_than must be at least the store's stale_after ({self.stale_after:g} s), "
-                f"got {older_than:g} s: a younger upload may still be alive"
-            )
-        if not dry_run:
-            self._require_writable("collecting garbage")
-        cutoff = (time.time() if now is None else now) - older_than
-        self._retry_failed_drops()
-        found = self._find_garbage(cutoff)
-        if dry_run:
-            return GarbageReport(tuple(found), dry_run=True)
-        removed = tuple(item for item in found if self._remove_garbage(item, cutoff))
-        for item in removed:
-            logger.info("garbage collected %s", item)
-        return GarbageReport(removed, dry_run=False)
-
-    def _remove_garbage(self, item: GarbageItem, cutoff: float) -> bool:
-        """Delete one item found by :meth:`_find_garbage`; return whether it was removed.
-
-        A stale reservation is dropped first (only if still abandoned), so its payloads are
-        deleted only once no writer can commit them. Any other item counts as removed only if
-        something of it was still there to delete (a ``.partial`` file renamed into a
-        committed checkpoint since the scan was not).
-        """
-        if item.kind == STALE_RESERVATION:
-            if not self._drop_stale_reservation(item, cutoff):
-                return False
-            for location in item.payloads:
-                self._delete_payload(location)
-            return True
-        return any([self._delete_payload(location) for location in item.payloads])
-
-    @abstractmethod
-    def _find_garbage(self, cutoff: float) -> list[GarbageItem]:
-        """Scan payload storage, then the catalog (in that order, so a payload written during
-        the scan is seen with its reservation); return the garbage, given that heartbeats
-        older than ``cutoff`` (POSIX time) are stale. Deletes nothing."""
-
-    @abstractmethod
-    def _drop_stale_reservation(self, item: GarbageItem, cutoff: float) -> bool:
-        """Drop the upload claim ``(item.run, item.iteration, item.token)`` (a pending
-        reservation, or a replacement on a stored checkpoint) if it is still abandoned
-        (:func:`claim_abandoned` with ``cutoff``); return whether it was dropped."""
-
     # ---- backend primitives -----------------------------------------------------------------
 
     def _require_writable(self, action: str) -> None:
@@ -736,10 +541,6 @@ class WeightsStore(ABC):
     @abstractmethod
     def _latest_iteration(self, run: str) -> int | None:
         """One query: the highest complete iteration of ``run``."""
-
-    @abstractmethod
-    def _best_iteration(self, run: str, dataset: str, criterion: str) -> int:
-        """One query over the stored validation scores (see :meth:`retrieve_best`)."""
 
     def _clean_up_failed_write(self, reservation: Reservation) -> CheckpointInfo | None:
         """After a write failed: return the checkpoint if its commit reached the catalog anyway

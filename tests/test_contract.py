@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 from bson import ObjectId
 
+from dacapo_store import LocalStatsStore, LocalWeightsStore
 from dacapo_store.testing.contract import StoreContract
+from dacapo_store.testing.memory_payloads import MemoryPayloads
 
 from .conftest import open_stores, requires_mongodb
 
@@ -23,6 +25,21 @@ class TestLocalBackend(StoreContract):
     def flip_payload_byte(self, weights_store, location):
         path = weights_store.payload_path(location)
         path.write_bytes(flip_byte(path.read_bytes()))
+
+
+class TestLocalCatalogWithMemoryPayloads(StoreContract):
+    """The local SQLite catalog with the second payload store (in memory): a payload store is
+    one module that passes the whole contract."""
+
+    @pytest.fixture
+    def stores(self, tmp_path):
+        yield (
+            LocalWeightsStore(tmp_path / "store", payloads=MemoryPayloads()),
+            LocalStatsStore(tmp_path / "store"),
+        )
+
+    def flip_payload_byte(self, weights_store, location):
+        weights_store.payloads.blobs[location] = flip_byte(weights_store.payloads.blobs[location])
 
 
 class MongoPayloads:

@@ -147,11 +147,11 @@ def test_a_file_that_ends_early_while_read_is_corrupt(tmp_path) -> None:
 
 def test_a_store_syncs_each_payload_once_the_directory_once_and_commits_durably_once(tmp_path, monkeypatch) -> None:
     from benchmarks.workloads import sqlite_statement_spy
-    from dacapo_store.local import weights as local_weights
+    from dacapo_store.local import payloads as local_payloads
 
     store = LocalWeightsStore(tmp_path)
     store.put_weights("r", 1, Weights({"w": torch.ones(3)}, None))  # the connection and schema exist
-    synced, real_data_sync, real_fsync = [], local_weights._sync_data, os.fsync
+    synced, real_data_sync, real_fsync = [], local_payloads._sync_data, os.fsync
 
     def data_sync(fd):
         synced.append(("data", os.readlink(f"/proc/self/fd/{fd}")))
@@ -161,7 +161,7 @@ def test_a_store_syncs_each_payload_once_the_directory_once_and_commits_durably_
         synced.append(("full", os.readlink(f"/proc/self/fd/{fd}")))
         real_fsync(fd)
 
-    monkeypatch.setattr(local_weights, "_sync_data", data_sync)
+    monkeypatch.setattr(local_payloads, "_sync_data", data_sync)
     monkeypatch.setattr(os, "fsync", fsync)
     with sqlite_statement_spy(store.catalog) as statements:
         info = store.put_weights("r", 2, Weights({"w": torch.ones(3)}, {"state": {}, "param_groups": []}))

@@ -17,14 +17,14 @@ from ..integrations.dacapo_import import (
     CheckpointFile,
     FileStatsSource,
     ImportReport,
+    MongoDatabase,
     MongoStatsSource,
     dacapo_layout_source,
-    dacapo_mongo_from_options,
+    dacapo_mongo_location,
     find_checkpoints,
     import_dacapo_runs,
 )
-from ..mongo.connection import MongoDatabase
-from .ops_commands import (
+from ._shared import (
     CliError,
     echo_json,
     format_table,
@@ -91,18 +91,12 @@ def import_dacapo_command(
 
 def _dacapo_mongo(uri: str | None, db_name: str | None) -> MongoDatabase | None:
     """DaCapo's MongoDB: the given URI, else the one DaCapo's options file names, else none."""
-    if uri is None:
-        location = dacapo_mongo_from_options()
-        if location is None:
-            if db_name is not None:
-                raise click.UsageError("--dacapo-db needs --dacapo-mongo (or a dacapo.yaml with type: mongo)")
-            return None
-        uri, db_name = location.target, db_name or location.db_name
-    if db_name is None:
-        from ..config import resolve_store
-
-        db_name = resolve_store(uri).db_name
-    return MongoDatabase(uri, db_name)
+    located = dacapo_mongo_location(uri, db_name)
+    if located is None:
+        if db_name is not None:
+            raise click.UsageError("--dacapo-db needs --dacapo-mongo (or a dacapo.yaml with type: mongo)")
+        return None
+    return MongoDatabase(*located)
 
 
 def _print_report(report: ImportReport, sources: list[str], layouts_from: str) -> None:

@@ -22,8 +22,7 @@ from typing import Any
 import click
 import torch
 
-from ..config import create_stats_store, create_weights_store, resolve_store
-from ..experiments.config_store import RunConfigStore, create_run_config_store
+from ..config import resolve_store
 from ..experiments.demo import DEMO_ITERATIONS, DEMO_RUN_NAME, demo_run_config
 from ..experiments.registry import add_plugin_search_paths
 from ..experiments.report import best_report, format_report
@@ -32,9 +31,11 @@ from ..experiments.run_config import RunConfig
 from ..experiments.train import CheckpointProgress, train_run
 from ..experiments.validate import Evaluation, evaluate, resolve_device
 from ..maintenance.retention import RetentionPolicy
+from ..run_configs import RunConfigStore
 from ..stats_store import StatsStore
+from ..store import open_store
 from ..weights_store import WeightsStore
-from .ops_commands import CliError, reporting_errors, store_option
+from ._shared import CliError, reporting_errors, store_option
 from .ui_commands import dashboard_command_line
 
 INTERRUPTED_EXIT_CODE = 130
@@ -55,8 +56,10 @@ class ExperimentStores:
 
     @classmethod
     def open(cls, store: str | None) -> "ExperimentStores":
-        """Open the three stores (raises ConfigurationError, StoreConnectionError)."""
-        return cls(create_run_config_store(store), create_weights_store(store), create_stats_store(store))
+        """Open the three views of the store location, on its one connection (raises
+        ConfigurationError, StoreConnectionError)."""
+        opened = open_store(store)
+        return cls(opened.run_configs, opened.weights, opened.stats)
 
 
 def device_option(command: Callable[..., Any]) -> Callable[..., Any]:

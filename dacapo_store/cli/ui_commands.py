@@ -10,7 +10,7 @@ import click
 from ..config import resolve_store
 from ..uri import redact_uri
 from ..ui import UI_EXTRA_HINT
-from .ops_commands import CliError, reporting_errors, store_option
+from ._shared import CliError, reporting_errors, store_option
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765

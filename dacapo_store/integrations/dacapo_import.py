@@ -33,6 +33,7 @@ from typing import Any, Protocol
 from ..checks import check_iteration, check_name, parameters_key
 from ..config import StoreLocation, location_from_options_file, options_file_candidates
 from ..errors import CheckpointExistsError, CheckpointNotFoundError, DacapoStoreError
+from ..mongo.connection import MongoDatabase  # noqa: F401  (what DaCapo's MongoDB is opened with; see dacapo_mongo_location)
 from ..records import TrainingIterationStats
 from ..stats_store import StatsStore
 from ..uri import redact_text
@@ -183,6 +184,25 @@ def dacapo_mongo_from_options() -> StoreLocation | None:
             location = location_from_options_file(candidate)
             return location if location.kind == "mongo" else None
     return None
+
+
+def dacapo_mongo_location(uri: str | None, db_name: str | None) -> tuple[str, str] | None:
+    """Where DaCapo's MongoDB is, as ``(uri, database)`` for a
+    :class:`~dacapo_store.mongo.connection.MongoDatabase`: the given URI, else the one DaCapo's
+    options file names (see :func:`dacapo_mongo_from_options`), else ``None``. The database is
+    ``db_name``, else the URI's (or the options file's), else ``"dacapo"``.
+
+    Raises:
+        ConfigurationError: a malformed URI (password never shown) or options file.
+    """
+    from ..config import resolve_store
+
+    if uri is None:
+        location = dacapo_mongo_from_options()
+        if location is None:
+            return None
+        uri, db_name = location.target, db_name or location.db_name
+    return uri, db_name if db_name is not None else resolve_store(uri).db_name
 
 
 def dacapo_layout_source(

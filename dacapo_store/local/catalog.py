@@ -202,6 +202,13 @@ class Catalog:
         if not self._present and (read_only or self.network_filesystem is None):
             raise StoreNotFoundError(self.missing())
 
+    @classmethod
+    def of(cls, basedir: "str | os.PathLike | Catalog", read_only: bool = False) -> "Catalog":
+        """``basedir`` itself if it is a catalog already (shared by a
+        :class:`~dacapo_store.store.Store`'s views: one catalog per location), else a new one
+        (raises as the constructor)."""
+        return basedir if isinstance(basedir, Catalog) else cls(basedir, read_only)
+
     @property
     def read_only(self) -> bool:
         """Whether the catalog was opened read-only (asked for, an unwritable directory, or a

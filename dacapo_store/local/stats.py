@@ -7,7 +7,8 @@ import os
 
 from ..records import TrainingIterationStats, ValidationScore
 from ..stats_store import ScoreRow, StatsStore, score_from_row
-from .catalog import ALL_BEST_SCORES_SQL, BEST_SCORE_SQL, Catalog, no_score_error
+from .catalog import Catalog
+from .scores import LocalScoreCatalog
 
 
 def _nan_from_null(value: float | None) -> float:
@@ -22,8 +23,9 @@ class LocalStatsStore(StatsStore):
     """
 
     def __init__(self, basedir: str | os.PathLike, read_only: bool = False) -> None:
-        self.catalog = Catalog(basedir, read_only)
+        self.catalog = Catalog.of(basedir, read_only)
         self.basedir = self.catalog.basedir
+        self.score_catalog = LocalScoreCatalog(self.catalog)
 
     def __repr__(self) -> str:
         return f"LocalStatsStore({str(self.basedir)!r})"
@@ -82,12 +84,3 @@ class LocalStatsStore(StatsStore):
                 "DELETE FROM validation_scores WHERE run = ? AND iteration > ?",
                 (run, -1 if after is None else after),
             ).rowcount
-
-    def _best_score(self, run: str, dataset: str, criterion: str) -> ValidationScore:
-        rows = self.catalog.query(BEST_SCORE_SQL, (run, dataset, criterion))
-        if not rows:
-            raise no_score_error(self.catalog, run, dataset, criterion)
-        return score_from_row(rows[0])
-
-    def _all_best_scores(self) -> list[ValidationScore]:
-        return [score_from_row(row) for row in self.catalog.query(ALL_BEST_SCORES_SQL)]

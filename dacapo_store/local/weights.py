@@ -15,6 +15,8 @@ from typing import Any
 from ..checks import run_name_of
 from ..errors import CheckpointExistsError, CheckpointNotFoundError, CorruptCheckpointError
 from ..records import CheckpointInfo, PartInfo, RunTotals
+from .. import payload_store
+from ..payload_store import PayloadStore
 from ..serialization import serialize_state
 from ..weights_store import (
     DEFAULT_STALE_AFTER,
@@ -28,16 +30,16 @@ from ..weights_store import (
     describe,
     reservation_lost,
 )
-from .payload_file import load_payload_file, map_payload_file, verify_payload_file
-from .writeback import WritebackFile
-from .catalog import BEST_SCORE_SQL, RUN_TOTALS_SQL, Catalog, checkpoint_from_row, no_score_error, parts_to_json
+from .payloads import FilePayloads
+from .catalog import RUN_TOTALS_SQL, Catalog, checkpoint_from_row, parts_to_json
+from .scores import LocalScoreCatalog
 
 logger = logging.getLogger(__name__)
 
 WRITE_SLICE_BYTES = 1024 * 1024
 """Payload bytes written (then hashed, while still in the CPU cache) at a time."""
 PAYLOAD_DIRNAME = "payloads"
-PARTIAL_SUFFIX = ".partial"
+PARTIAL_SUFFIX = payload_store.PARTIAL_SUFFIX
 PAYLOAD_NAME = re.compile(r"^(?P<token>[0-9a-f]{32})\.[a-z]+\.pt(?:\.partial)?$")
 """Names this store gives payload files (``<token>.<part>.pt``, ``.partial`` while written);
 garbage collection never touches any other file."""
@@ -45,19 +47,6 @@ PAYLOAD_LOCATION = re.compile(r"^[0-9a-f]{32}\.[a-z]+\.pt$")
 """The locations the catalog may record: a finished payload's file name, nothing else (no
 directory part, no ``..``): a tampered catalog cannot make the store read or delete a file
 outside ``payloads/``."""
-
-
-_sync_data = getattr(os, "fdatasync", os.fsync)
-"""Syncs a file's data and the metadata needed to read it back (its size), not its times."""
-
-
-def fsync_directory(path: Path) -> None:
-    """Make a rename or unlink in ``path`` durable."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class LocalWeightsStore(WeightsStore):
@@ -78,18 +67,28 @@ class LocalWeightsStore(WeightsStore):
         read_only: open for reading only (SQLite ``mode=ro``); writes raise ReadOnlyStoreError.
             A directory this process may not write (a read-only mount, no write permission) is
             opened read-only anyway, and serves every read.
+        payloads: where the payloads live (default: files under ``basedir/payloads``); the
+            catalog stays in ``basedir``.
 
     Raises:
         StoreNotFoundError: opened read-only and there is no store at ``basedir``.
     """
 
     def __init__(
-        self, basedir: str | os.PathLike, stale_after: float = DEFAULT_STALE_AFTER, read_only: bool = False
+        self,
+        basedir: str | os.PathLike,
+        stale_after: float = DEFAULT_STALE_AFTER,
+        read_only: bool = False,
+        payloads: PayloadStore | None = None,
     ) -> None:
         super().__init__(stale_after)
-        self.catalog = Catalog(basedir, read_only)
+        self.catalog = Catalog.of(basedir, read_only)
         self.basedir = self.catalog.basedir
+        self.score_catalog = LocalScoreCatalog(self.catalog)
         self.payload_dir = self.basedir / PAYLOAD_DIRNAME
+        self.payloads = payloads if payloads is not None else FilePayloads(self.payload_dir)
+        """Where the payloads live (files in :attr:`payload_dir` unless another
+        :class:`~dacapo_store.payload_store.PayloadStore` is given)."""
 
     def __repr__(self) -> str:
         return f"LocalWeightsStore({str(self.basedir)!r})"
@@ -118,18 +117,24 @@ class LocalWeightsStore(WeightsStore):
         ]
 
     def payload_path(self, location: str, where: str = "a checkpoint") -> Path:
-        """The file that holds the payload at ``location`` (of ``where``, for messages).
+        """The file that holds the payload at ``location`` (of ``where``, for messages), where
+        payloads are files.
 
         Raises:
             CorruptCheckpointError: ``location`` is not a payload file name this store gives
                 (see :data:`PAYLOAD_LOCATION`).
         """
+        return self.payload_dir / self._checked_location(location, where)
+
+    def _checked_location(self, location: str, where: str) -> str:
+        """``location`` if the catalog may record it (see :data:`PAYLOAD_LOCATION`), else
+        CorruptCheckpointError."""
         if not isinstance(location, str) or not PAYLOAD_LOCATION.match(location):
             raise CorruptCheckpointError(
                 f"{where}: the catalog records an invalid payload location {location!r} (not a "
                 f"payload file name inside {self.payload_dir})"
             )
-        return self.payload_dir / location
+        return location
 
     def _reserve(self, reservation: Reservation, replace: bool) -> None:
         now = time.time()
@@ -192,37 +197,26 @@ class LocalWeightsStore(WeightsStore):
 
     def _write_part(self, reservation: Reservation, part: str, state: Any) -> PartInfo:
         location = f"{reservation.token}.{part}.pt"
-        final = self.payload_dir / location
-        partial = final.with_name(final.name + PARTIAL_SUFFIX)
         reservation.payloads.append(location)
-        self.payload_dir.mkdir(exist_ok=True)  # the reservation created the store
-        try:
-            with open(partial, "wb") as file:
-                info = serialize_state(
-                    state,
-                    WritebackFile(file).write,
-                    location,
-                    heartbeat=lambda: self._heartbeat(reservation),
-                    heartbeat_every=self.heartbeat_every,
-                    slice_bytes=WRITE_SLICE_BYTES,
-                )
-            os.replace(partial, final)  # made durable by _sync_payloads before the commit
-        except BaseException:
-            partial.unlink(missing_ok=True)
-            raise
-        return info
+        return self.payloads.write(
+            location,
+            lambda write: serialize_state(
+                state,
+                write,
+                location,
+                heartbeat=lambda: self._heartbeat(reservation),
+                heartbeat_every=self.heartbeat_every,
+                slice_bytes=WRITE_SLICE_BYTES,
+            ),
+        )
 
     def _sync_payloads(self, reservation: Reservation) -> None:
-        """Make the reservation's payload files durable: one data sync per file, then one sync of
-        the payload directory (their renames). Syncing here, just before the commit, rather than
-        after each part lets the disk write one part while the next is serialized."""
-        for location in reservation.payloads:
-            fd = os.open(self.payload_path(location), os.O_RDONLY)
-            try:
-                _sync_data(fd)
-            finally:
-                os.close(fd)
-        fsync_directory(self.payload_dir)
+        """Make the reservation's payloads durable (for files: one data sync per file, then one
+        sync of the payload directory). Syncing here, just before the commit, rather than after
+        each part lets the disk write one part while the next is serialized."""
+        self.payloads.make_durable(
+            [self._checked_location(location, "a new checkpoint") for location in reservation.payloads]
+        )
 
     def _commit(self, reservation: Reservation, parts: Mapping[str, PartInfo]) -> CheckpointInfo:
         self._sync_payloads(reservation)
@@ -257,9 +251,7 @@ class LocalWeightsStore(WeightsStore):
 
     def _abandon(self, reservation: Reservation) -> None:
         for location in reservation.payloads:
-            final = self.payload_dir / location
-            final.with_name(final.name + PARTIAL_SUFFIX).unlink(missing_ok=True)
-            final.unlink(missing_ok=True)
+            self.payloads.discard(location)
         with self.catalog.transaction(durable=False) as db:
             _drop_claim(db, reservation.run, reservation.iteration, reservation.token)
 
@@ -280,17 +272,20 @@ class LocalWeightsStore(WeightsStore):
     def _load_part(self, info: CheckpointInfo, part: str, map_location: Any, mmap: bool = False) -> Any:
         expected = info.parts[part]
         where = describe(info.run, info.iteration, part)
-        return load_payload_file(self.payload_path(expected.location, where), expected, map_location, where, mmap)
+        self._checked_location(expected.location, where)
+        return self.payloads.load(expected, map_location, where, mmap)
 
     def _load_part_to_copy(self, info: CheckpointInfo, part: str) -> Any:
         expected = info.parts[part]
         where = describe(info.run, info.iteration, part)
-        return map_payload_file(self.payload_path(expected.location, where), expected, where)
+        self._checked_location(expected.location, where)
+        return self.payloads.load_to_copy(expected, where)
 
     def _verify_part(self, info: CheckpointInfo, part: str) -> None:
         expected = info.parts[part]
         where = describe(info.run, info.iteration, part)
-        verify_payload_file(self.payload_path(expected.location, where), expected, where)
+        self._checked_location(expected.location, where)
+        self.payloads.verify(expected, where)
 
     def _unlist(self, run: str, iteration: int) -> CheckpointInfo | None:
         with self.catalog.transaction() as db:
@@ -319,11 +314,7 @@ class LocalWeightsStore(WeightsStore):
         self.catalog.require_writable(f"deleting payload {location}")
         if not isinstance(location, str) or not PAYLOAD_NAME.match(location):
             raise CorruptCheckpointError(f"refusing to delete {location!r}: not a payload file name")
-        try:
-            (self.payload_dir / location).unlink()
-        except FileNotFoundError:
-            return False
-        return True
+        return self.payloads.delete(location)
 
     def _latest_iteration(self, run: str) -> int | None:
         rows = self.catalog.query(
@@ -332,12 +323,6 @@ class LocalWeightsStore(WeightsStore):
             (run,),
         )
         return rows[0]["iteration"] if rows else None
-
-    def _best_iteration(self, run: str, dataset: str, criterion: str) -> int:
-        rows = self.catalog.query(BEST_SCORE_SQL, (run, dataset, criterion))
-        if not rows:
-            raise no_score_error(self.catalog, run, dataset, criterion)
-        return rows[0]["iteration"]
 
     def _find_garbage(self, cutoff: float) -> list[GarbageItem]:
         files = self._payload_files()
@@ -354,17 +339,9 @@ class LocalWeightsStore(WeightsStore):
         return classify_garbage(payloads, referenced, claims, cutoff)
 
     def _payload_files(self) -> dict[str, int]:
-        """Name -> size of every payload file (finished or ``.partial``) in the payload directory."""
-        files = {}
-        if not self.payload_dir.is_dir():  # a read-only store that never held a checkpoint
-            return files
-        for entry in os.scandir(self.payload_dir):
-            if PAYLOAD_NAME.match(entry.name):
-                try:
-                    files[entry.name] = entry.stat().st_size
-                except FileNotFoundError:  # deleted since the listing
-                    pass
-        return files
+        """Name -> size of every payload (finished or ``.partial``) named as this store names
+        them (:data:`PAYLOAD_NAME`; garbage collection never touches anything else)."""
+        return {name: size for name, size in self.payloads.list().items() if PAYLOAD_NAME.match(name)}
 
     def _drop_stale_reservation(self, item: GarbageItem, cutoff: float) -> bool:
         with self.catalog.transaction() as db:

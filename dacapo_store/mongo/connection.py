@@ -158,6 +158,15 @@ def unreachable_cause(message: str) -> str:
     return f"{cause} (waited {float(waited.group(1)):g} s)" if waited else cause
 
 
+def database_named_in(uri: str) -> str | None:
+    """The database a MongoDB URI names (``mongodb://host/labdb``), ``None`` if none.
+
+    Raises:
+        pymongo's errors (several types) or ValueError: a malformed URI.
+    """
+    return parse_uri(uri, connect_timeout=None)["database"]
+
+
 class MongoDatabase:
     """One database of a MongoDB deployment, as the stores use it.
 
@@ -217,6 +226,30 @@ class MongoDatabase:
         self.read_only = read_only
         self.retry = retry if retry is not None else RetryPolicy()
         self.db = self.client.get_database(self.db_name, write_concern=write_concern)
+
+    @classmethod
+    def of(
+        cls,
+        db_host: Any,
+        db_name: str | None = None,
+        write_concern: WriteConcern | None = None,
+        read_only: bool = False,
+        retry: RetryPolicy | None = None,
+        collection_prefix: str = DEFAULT_COLLECTION_PREFIX,
+    ) -> "MongoDatabase":
+        """``db_host`` itself if it is a :class:`MongoDatabase` already (shared by a
+        :class:`~dacapo_store.store.Store`'s views: one client per location; the other
+        arguments are then the database's), else a new one (args and raises as the
+        constructor)."""
+        if isinstance(db_host, MongoDatabase):
+            return db_host
+        return cls(db_host, db_name, write_concern, read_only, retry, collection_prefix)
+
+    def close(self) -> None:
+        """Close the client if this database opened it (from a URI); a client passed in
+        belongs to its caller."""
+        if self.uri:
+            self.client.close()
 
     def _connect(self, uri: str) -> tuple[Any, str | None]:
         """A client for ``uri`` and the URI's database (``None`` if it names none)."""

@@ -7,7 +7,10 @@ from typing import Any
 from pymongo import ASCENDING, DESCENDING
 
 from ..errors import NoScoreError
-from ..stats_store import ScoreRow
+from ..records import ValidationScore
+from ..score_catalog import ScoreCatalog
+from ..stats_store import ScoreRow, score_from_row
+from .connection import MongoDatabase
 
 SCORES_COLLECTION = "validation_scores"
 
@@ -81,3 +84,23 @@ first of each triple kept."""
 def find_all_best_scores(collection: Any) -> list[dict[str, Any]]:
     """Return the best score document of every (run, dataset, criterion), sorted by them."""
     return list(collection.aggregate(ALL_BEST_SCORES_PIPELINE))
+
+
+class MongoScoreCatalog(ScoreCatalog):
+    """The validation scores collection ``scores`` (``<prefix>validation_scores``) of
+    ``database`` (reads retried as every read of the database)."""
+
+    def __init__(self, database: MongoDatabase, scores: Any) -> None:
+        self.database = database
+        self.scores = scores
+
+    def best_score(self, run: str, dataset: str, criterion: str) -> ValidationScore:
+        return score_from_row(
+            self.database.read(
+                f"finding the best score of run {run!r}", lambda: find_best_score(self.scores, run, dataset, criterion)
+            )
+        )
+
+    def all_best_scores(self) -> list[ValidationScore]:
+        documents = self.database.read("finding the best scores of every run", lambda: find_all_best_scores(self.scores))
+        return [score_from_row(document) for document in documents]

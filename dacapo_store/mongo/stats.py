@@ -16,8 +16,7 @@ from .scores import (
     SCORE_INDEXES,
     SCORE_KEY_FIELDS,
     SCORES_COLLECTION,
-    find_all_best_scores,
-    find_best_score,
+    MongoScoreCatalog,
     score_document,
 )
 
@@ -69,11 +68,16 @@ class MongoStatsStore(StatsStore):
         retry: RetryPolicy | None = None,
         collection_prefix: str = DEFAULT_COLLECTION_PREFIX,
     ) -> None:
-        self.database = MongoDatabase(db_host, db_name, write_concern, read_only, retry, collection_prefix)
+        self.database = MongoDatabase.of(db_host, db_name, write_concern, read_only, retry, collection_prefix)
         self.training_stats = self.database.collection(TRAINING_STATS_COLLECTION)
         self.scores = self.database.collection(SCORES_COLLECTION)
         self.database.ensure_indexes(self.training_stats, TRAINING_STATS_INDEXES)
         self.database.ensure_indexes(self.scores, SCORE_INDEXES)
+
+    @property
+    def score_catalog(self) -> MongoScoreCatalog:
+        """The best-score queries on :attr:`scores` (one place for weights and stats)."""
+        return MongoScoreCatalog(self.database, self.scores)
 
     def __repr__(self) -> str:
         return f"MongoStatsStore({self.database.display!r}, db_name={self.database.db_name!r})"
@@ -130,17 +134,6 @@ class MongoStatsStore(StatsStore):
             f"deleting validation scores of run {run!r}",
             lambda: self.scores.delete_many(_run_after(run, after)).deleted_count,
         )
-
-    def _best_score(self, run: str, dataset: str, criterion: str) -> ValidationScore:
-        return score_from_row(
-            self.database.read(
-                f"finding the best score of run {run!r}", lambda: find_best_score(self.scores, run, dataset, criterion)
-            )
-        )
-
-    def _all_best_scores(self) -> list[ValidationScore]:
-        documents = self.database.read("finding the best scores of every run", lambda: find_all_best_scores(self.scores))
-        return [score_from_row(document) for document in documents]
 
 
 def _run_after(run: str, after: int | None) -> dict[str, Any]:

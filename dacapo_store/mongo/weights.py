@@ -24,7 +24,6 @@ undo fails too, the call still fails (``commit_may_survive``), and nothing is de
 from __future__ import annotations
 
 import logging
-import math
 import time
 import uuid
 from collections.abc import Mapping
@@ -52,20 +51,16 @@ from ..serialization import (
 )
 from ..weights_store import (
     DEFAULT_STALE_AFTER,
-    ORPHAN_CHUNKS,
-    GarbageItem,
     Reservation,
     WeightsStore,
-    PendingUpload,
-    StoredPayload,
-    classify_garbage,
     describe,
     reservation_lost,
 )
+from ._garbage import MongoGarbageCollection, claim_of
 from .chunk_reader import checked_chunks
 from .connection import DEFAULT_COLLECTION_PREFIX, MongoDatabase
 from .retry import RetryPolicy
-from .scores import SCORE_INDEXES, SCORES_COLLECTION, find_best_score
+from .scores import SCORE_INDEXES, SCORES_COLLECTION, MongoScoreCatalog
 
 logger = logging.getLogger(__name__)
 
@@ -160,7 +155,7 @@ def checkpoint_from_document(document: Mapping[str, Any]) -> CheckpointInfo:
     )
 
 
-class MongoWeightsStore(WeightsStore):
+class MongoWeightsStore(MongoGarbageCollection, WeightsStore):
     """Checkpoints in GridFS (bucket ``<prefix>weights``), catalogued in the
     ``<prefix>checkpoints`` collection (prefix ``dacapo_store.`` by default).
 
@@ -202,14 +197,14 @@ class MongoWeightsStore(WeightsStore):
         retry: RetryPolicy | None = None,
     ) -> None:
         super().__init__(stale_after)
-        self.database = MongoDatabase(db_host, db_name, write_concern, read_only, retry, collection_prefix)
+        self.database = MongoDatabase.of(db_host, db_name, write_concern, read_only, retry, collection_prefix)
         self.checkpoints = self.database.collection(CHECKPOINTS_COLLECTION)
         self.catalog_primary = self.database.primary(self.checkpoints)
         """The catalog read from the primary: the write protocol's reads must see its writes."""
         self.scores = self.database.collection(SCORES_COLLECTION)
         self.bucket = gridfs.GridFSBucket(
             self.database.db,
-            collection_prefix + BUCKET_NAME,
+            self.database.collection_prefix + BUCKET_NAME,
             chunk_size_bytes=chunk_size_bytes,
             write_concern=self.database.write_concern,
         )
@@ -223,6 +218,11 @@ class MongoWeightsStore(WeightsStore):
         """The payloads read where the URI's read preference sends reads (maybe a secondary)."""
         self.database.ensure_indexes(self.checkpoints, CHECKPOINT_INDEXES)
         self.database.ensure_indexes(self.scores, SCORE_INDEXES)
+
+    @property
+    def score_catalog(self) -> MongoScoreCatalog:
+        """The best-score queries on :attr:`scores` (one place for weights and stats)."""
+        return MongoScoreCatalog(self.database, self.scores)
 
     def __repr__(self) -> str:
         return f"MongoWeightsStore({self.database.display!r}, db_name={self.database.db_name!r})"
@@ -289,7 +289,7 @@ class MongoWeightsStore(WeightsStore):
                     reservation.replaces = checkpoint_from_document(existing)
                     return
                 continue
-            if not _claim_of(existing).abandoned(now - self.stale_after):
+            if not claim_of(existing).abandoned(now - self.stale_after):
                 raise CheckpointExistsError(f"{describe(run, iteration)} is being stored by another writer")
             dropped = self.checkpoints.delete_one(
                 {"_id": existing["_id"], "token": existing["token"], "state": "pending"}
@@ -309,7 +309,7 @@ class MongoWeightsStore(WeightsStore):
         where = describe(existing["run"], existing["iteration"])
         held = existing.get("replacement")
         if held is not None:
-            if not _claim_of(existing).abandoned(now - self.stale_after):
+            if not claim_of(existing).abandoned(now - self.stale_after):
                 raise CheckpointExistsError(f"{where} is being replaced by another writer")
         result = self.checkpoints.update_one(
             {
@@ -586,7 +586,7 @@ class MongoWeightsStore(WeightsStore):
                 "_id": document["_id"], "token": document["token"], "state": "complete",
                 "replacement.token": replacement["token"] if replacement is not None else {"$exists": False},
             }
-            live = replacement is not None and not _claim_of(document).abandoned(time.time() - self.stale_after)
+            live = replacement is not None and not claim_of(document).abandoned(time.time() - self.stale_after)
             attempts = []
 
             def delete() -> bool:
@@ -633,99 +633,3 @@ class MongoWeightsStore(WeightsStore):
             ),
         )
         return None if document is None else document["iteration"]
-
-    def _best_iteration(self, run: str, dataset: str, criterion: str) -> int:
-        return self.database.read(
-            f"finding the best score of run {run!r}",
-            lambda: find_best_score(self.scores, run, dataset, criterion)["iteration"],
-        )
-
-    def _find_garbage(self, cutoff: float) -> list[GarbageItem]:
-        return self.database.read("scanning for garbage", lambda: self._find_garbage_once(cutoff))
-
-    def _find_garbage_once(self, cutoff: float) -> list[GarbageItem]:
-        """Everything from the primary: a lagging secondary would show live payloads as
-        unreferenced, or chunks whose files document it lacks yet as orphans."""
-        files_collection, chunks = self.payloads_primary.files, self.payloads_primary.chunks
-        files = {
-            document["_id"]: document
-            for document in files_collection.find({}, projection={"length": True, "metadata.token": True})
-            if isinstance(document["_id"], ObjectId)
-        }
-        chunked = {fid for fid in chunks.distinct("files_id") if isinstance(fid, ObjectId)}
-        catalog = list(self.catalog_primary.find({}, projection={"_id": False}))
-        items = self._orphan_chunks(chunks, sorted(chunked - files.keys()), cutoff)
-        referenced = {
-            part["location"] for entry in catalog if entry["state"] == "complete"
-            for part in entry["parts"].values()
-        }
-        pending = [_claim_of(entry) for entry in catalog if entry["state"] == "pending" or "replacement" in entry]
-        payloads = [
-            StoredPayload(
-                str(file_id), (document.get("metadata") or {}).get("token"), document.get("length", 0)
-            )
-            for file_id, document in files.items()
-        ]
-        return items + classify_garbage(payloads, referenced, pending, cutoff)
-
-    @staticmethod
-    def _orphan_chunks(chunks: Any, file_ids: list[ObjectId], cutoff: float) -> list[GarbageItem]:
-        """Chunks of ``file_ids`` (which have no files document), one item per file id, for
-        those whose newest chunk was written before ``cutoff`` (an upload in progress keeps
-        writing chunks, each with a fresh ObjectId)."""
-        items = []
-        for file_id in file_ids:
-            size, newest = 0, 0.0
-            for chunk in chunks.find({"files_id": file_id}, projection={"data": True}):
-                size += len(chunk["data"])
-                written = chunk["_id"]  # not an ObjectId: its age is unknown, keep it
-                age = written.generation_time.timestamp() if isinstance(written, ObjectId) else math.inf
-                newest = max(newest, age)
-            if newest < cutoff:
-                items.append(GarbageItem(ORPHAN_CHUNKS, (str(file_id),), size))
-        return items
-
-    def _remove_garbage(self, item: GarbageItem, cutoff: float) -> bool:
-        """Orphan chunks go through :meth:`_remove_orphan_chunks`; the rest as every backend."""
-        if item.kind == ORPHAN_CHUNKS:
-            return self._remove_orphan_chunks(ObjectId(item.payloads[0]))
-        return super()._remove_garbage(item, cutoff)
-
-    def _remove_orphan_chunks(self, file_id: ObjectId) -> bool:
-        """Delete the chunks of ``file_id`` unless its files document exists by now (the scan
-        reads files, then chunks: an upload that closed in between looked orphaned). Deletes
-        chunks only, never a files document; returns whether any chunk was deleted. The check
-        reads the primary."""
-        files, chunks = self.payloads_primary.files, self.bucket_chunks
-
-        def remove() -> bool:
-            if files.find_one({"_id": file_id}, projection={"_id": True}) is not None:
-                return False
-            return chunks.delete_many({"files_id": file_id}).deleted_count > 0
-
-        return self.database.write(f"removing the orphan chunks of {file_id}", remove)
-
-    def _drop_stale_reservation(self, item: GarbageItem, cutoff: float) -> bool:
-        entry = self.database.read(
-            f"looking up the reservation of {describe(item.run, item.iteration)}",
-            lambda: self.catalog_primary.find_one(
-                {
-                    "run": item.run,
-                    "iteration": item.iteration,
-                    "$or": [{"token": item.token, "state": "pending"}, {"replacement.token": item.token}],
-                }
-            ),
-        )
-        if entry is None:
-            return False
-        claim = _claim_of(entry)
-        if claim.token != item.token or not claim.abandoned(cutoff):
-            return False
-        return self._drop_claim(item.run, item.iteration, item.token, heartbeat=claim.heartbeat)
-
-
-def _claim_of(entry: Mapping[str, Any]) -> PendingUpload:
-    """The upload claim of a catalog document: its pending reservation, or the replacement
-    claim on a stored checkpoint."""
-    claim = entry if entry["state"] == "pending" else entry["replacement"]
-    return PendingUpload(claim["token"], entry["run"], entry["iteration"], claim["heartbeat"], claim.get("owner"))
