@@ -16,12 +16,13 @@ from typing import Any
 import numpy as np
 
 from ..checks import check_name
-from ..config import create_stats_store, create_weights_store, resolve_store
-from ..experiments.config_store import RunConfigNotFoundError, RunConfigStore, create_run_config_store
+from ..config import resolve_store
+from ..experiments.config_store import RunConfigNotFoundError, RunConfigStore
 from ..maintenance.ranking import best_scores
 from ..maintenance.retention import RetentionPolicy, protected_iterations
 from ..records import TrainingIterationStats, ValidationScore
 from ..stats_store import StatsStore
+from ..store import open_store
 from ..uri import redact_uri
 from ..weights_store import WeightsStore
 from .commands import best_command, export_command, load_snippet
@@ -233,18 +234,14 @@ def score_pairs(stores: DashboardStores) -> list[tuple[str, str]]:
 
 
 def open_dashboard_stores(store: str | None) -> DashboardStores:
-    """Open the stores that ``store`` (or the environment) designates, read-only (a MongoDB
-    ``read`` role suffices; read-only media work), labelled by their directory or their URI
-    with its password replaced by ``***``.
+    """Open the store that ``store`` (or the environment) designates, read-only (a MongoDB
+    ``read`` role suffices; read-only media work), over one connection, labelled by its
+    directory or its URI with its password replaced by ``***``.
 
     Raises:
         ConfigurationError, StoreConnectionError, StoreNotFoundError (no store there).
     """
     location = resolve_store(store)
     label = redact_uri(location.target) if location.kind == "mongo" else location.target
-    return DashboardStores(
-        weights=create_weights_store(store, read_only=True),
-        stats=create_stats_store(store, read_only=True),
-        configs=create_run_config_store(store, read_only=True),
-        label=label,
-    )
+    opened = open_store(location, read_only=True)
+    return DashboardStores(weights=opened.weights, stats=opened.stats, configs=opened.run_configs, label=label)

@@ -7,10 +7,13 @@ from __future__ import annotations
 import shlex
 import sys
 
+import pymongo
 import pytest
+import torch
 from click.testing import CliRunner
 
-from dacapo_store import LocalWeightsStore
+from dacapo_store import LocalWeightsStore, ReadOnlyStoreError, TrainingIterationStats, Weights
+from dacapo_store.testing.mongomock_support import mongomock_client
 from dacapo_store.cli import main
 from dacapo_store.cli.ui_commands import dashboard_command_line
 
@@ -84,21 +87,23 @@ def test_a_missing_store_is_one_error_line_and_nothing_is_created(tmp_path, serv
     assert not (tmp_path / "none").exists()
 
 
-def test_the_stores_open_read_only_and_the_label_hides_the_password(monkeypatch) -> None:
-    opened = {}
+def test_the_stores_open_read_only_over_one_client_and_the_label_hides_the_password(monkeypatch) -> None:
+    clients, server = [], mongomock_client()
 
-    def recording(kind):
-        def create(store, **options):
-            opened[kind] = (store, options)
-            return kind
+    def client(uri, **options):
+        clients.append(uri)
+        return server
 
-        return create
-
-    for name in ("create_weights_store", "create_stats_store", "create_run_config_store"):
-        monkeypatch.setattr(queries, name, recording(name))
+    monkeypatch.setattr(pymongo, "MongoClient", client)
     stores = queries.open_dashboard_stores(PASSWORD_URI)
     assert stores.label == "mongodb://lab:***@db.example:27017/lab"
-    assert all(options == {"read_only": True} for _, options in opened.values()) and len(opened) == 3
+    assert clients == [PASSWORD_URI]
+    with pytest.raises(ReadOnlyStoreError):
+        stores.weights.put_weights("r", 1, Weights({"w": torch.ones(1)}, None))
+    with pytest.raises(ReadOnlyStoreError):
+        stores.stats.store_training_stats("r", [TrainingIterationStats(1, 0.5, 0.1)])
+    with pytest.raises(ReadOnlyStoreError):
+        stores.configs.store_run_config({"name": "r"})
 
 
 def test_the_dashboard_command_names_the_store_exactly_but_never_its_password(tmp_path) -> None:
