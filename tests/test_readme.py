@@ -81,9 +81,9 @@ def test_the_slow_marker_is_registered() -> None:
     assert re.search(r'^\s*"slow: ', markers, re.MULTILINE)
 
 
-def test_the_readme_shows_one_screenshot_and_links_only_to_files_that_exist() -> None:
+def test_the_readme_shows_each_dashboard_page_and_links_only_to_files_that_exist() -> None:
     text = README.read_text()
-    assert re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text) == ["docs/ui-runs.png"]
+    assert re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text) == ["docs/ui-runs.png", "docs/ui-run.png", "docs/ui-compare.png"]
     for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", text):
         assert (ROOT / target).exists(), target
 
