@@ -156,7 +156,9 @@ class GridFSPayloads(PayloadStore):
         is raised."""
         file_id = file_id_of(location)
         upload = self.bucket.open_upload_stream_with_id(
-            file_id, filename if filename is not None else location, metadata=None if metadata is None else dict(metadata)
+            file_id,
+            filename if filename is not None else location,
+            metadata=None if metadata is None else dict(metadata),
         )
         try:
             result = produce(lambda piece: upload.write(_ViewReader(memoryview(piece))))
