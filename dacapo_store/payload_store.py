@@ -11,7 +11,8 @@ payload store only keeps bytes:
 - :meth:`PayloadStore.delete` and :meth:`PayloadStore.list` serve removal and garbage
   collection (a payload the catalog does not list is garbage once it is old enough).
 
-The local backend keeps payloads in files (:class:`dacapo_store.local.payloads.FilePayloads`);
+The local backend keeps payloads in files (:class:`dacapo_store.local.payloads.FilePayloads`),
+the MongoDB backend in GridFS (:class:`dacapo_store.mongo.payloads.GridFSPayloads`);
 :class:`dacapo_store.testing.memory_payloads.MemoryPayloads` keeps them in memory and passes
 the whole contract suite beside the local catalog.
 """

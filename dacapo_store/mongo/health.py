@@ -19,7 +19,8 @@ from .retry import NO_RETRY
 from .run_configs import RUN_CONFIG_INDEXES, RUNS_COLLECTION
 from .scores import SCORE_INDEXES, SCORES_COLLECTION
 from .stats import TRAINING_STATS_COLLECTION, TRAINING_STATS_INDEXES
-from .weights import CHECKPOINT_INDEXES, CHECKPOINTS_COLLECTION, GRIDFS_INDEXES
+from .payloads import GRIDFS_INDEXES
+from .weights import CHECKPOINT_INDEXES, CHECKPOINTS_COLLECTION
 
 WRITE_ACTIONS = {"insert", "update", "remove"}
 

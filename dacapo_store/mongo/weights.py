@@ -27,28 +27,16 @@ import logging
 import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
-import gridfs
-from bson import ObjectId
-from bson.errors import InvalidId
-from pymongo import ASCENDING, DESCENDING, ReadPreference
+from pymongo import ASCENDING, DESCENDING
 from pymongo.errors import DuplicateKeyError
 from pymongo.write_concern import WriteConcern
 
 from ..checks import run_name_of
-from ..errors import CheckpointExistsError, CorruptCheckpointError, WriteConcernFailedError
-from ..payload_memory import payload_memory
+from ..errors import CheckpointExistsError, WriteConcernFailedError
 from ..records import PARTS, CheckpointInfo, PartInfo, RunTotals
-from ..digests import format_digest, new_hash
-from ..serialization import (
-    check_payload,
-    check_size,
-    load_state_from_memory,
-    serialize_state,
-    verifying_algorithm,
-)
+from ..serialization import serialize_state
 from ..weights_store import (
     DEFAULT_STALE_AFTER,
     Reservation,
@@ -57,21 +45,14 @@ from ..weights_store import (
     reservation_lost,
 )
 from ._garbage import MongoGarbageCollection, claim_of
-from .chunk_reader import checked_chunks
 from .connection import DEFAULT_COLLECTION_PREFIX, MongoDatabase
+from .payloads import CHUNK_SIZE_BYTES, GridFSPayloads, file_id_of
 from .retry import RetryPolicy
 from .scores import SCORE_INDEXES, SCORES_COLLECTION, MongoScoreCatalog
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINTS_COLLECTION = "checkpoints"
-BUCKET_NAME = "weights"
-CHUNK_SIZE_BYTES = 4 * 1024 * 1024 - 4096
-"""GridFS chunk size of new uploads. Large chunks cut the per-chunk cost (one document, one
-index entry each); just under 4 MiB, four chunk documents fill one 16 MiB reply batch, so a
-load takes about ``ceil(size / 16 MiB) + 2`` queries on the chunks collection (the cursor's
-batches, and one for the chunk at the end that ``torch.load`` reads first)."""
-
 CHECKPOINT_INDEXES = (
     ([("run", ASCENDING), ("iteration", ASCENDING)], {"name": "run_iteration", "unique": True}),
     (
@@ -79,34 +60,6 @@ CHECKPOINT_INDEXES = (
         {"name": "run_state_iteration"},
     ),
 )
-
-GRIDFS_INDEXES = (
-    (
-        f"{BUCKET_NAME}.files",
-        (([("filename", ASCENDING), ("uploadDate", ASCENDING)], {"name": "filename_1_uploadDate_1"}),),
-    ),
-    (
-        f"{BUCKET_NAME}.chunks",
-        (([("files_id", ASCENDING), ("n", ASCENDING)], {"name": "files_id_1_n_1", "unique": True}),),
-    ),
-)
-"""The indexes pymongo's GridFS creates on a bucket's first upload (only then: an index dropped
-later stays missing), by collection. Every payload read queries the chunks by ``files_id``
-sorted by ``n``: without ``files_id_1_n_1`` each read scans all chunks of every checkpoint."""
-
-
-class _ViewReader:
-    """A ``read(n)`` file over a memoryview: ``GridIn.write`` copies each chunk straight out of
-    ``torch.save``'s buffer (it rejects memoryviews, and ``bytes(view)`` would copy it twice)."""
-
-    def __init__(self, view: memoryview) -> None:
-        self._view = view
-        self._position = 0
-
-    def read(self, size: int) -> bytes:
-        data = self._view[self._position : self._position + size].tobytes()
-        self._position += len(data)
-        return data
 
 RUN_TOTALS_PIPELINE = [
     {"$match": {"state": "complete"}},
@@ -123,26 +76,6 @@ RUN_TOTALS_PIPELINE = [
 ]
 """Every run's complete checkpoints in one aggregation: count, latest iteration, payload bytes
 (the sizes of the parts, named by :data:`~dacapo_store.records.PARTS`), newest ``created``."""
-
-
-
-@dataclass(frozen=True)
-class PayloadSource:
-    """Where payloads are read: the bucket's files and chunks collections, each with the read
-    preference to read them with."""
-
-    files: Any
-    chunks: Any
-
-    @property
-    def primary_only(self) -> bool:
-        """Whether both collections are read from the primary only."""
-        return all(_reads_primary(collection) for collection in (self.files, self.chunks))
-
-
-def _reads_primary(collection: Any) -> bool:
-    preference = getattr(collection, "read_preference", None)  # None: a client without them
-    return preference is None or preference.mode == ReadPreference.PRIMARY.mode
 
 
 def checkpoint_from_document(document: Mapping[str, Any]) -> CheckpointInfo:
@@ -202,22 +135,25 @@ class MongoWeightsStore(MongoGarbageCollection, WeightsStore):
         self.catalog_primary = self.database.primary(self.checkpoints)
         """The catalog read from the primary: the write protocol's reads must see its writes."""
         self.scores = self.database.collection(SCORES_COLLECTION)
-        self.bucket = gridfs.GridFSBucket(
-            self.database.db,
-            self.database.collection_prefix + BUCKET_NAME,
-            chunk_size_bytes=chunk_size_bytes,
-            write_concern=self.database.write_concern,
-        )
-        self.bucket_files = self.database.collection(f"{BUCKET_NAME}.files")
-        self.bucket_chunks = self.database.collection(f"{BUCKET_NAME}.chunks")
-        self.payloads_primary = PayloadSource(
-            self.database.primary(self.bucket_files), self.database.primary(self.bucket_chunks)
-        )
-        """The payloads read from the primary: what the catalog (read there) lists is there."""
-        self.payloads = PayloadSource(self.bucket_files, self.bucket_chunks)
-        """The payloads read where the URI's read preference sends reads (maybe a secondary)."""
+        self.payloads = GridFSPayloads(self.database, chunk_size_bytes)
+        """The payload store (GridFS); each of its calls runs under this store's retry policy."""
         self.database.ensure_indexes(self.checkpoints, CHECKPOINT_INDEXES)
         self.database.ensure_indexes(self.scores, SCORE_INDEXES)
+
+    @property
+    def bucket(self) -> Any:
+        """The GridFS bucket of the payloads (:attr:`payloads`)."""
+        return self.payloads.bucket
+
+    @property
+    def bucket_files(self) -> Any:
+        """The bucket's files collection (the URI's read preference)."""
+        return self.payloads.files
+
+    @property
+    def bucket_chunks(self) -> Any:
+        """The bucket's chunks collection (the URI's read preference)."""
+        return self.payloads.chunks
 
     @property
     def score_catalog(self) -> MongoScoreCatalog:
@@ -361,37 +297,28 @@ class MongoWeightsStore(MongoGarbageCollection, WeightsStore):
         return info
 
     def _upload_part(self, reservation: Reservation, part: str, state: Any, unaborted: list[str]) -> PartInfo:
-        """One attempt of :meth:`_write_part`; on failure, abort the partial upload (if that
-        fails too, its id goes to ``unaborted``)."""
-        file_id = ObjectId()
-        reservation.payloads.append(str(file_id))
-        upload = self.bucket.open_upload_stream_with_id(
-            file_id,
-            f"{reservation.run}/{reservation.iteration}/{part}",
+        """One attempt of :meth:`_write_part` under a new GridFS file id; on failure, the
+        payload store aborts the partial upload (if that fails too, its id goes to ``unaborted``)."""
+        location = self.payloads.new_location()
+        reservation.payloads.append(location)
+        return self.payloads.write(
+            location,
+            lambda write: serialize_state(
+                state,
+                write,
+                location,
+                heartbeat=lambda: self._heartbeat(reservation),
+                heartbeat_every=self.heartbeat_every,
+            ),
+            filename=f"{reservation.run}/{reservation.iteration}/{part}",
             metadata={
                 "run": reservation.run,
                 "iteration": reservation.iteration,
                 "part": part,
                 "token": reservation.token,
             },
+            unaborted=unaborted,
         )
-        try:
-            info = serialize_state(
-                state,
-                lambda view: upload.write(_ViewReader(view)),
-                str(file_id),
-                heartbeat=lambda: self._heartbeat(reservation),
-                heartbeat_every=self.heartbeat_every,
-            )
-            upload.close()
-        except BaseException:
-            try:
-                upload.abort()
-            except Exception as error:
-                logger.warning("could not abort the partial upload %s (%s); it is deleted later", file_id, error)
-                unaborted.append(str(file_id))
-            raise
-        return info
 
     def _commit(self, reservation: Reservation, parts: Mapping[str, PartInfo]) -> CheckpointInfo:
         """Mark the checkpoint complete (retried; see the module doc). A commit that missed its
@@ -492,81 +419,16 @@ class MongoWeightsStore(MongoGarbageCollection, WeightsStore):
         return None if document is None else checkpoint_from_document(document)
 
     def _load_part(self, info: CheckpointInfo, part: str, map_location: Any, mmap: bool = False) -> Any:
-        """:meth:`_load_part_once`, retried as a whole after a transient error. ``mmap`` is
-        ignored: there is no file to map."""
+        """The payload store's load (read where the read preference sends reads, else from the
+        primary; see :meth:`GridFSPayloads.load`), retried as a whole after a transient error.
+        ``mmap`` is ignored: there is no file to map."""
         where = describe(info.run, info.iteration, part)
-        return self.database.read(f"loading {where}", lambda: self._load_part_once(info, part, map_location))
-
-    def _load_part_once(self, info: CheckpointInfo, part: str, map_location: Any) -> Any:
-        """Read one part's chunks (one cursor) into private memory, hashing them there; once
-        size and digest match, torch builds the tensors in that memory (see
-        :mod:`~dacapo_store.mongo.chunk_reader`)."""
-        expected = info.parts[part]
-        where = describe(info.run, info.iteration, part)
-        memory = payload_memory(expected.size)
-        self._read_following_the_catalog(expected, where, memory)
-        return load_state_from_memory(memory, map_location, where)
-
-    def _read_following_the_catalog(self, expected: PartInfo, where: str, memory: Any) -> None:
-        """:meth:`_read_payload` where the URI's read preference sends reads; if that copy
-        is missing or damaged and may be a secondary's, read it again from the primary. The
-        catalog entry was read from the primary, so a secondary that lags behind may not have
-        its payload yet; only the primary's copy can prove a checkpoint corrupt. (Whatever a
-        secondary returns is checked against the recorded size and digest, so a secondary's
-        copy that passes is the checkpoint.)
-
-        Raises:
-            CorruptCheckpointError: the primary's copy is missing or damaged.
-        """
-        if self.payloads.primary_only:
-            self._read_payload(expected, where, memory, self.payloads_primary)
-            return
-        try:
-            self._read_payload(expected, where, memory, self.payloads)
-        except CorruptCheckpointError as error:
-            logger.info("%s; reading it from the primary (the read preference chose a secondary)", error)
-            self._read_payload(expected, where, memory, self.payloads_primary)
+        return self.database.read(f"loading {where}", lambda: self.payloads.load(info.parts[part], map_location, where))
 
     def _verify_part(self, info: CheckpointInfo, part: str) -> None:
         """Check the primary's copy: the one that every other copy replicates."""
-        expected = info.parts[part]
         where = describe(info.run, info.iteration, part)
-        self.database.read(
-            f"verifying {where}", lambda: self._read_payload(expected, where, None, self.payloads_primary)
-        )
-
-    def _read_payload(self, expected: PartInfo, where: str, memory: Any, source: PayloadSource) -> None:
-        """Read the GridFS file of ``expected`` from ``source`` (one query for its files
-        document, one cursor over its chunks), hash it and, unless ``memory`` is ``None``,
-        copy it into ``memory``.
-
-        Raises:
-            CorruptCheckpointError: an invalid digest or payload id, no files document, damaged
-                chunks, or a size or digest other than the recorded one.
-            pymongo's errors as they come (a lost connection is not corruption).
-        """
-        algorithm = verifying_algorithm(expected, where)
-        try:
-            file_id = ObjectId(expected.location)
-        except InvalidId:
-            raise CorruptCheckpointError(
-                f"{where}: the catalog records an invalid payload id {expected.location!r}"
-            ) from None
-        document = source.files.find_one({"_id": file_id}, projection={"length": True, "chunkSize": True})
-        if document is None:
-            raise CorruptCheckpointError(f"{where}: its GridFS payload is missing")
-        check_size(document.get("length"), expected, where)
-        hash_object = new_hash(algorithm)
-        with memoryview(memory if memory is not None else b"") as view:
-            position = 0
-            for data in checked_chunks(
-                source.chunks, file_id, document["length"], document.get("chunkSize", 0), where
-            ):
-                if memory is not None:
-                    view[position : position + len(data)] = data
-                hash_object.update(data)
-                position += len(data)
-        check_payload(position, format_digest(algorithm, hash_object), expected, where)
+        self.database.read(f"verifying {where}", lambda: self.payloads.verify(info.parts[part], where))
 
     def _unlist(self, run: str, iteration: int) -> CheckpointInfo | None:
         """Read the complete entry, then delete exactly that entry (its ``_id`` and token), or
@@ -609,19 +471,13 @@ class MongoWeightsStore(MongoGarbageCollection, WeightsStore):
         return None
 
     def _delete_payload(self, location: str) -> bool:
-        """Delete the GridFS file ``location``: its files document first, then its chunks
-        (GridFS's order: a failure in between leaves orphan chunks, never a file that lacks
-        chunks)."""
-        try:
-            file_id = ObjectId(location)
-        except (InvalidId, TypeError):
-            raise CorruptCheckpointError(f"the catalog records an invalid payload id {location!r}") from None
+        """Delete the GridFS file ``location`` (see :meth:`GridFSPayloads.delete`), retried.
 
-        def delete() -> bool:
-            deleted = self.bucket_files.delete_one({"_id": file_id}).deleted_count
-            return deleted + self.bucket_chunks.delete_many({"files_id": file_id}).deleted_count > 0
-
-        return self.database.write(f"deleting payload {location}", delete)
+        Raises:
+            CorruptCheckpointError: ``location`` is not a GridFS file id (nothing sent).
+        """
+        file_id_of(location)
+        return self.database.write(f"deleting payload {location}", lambda: self.payloads.delete(location))
 
     def _latest_iteration(self, run: str) -> int | None:
         document = self.database.read(
