@@ -4,8 +4,10 @@ A load copies a payload once, into fresh memory of this process (:func:`payload_
 builds the tensors as views of it. That memory is never handed to another load: it lives as
 long as anything views it (a tensor, a memoryview or a numpy array made from one), and when the
 last of them is gone it is *retired*: its pages go back to the system at once, and its address
-range stays reserved, inaccessible, while the next :data:`RETIRED_LOADS` loads get fresh memory
-elsewhere. A pointer that outlived its tensor (a numpy view taken before
+range stays reserved, inaccessible, while later loads get fresh memory elsewhere (the newest
+retired range always, older ones up to :data:`RETIRED_LOADS` ranges and :data:`RETIRED_BYTES`
+in all: a reserved range holds no pages but counts towards the process's address space, which
+``ulimit -v`` caps on many clusters). A pointer that outlived its tensor (a numpy view taken before
 ``tensor.share_memory_()``, which moves the tensor's storage and frees the old one) then faults
 instead of showing another checkpoint's values, as it could where the next load's memory landed
 at the freed address (plain ``torch.load`` does that: glibc maps and unmaps large storages).
@@ -25,8 +27,11 @@ from collections import deque
 from typing import Any
 
 RETIRED_LOADS = 256
-"""How many retired load memories keep their address range reserved (no pages, one kernel
+"""The most retired load memories that keep their address range reserved (no pages, one kernel
 mapping each) before the oldest is unmapped."""
+RETIRED_BYTES = 1 << 30
+"""The most address space the retired ranges other than the newest keep reserved; beyond it
+the oldest are unmapped."""
 
 _retired: deque[mmap.mmap] = deque()
 _retired_lock = threading.Lock()
@@ -80,15 +85,21 @@ class _Retirement:
 
 def _retire(memory: mmap.mmap, address: int, size: int) -> None:
     """Give ``memory``'s pages back, make its range inaccessible, and keep the range reserved
-    while :data:`RETIRED_LOADS` later loads are retired; unmap the oldest beyond that. Best
-    effort where the system lacks ``madvise``/``mprotect``: then the memory is simply freed."""
+    (the newest always, older ones within :data:`RETIRED_LOADS` and :data:`RETIRED_BYTES`);
+    unmap the oldest beyond that. Best effort where the system lacks ``madvise``/``mprotect``:
+    then the memory is simply freed."""
     if _mprotect is None or not hasattr(mmap, "MADV_DONTNEED") or _mprotect(address, size, 0) != 0:
         return  # PROT_NONE refused (or unavailable): freed as any memory is
     memory.madvise(mmap.MADV_DONTNEED)
+    unmapped = []
     with _retired_lock:
         _retired.append(memory)
-        oldest = _retired.popleft() if len(_retired) > RETIRED_LOADS else None
-    if oldest is not None:
+        older_bytes = sum(len(retired) for retired in _retired) - len(memory)
+        while len(_retired) > 1 and (len(_retired) > RETIRED_LOADS or older_bytes > RETIRED_BYTES):
+            oldest = _retired.popleft()
+            older_bytes -= len(oldest)
+            unmapped.append(oldest)
+    for oldest in unmapped:
         oldest.close()
 
 

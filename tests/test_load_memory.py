@@ -66,3 +66,26 @@ def test_memory_lives_while_a_view_made_from_it_lives() -> None:
 
 def test_release_spare_memory_is_a_no_op_kept_for_one_release() -> None:
     assert release_spare_memory() == 0
+
+
+def _address_space_bytes() -> int:
+    with open("/proc/self/status") as status:
+        kib = next(line.split()[1] for line in status if line.startswith("VmSize:"))
+    return int(kib) * 1024
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
+def test_retired_load_memory_keeps_a_bounded_address_space_reserved(monkeypatch) -> None:
+    """Under ``ulimit -v`` every reserved range counts: retired loads beyond the newest keep at
+    most RETIRED_BYTES reserved, however many loads a process makes."""
+    from dacapo_store import payload_memory as module
+
+    monkeypatch.setattr(module, "RETIRED_BYTES", 8 << 20)
+    megabytes = 4 << 20
+    before = _address_space_bytes()
+    for _ in range(64):  # 256 MiB of loads, each dropped at once
+        view = payload_memory(megabytes)
+        view[0] = 1
+        del view
+    grown = _address_space_bytes() - before
+    assert grown <= (8 << 20) + 2 * megabytes, f"{grown >> 20} MiB still reserved"
