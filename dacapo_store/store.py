@@ -11,14 +11,18 @@ connection (one SQLite catalog, or one ``MongoClient``).
 from __future__ import annotations
 
 import os
+import threading
 from abc import ABC, abstractmethod
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from .config import PREFIX_ENV, StoreLocation, resolve_store
 from .health import Finding
 from .run_configs import RunConfigStore
 from .stats_store import StatsStore
 from .weights_store import WeightsStore
+
+T = TypeVar("T")
 
 
 class Store(ABC):
@@ -44,6 +48,7 @@ class Store(ABC):
         self._weights: WeightsStore | None = None
         self._stats: StatsStore | None = None
         self._run_configs: RunConfigStore | None = None
+        self._opening = threading.RLock()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.location)!r})"
@@ -51,23 +56,29 @@ class Store(ABC):
     @property
     def weights(self) -> WeightsStore:
         """The checkpoints (opened on first access)."""
-        if self._weights is None:
-            self._weights = self._open_weights()
-        return self._weights
+        return self._opened("_weights", self._open_weights)
 
     @property
     def stats(self) -> StatsStore:
         """The training stats and validation scores (opened on first access)."""
-        if self._stats is None:
-            self._stats = self._open_stats()
-        return self._stats
+        return self._opened("_stats", self._open_stats)
 
     @property
     def run_configs(self) -> RunConfigStore:
         """The run configs by name (opened on first access)."""
-        if self._run_configs is None:
-            self._run_configs = self._open_run_configs()
-        return self._run_configs
+        return self._opened("_run_configs", self._open_run_configs)
+
+    def _opened(self, attribute: str, open_it: Callable[[], T]) -> T:
+        """The value of ``attribute``, made by ``open_it`` on first use: once, also when threads
+        use the store for the first time at once (one connection, one view each)."""
+        value = getattr(self, attribute)
+        if value is None:
+            with self._opening:
+                value = getattr(self, attribute)
+                if value is None:
+                    value = open_it()
+                    setattr(self, attribute, value)
+        return value
 
     def close(self) -> None:
         """Finish background uploads of the weights view and close the connection (views

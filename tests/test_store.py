@@ -4,6 +4,8 @@ weights, stats and run-config views share that one connection."""
 from __future__ import annotations
 
 import pymongo
+import threading
+
 import pytest
 import torch
 from click.testing import CliRunner
@@ -90,3 +92,24 @@ def test_an_sqlite_error_is_explained_with_the_catalog_it_came_from(tmp_path) ->
     explained = store.explain_error(sqlite3.OperationalError("unable to open database file"), "unable to open")
     assert explained == f"the store's catalog {tmp_path / 'catalog.sqlite3'} is a directory, not an SQLite database file"
     assert store.explain_error(ValueError("x"), "x") == "x"
+
+
+def test_threads_opening_a_store_at_once_share_one_client_and_one_view(clients, monkeypatch) -> None:
+    """The first use of a view, from two threads at once: one connection, one view for both."""
+    store = open_store(URI)
+    real_open = type(store)._open_weights
+    seen_by_other: list = []
+    others: list[threading.Thread] = []
+
+    def open_while_another_thread_asks(self):
+        if not others:
+            others.append(threading.Thread(target=lambda: seen_by_other.append(store.weights)))
+            others[0].start()
+            others[0].join(timeout=0.5)  # without a lock the other thread opens its own meanwhile
+        return real_open(self)
+
+    monkeypatch.setattr(type(store), "_open_weights", open_while_another_thread_asks)
+    first = store.weights
+    others[0].join()
+    assert seen_by_other == [first] and clients == [URI]
+    store.close()

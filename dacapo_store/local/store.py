@@ -29,9 +29,7 @@ class LocalStore(Store):
     @property
     def catalog(self) -> Catalog:
         """The location's one catalog (opened on first use)."""
-        if self._catalog is None:
-            self._catalog = Catalog(self.location.target, **self.options)
-        return self._catalog
+        return self._opened("_catalog", lambda: Catalog(self.location.target, **self.options))
 
     driver_errors = (sqlite3.Error,)
 

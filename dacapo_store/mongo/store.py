@@ -34,9 +34,7 @@ class MongoStore(Store):
     @property
     def database(self) -> MongoDatabase:
         """The location's one client and database (made on first use)."""
-        if self._database is None:
-            self._database = MongoDatabase(self.location.target, self.location.db_name, **self.options)
-        return self._database
+        return self._opened("_database", lambda: MongoDatabase(self.location.target, self.location.db_name, **self.options))
 
     def check_health(self) -> list[Finding]:
         """Checked on a read-only connection of its own that retries nothing, so that an
