@@ -18,6 +18,7 @@ from dacapo_store import (
 )
 from dacapo_store.experiments import LocalRunConfigStore
 from dacapo_store.local import filesystems
+from dacapo_store.local import payloads as local_payloads
 from dacapo_store.local.catalog import CATALOG_FILENAME, NETWORK_FS_ENV
 from dacapo_store.testing.contract import ToyRun, assert_state_equal
 
@@ -142,3 +143,15 @@ def test_doctor_says_a_local_store_is_on_a_network_filesystem(tmp_path, on_nfs, 
             monkeypatch.delenv(NETWORK_FS_ENV)
         result = CliRunner().invoke(main, ["doctor", "--store", str(tmp_path)])
         assert "on a network filesystem (nfs)" in result.output and expected in result.output, result.output
+
+
+def test_loads_on_a_network_filesystem_read_payload_files_and_never_map_them(tmp_path, on_nfs, monkeypatch, run) -> None:
+    """Another host deleting a mapped payload would turn the next page fault into SIGBUS."""
+    monkeypatch.setenv(NETWORK_FS_ENV, "rollback-journal")
+    LocalWeightsStore(tmp_path).store_weights(run, 1)
+    mapped = []
+    monkeypatch.setattr(local_payloads, "map_payload_file", lambda *args: mapped.append(args))
+    reader = ToyRun("r")
+    LocalWeightsStore(tmp_path, read_only=True).load_weights(reader, 1)
+    assert mapped == []
+    assert_state_equal(reader.model.state_dict(), run.model.state_dict())

@@ -25,10 +25,16 @@ class FilePayloads(PayloadStore):
     """Payload files in ``directory`` (created by the first write). Each write starts its
     disk write as it goes (:mod:`~dacapo_store.local.writeback`); :meth:`make_durable` syncs
     each file's data once and the directory once. Loads read a file with several threads and
-    hash as they go, or map it (``mmap``; see :func:`~dacapo_store.local.payload_file.load_payload_file`)."""
+    hash as they go, or map it (``mmap``; see :func:`~dacapo_store.local.payload_file.load_payload_file`).
 
-    def __init__(self, directory: Path) -> None:
+    ``map_for_copies``: whether :meth:`load_to_copy` maps the file (the fast path of
+    ``load_weights``). Off on network filesystems, where another host's delete turns a mapped
+    page's fault into ``SIGBUS``: there it reads the file, and a vanished file is an error.
+    """
+
+    def __init__(self, directory: Path, map_for_copies: bool = True) -> None:
         self.directory = directory
+        self.map_for_copies = map_for_copies
 
     def path(self, location: str) -> Path:
         """The file of the payload at ``location``."""
@@ -77,6 +83,8 @@ class FilePayloads(PayloadStore):
         return load_payload_file(self.path(expected.location), expected, map_location, where, mmap)
 
     def load_to_copy(self, expected: PartInfo, where: str) -> Any:
+        if not self.map_for_copies:
+            return self.load(expected, "cpu", where)
         return map_payload_file(self.path(expected.location), expected, where)
 
     def verify(self, expected: PartInfo, where: str) -> None:

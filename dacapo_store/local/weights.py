@@ -86,7 +86,9 @@ class LocalWeightsStore(WeightsStore):
         self.basedir = self.catalog.basedir
         self.score_catalog = LocalScoreCatalog(self.catalog)
         self.payload_dir = self.basedir / PAYLOAD_DIRNAME
-        self.payloads = payloads if payloads is not None else FilePayloads(self.payload_dir)
+        if payloads is None:
+            payloads = FilePayloads(self.payload_dir, map_for_copies=self.catalog.network_filesystem is None)
+        self.payloads = payloads
         """Where the payloads live (files in :attr:`payload_dir` unless another
         :class:`~dacapo_store.payload_store.PayloadStore` is given)."""
 
