@@ -73,8 +73,10 @@ def load_into(
 
 def _model_pairs(model: torch.nn.Module, state: Mapping[str, Any]) -> Pairs | None:
     """The copies that equal ``model.load_state_dict(state)``, or ``None`` where that cannot be
-    shown: other keys, another shape, a value that is no tensor, a meta target, load hooks or a
-    module with its own ``_load_from_state_dict``."""
+    shown: other keys, another shape, a value that is no tensor, a meta target, load hooks, a
+    model class with its own ``load_state_dict`` or a module with its own ``_load_from_state_dict``."""
+    if type(model).load_state_dict is not torch.nn.Module.load_state_dict:
+        return None
     for module in model.modules():
         if module._load_state_dict_pre_hooks or module._load_state_dict_post_hooks:
             return None
@@ -126,7 +128,10 @@ def _optimizer_plan(optimizer: torch.optim.Optimizer, saved: Mapping[str, Any], 
         raise ValueError("loaded state dict contains a parameter group that doesn't match the size of optimizer's group")
     substituted = dict(saved)
     pairs: Pairs = []
-    if optimizer._optimizer_load_state_dict_pre_hooks:  # a hook may rewrite the state dict: no shortcut
+    if (
+        optimizer._optimizer_load_state_dict_pre_hooks  # a hook may rewrite the state dict: no shortcut
+        or type(optimizer).load_state_dict is not torch.optim.Optimizer.load_state_dict  # nor may an override
+    ):
         substituted["state"] = _private(saved["state"], transient)
         return substituted, pairs
     params = dict(

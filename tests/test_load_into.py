@@ -208,3 +208,28 @@ def test_a_large_load_copied_by_two_threads_is_exact(monkeypatch) -> None:
     assert all(torch.equal(a, b) for a, b in zip(run.model.state_dict().values(), source.model.state_dict().values()))
     for key, entry in source.optimizer.state_dict()["state"].items():
         assert all(torch.equal(run.optimizer.state_dict()["state"][key][name], value) for name, value in entry.items())
+
+
+def test_a_model_or_optimizer_class_with_its_own_load_state_dict_has_it_called() -> None:
+    """An override may rebuild a cache or re-tie weights: the fast copy must not skip it."""
+    calls: list[str] = []
+
+    class Model(torch.nn.Sequential):
+        def load_state_dict(self, state_dict, strict=True, assign=False):
+            calls.append("model")
+            return super().load_state_dict(state_dict, strict, assign)
+
+    class Adam(torch.optim.Adam):
+        def load_state_dict(self, state_dict):
+            calls.append("optimizer")
+            return super().load_state_dict(state_dict)
+
+    source = _run(0)
+    model = Model(torch.nn.Linear(10, 20), torch.nn.BatchNorm1d(20), torch.nn.Linear(20, 3))
+    optimizer = Adam(model.parameters(), lr=0.5)
+    model(torch.randn(8, 10)).sum().backward()
+    optimizer.step()
+    load_into(model, optimizer, source.model.state_dict(), source.optimizer.state_dict())
+    assert sorted(calls) == ["model", "optimizer"]
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), source.model.state_dict().values()))
+    assert optimizer.param_groups[0]["lr"] == source.optimizer.param_groups[0]["lr"]
