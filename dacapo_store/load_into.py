@@ -45,7 +45,9 @@ def load_into(
     ``optimizer``, as ``load_state_dict`` of each would (see the module doc).
 
     ``transient=True`` says the loaded tensors view memory that must not outlive this call (a
-    mapped payload file): whatever the optimizer keeps of them is copied into private memory.
+    mapped payload file): whatever the optimizer keeps of them is copied into private memory, and
+    a model that goes through ``load_state_dict`` is given private copies (a module may keep what
+    it is given: ``set_extra_state``, its own ``_load_from_state_dict``, load hooks).
 
     Raises:
         RuntimeError, ValueError, KeyError...: as ``load_state_dict`` for states that do not fit
@@ -63,7 +65,7 @@ def load_into(
         optimizer.load_state_dict(substituted)  # the state tensors kept from before still hold their old values
     try:
         if model_pairs is None:
-            _load_model_state_dict(model, model_state)
+            _load_model_state_dict(model, _private(model_state, transient))  # a module may keep what it is given
     except BaseException:
         if optimizer is not None and previous is not None:
             optimizer.__setstate__(previous)

@@ -233,3 +233,30 @@ def test_a_model_or_optimizer_class_with_its_own_load_state_dict_has_it_called()
     assert sorted(calls) == ["model", "optimizer"]
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), source.model.state_dict().values()))
     assert optimizer.param_groups[0]["lr"] == source.optimizer.param_groups[0]["lr"]
+
+
+def test_what_a_module_keeps_on_load_does_not_view_the_payload_file(tmp_path) -> None:
+    """A module's extra state is kept as given: it must be the module's own, not the file map."""
+
+    class WithExtra(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = torch.nn.Linear(4, 4)
+            self.table = {"t": torch.arange(4.0)}
+
+        def get_extra_state(self):
+            return self.table
+
+        def set_extra_state(self, state) -> None:
+            self.table = state
+
+    store = LocalWeightsStore(tmp_path)
+    source = WithExtra()
+    store.put_weights("r", 1, Weights(source.state_dict(), torch.optim.SGD(source.parameters(), lr=0.1).state_dict()))
+    model = WithExtra()
+    model.table = {"t": torch.zeros(4)}
+    store.load_weights(Run("r", model, torch.optim.SGD(model.parameters(), lr=0.2)), 1)
+    path = store.payload_path(store.checkpoint_info("r", 1).parts["model"].location)
+    with open(path, "r+b") as file:  # the store never does this; a map would show it
+        file.write(b"\0" * path.stat().st_size)
+    assert torch.equal(model.table["t"], torch.arange(4.0))
