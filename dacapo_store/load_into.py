@@ -87,15 +87,25 @@ def _model_pairs(model: torch.nn.Module, state: Mapping[str, Any]) -> Pairs | No
     targets = model.state_dict(keep_vars=True)
     if set(targets) != set(state):
         return None
-    pairs: Pairs = []
+    pairs: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+    storages: dict[int, tuple] = {}
     for name, target in targets.items():
         source = state[name]
         if not (isinstance(target, torch.Tensor) and isinstance(source, torch.Tensor)):
             return None
         if target.is_meta or target.shape != source.shape:
             return None
-        pairs.append((target.detach(), source))
-    return pairs
+        view = _view_key(target)
+        if storages.setdefault(view[0], view) != view:  # two keys view parts of one storage: order matters
+            return None
+        pairs.pop(view, None)  # a tied tensor: the last key wins, as in load_state_dict
+        pairs[view] = (target.detach(), source)
+    return list(pairs.values())
+
+
+def _view_key(tensor: torch.Tensor) -> tuple:
+    """What makes two tensors the same memory: storage, offset, shape, strides and dtype."""
+    return (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tensor.stride(), tensor.dtype)
 
 
 def _load_model_state_dict(model: torch.nn.Module, state: Mapping[str, Any]) -> None:

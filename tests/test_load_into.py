@@ -260,3 +260,26 @@ def test_what_a_module_keeps_on_load_does_not_view_the_payload_file(tmp_path) ->
     with open(path, "r+b") as file:  # the store never does this; a map would show it
         file.write(b"\0" * path.stat().st_size)
     assert torch.equal(model.table["t"], torch.arange(4.0))
+
+
+def test_tied_parameters_get_the_last_keys_values_as_in_load_state_dict(monkeypatch) -> None:
+    """Two keys, one tensor: copying both (in slices on two threads) would mix the two entries."""
+    from dacapo_store import helper_threads, staged_copies
+
+    monkeypatch.setattr(helper_threads, "thread_count", lambda: 2)
+    monkeypatch.setattr(staged_copies, "PARALLEL_COPY_BYTES", 0)
+    monkeypatch.setattr(staged_copies, "COPY_SLICE_BYTES", 100)  # 3 slices: slice i of each key on other threads
+    # the threads' tasks one after the other, the second first: one order that threads may take
+    monkeypatch.setattr(helper_threads, "run_together", lambda tasks: [task() for task in reversed(tasks)])
+
+    def tied() -> torch.nn.Module:
+        model = torch.nn.Sequential(torch.nn.Linear(8, 8, bias=False), torch.nn.Linear(8, 8, bias=False))
+        model[1].weight = model[0].weight
+        return model
+
+    state = {"0.weight": torch.ones(8, 8), "1.weight": torch.full((8, 8), 2.0)}
+    expected = tied()
+    expected.load_state_dict(state)
+    model = tied()
+    load_into(model, None, state, None)
+    assert torch.equal(model[0].weight, expected[0].weight) and torch.equal(model[1].weight, expected[1].weight)
