@@ -7,8 +7,12 @@ shape, dtype and device ``load_state_dict`` would give it (one copy; no new stat
 Everything else (a missing or differently shaped tensor, a fresh optimizer without state yet,
 hooks that may rewrite a state dict) goes through ``load_state_dict`` itself.
 
-All or nothing: every check runs before the first byte is copied, and an error of
-``load_state_dict`` leaves model and optimizer as they were. The states passed in must already be
+All or nothing: every check runs before the first byte is copied (a target the copy could fail
+on, such as an expanded buffer or an inference tensor, goes through ``load_state_dict``), and an
+error of ``load_state_dict`` leaves model and optimizer as they were. Only an interrupt or an
+out-of-memory error during the copy itself can leave tensors partly loaded (the optimizer's
+hyperparameters and state entries are then put back; no backup of the tensors is kept, which
+would double the memory of a load). The states passed in must already be
 verified (:meth:`~dacapo_store.weights_store.WeightsStore.load_weights` reads and checks both
 parts before calling this).
 """
@@ -70,7 +74,12 @@ def load_into(
         if optimizer is not None and previous is not None:
             optimizer.__setstate__(previous)
         raise
-    copy_pairs((model_pairs or []) + optimizer_pairs)
+    try:
+        copy_pairs((model_pairs or []) + optimizer_pairs)
+    except BaseException:  # an interrupt or out of memory: the checks above leave nothing else
+        if optimizer is not None and previous is not None:
+            optimizer.__setstate__(previous)
+        raise
 
 
 def _model_pairs(model: torch.nn.Module, state: Mapping[str, Any]) -> Pairs | None:
@@ -93,7 +102,7 @@ def _model_pairs(model: torch.nn.Module, state: Mapping[str, Any]) -> Pairs | No
         source = state[name]
         if not (isinstance(target, torch.Tensor) and isinstance(source, torch.Tensor)):
             return None
-        if target.is_meta or target.shape != source.shape:
+        if target.shape != source.shape or not _copyable(target, source):
             return None
         view = _view_key(target)
         if storages.setdefault(view[0], view) != view:  # two keys view parts of one storage: order matters
@@ -117,10 +126,12 @@ def _load_model_state_dict(model: torch.nn.Module, state: Mapping[str, Any]) -> 
         model.load_state_dict(state)
     except BaseException:
         current = model.state_dict(keep_vars=True)
-        with torch.no_grad():
-            for name, value in backup.items():
-                if isinstance(current.get(name), torch.Tensor) and current[name].shape == value.shape:
-                    current[name].copy_(value)
+        for name, value in backup.items():
+            target = current.get(name)
+            if isinstance(target, torch.Tensor) and target.shape == value.shape and _non_overlapping(target):
+                # an inference tensor's copy_ writes, then raises outside inference mode
+                with torch.inference_mode(target.is_inference()), torch.no_grad():
+                    target.copy_(value)
         raise
 
 
@@ -186,12 +197,35 @@ def _fits(target: Any, value: torch.Tensor, param: torch.Tensor, name: Any, step
     follows the parameter's dtype and device, ``step`` stays as loaded unless fused or capturable)."""
     if not isinstance(target, torch.Tensor) or target is param or target.requires_grad or target.shape != value.shape:
         return False
+    if not _copyable(target, value):
+        return False
     if name == "step":
         dtype, device = (torch.float32, param.device) if step_on_device else (value.dtype, value.device)
     else:
         dtype = param.dtype if param.is_floating_point() else value.dtype
         device = param.device
     return target.dtype == dtype and target.device == device
+
+
+def _copyable(target: torch.Tensor, source: torch.Tensor) -> bool:
+    """Whether ``target.copy_(source)`` (same shapes) cannot fail but for an interrupt or lack of
+    memory: plain strided tensors, a target that is no meta or (outside inference mode) inference
+    tensor and in which no two elements share memory (not expanded)."""
+    if target.layout != torch.strided or source.layout != torch.strided or target.is_quantized or source.is_quantized:
+        return False
+    if target.is_meta or source.is_meta or (target.is_inference() and not torch.is_inference_mode_enabled()):
+        return False
+    return _non_overlapping(target)
+
+
+def _non_overlapping(tensor: torch.Tensor) -> bool:
+    """Whether no two elements of ``tensor`` share memory (``False`` for an expanded tensor)."""
+    reach = 1  # elements spanned by the dimensions of smaller strides
+    for size, stride in sorted(((size, stride) for size, stride in zip(tensor.shape, tensor.stride()) if size > 1), key=lambda d: d[1]):
+        if stride < reach:
+            return False
+        reach = stride * size
+    return True
 
 
 def _private(value: Any, transient: bool) -> Any:

@@ -283,3 +283,32 @@ def test_tied_parameters_get_the_last_keys_values_as_in_load_state_dict(monkeypa
     model = tied()
     load_into(model, None, state, None)
     assert torch.equal(model[0].weight, expected[0].weight) and torch.equal(model[1].weight, expected[1].weight)
+
+
+@pytest.mark.parametrize("target", ["expanded buffer", "inference tensor"])
+def test_a_target_the_copy_would_fail_on_changes_nothing(target) -> None:
+    """Found before anything is copied: the optimizer is not left loaded while the model is not."""
+    source, run = _run(0), _run(1)
+    with torch.inference_mode():
+        inference = torch.ones(3)
+    run.model.register_buffer("extra", torch.ones(1).expand(3) if target == "expanded buffer" else inference)
+    state = source.model.state_dict()
+    state["extra"] = torch.full((3,), 5.0)
+    before = _snapshot(run)
+    with pytest.raises(RuntimeError):
+        load_into(run.model, run.optimizer, state, source.optimizer.state_dict())
+    _assert_same(run, before)
+
+
+def test_an_interrupt_during_the_copy_puts_the_optimizers_hyperparameters_back(monkeypatch) -> None:
+    from dacapo_store import load_into as module
+
+    def interrupted(pairs) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(module, "copy_pairs", interrupted)
+    source, run = _run(0), _run(1)
+    before = _snapshot(run)
+    with pytest.raises(KeyboardInterrupt):
+        load_into(run.model, run.optimizer, source.model.state_dict(), source.optimizer.state_dict())
+    _assert_same(run, before)  # nothing was copied yet here: all of it is as it was
