@@ -7,8 +7,12 @@ shape, dtype and device ``load_state_dict`` would give it (one copy; no new stat
 Everything else (a missing or differently shaped tensor, a fresh optimizer without state yet,
 hooks that may rewrite a state dict) goes through ``load_state_dict`` itself.
 
-All or nothing: every check runs before the first byte is copied, and an error of
-``load_state_dict`` leaves model and optimizer as they were. The states passed in must already be
+All or nothing: every check runs before the first byte is copied (a target the copy could fail
+on, such as an expanded buffer or an inference tensor, goes through ``load_state_dict``), and an
+error of ``load_state_dict`` leaves model and optimizer as they were. Only an interrupt or an
+out-of-memory error during the copy itself can leave tensors partly loaded (the optimizer's
+hyperparameters and state entries are then put back; no backup of the tensors is kept, which
+would double the memory of a load). The states passed in must already be
 verified (:meth:`~dacapo_store.weights_store.WeightsStore.load_weights` reads and checks both
 parts before calling this).
 """
@@ -45,7 +49,9 @@ def load_into(
     ``optimizer``, as ``load_state_dict`` of each would (see the module doc).
 
     ``transient=True`` says the loaded tensors view memory that must not outlive this call (a
-    mapped payload file): whatever the optimizer keeps of them is copied into private memory.
+    mapped payload file): whatever the optimizer keeps of them is copied into private memory, and
+    a model that goes through ``load_state_dict`` is given private copies (a module may keep what
+    it is given: ``set_extra_state``, its own ``_load_from_state_dict``, load hooks).
 
     Raises:
         RuntimeError, ValueError, KeyError...: as ``load_state_dict`` for states that do not fit
@@ -63,18 +69,25 @@ def load_into(
         optimizer.load_state_dict(substituted)  # the state tensors kept from before still hold their old values
     try:
         if model_pairs is None:
-            _load_model_state_dict(model, model_state)
+            _load_model_state_dict(model, _private(model_state, transient))  # a module may keep what it is given
     except BaseException:
         if optimizer is not None and previous is not None:
             optimizer.__setstate__(previous)
         raise
-    copy_pairs((model_pairs or []) + optimizer_pairs)
+    try:
+        copy_pairs((model_pairs or []) + optimizer_pairs)
+    except BaseException:  # an interrupt or out of memory: the checks above leave nothing else
+        if optimizer is not None and previous is not None:
+            optimizer.__setstate__(previous)
+        raise
 
 
 def _model_pairs(model: torch.nn.Module, state: Mapping[str, Any]) -> Pairs | None:
     """The copies that equal ``model.load_state_dict(state)``, or ``None`` where that cannot be
-    shown: other keys, another shape, a value that is no tensor, a meta target, load hooks or a
-    module with its own ``_load_from_state_dict``."""
+    shown: other keys, another shape, a value that is no tensor, a meta target, load hooks, a
+    model class with its own ``load_state_dict`` or a module with its own ``_load_from_state_dict``."""
+    if type(model).load_state_dict is not torch.nn.Module.load_state_dict:
+        return None
     for module in model.modules():
         if module._load_state_dict_pre_hooks or module._load_state_dict_post_hooks:
             return None
@@ -83,15 +96,25 @@ def _model_pairs(model: torch.nn.Module, state: Mapping[str, Any]) -> Pairs | No
     targets = model.state_dict(keep_vars=True)
     if set(targets) != set(state):
         return None
-    pairs: Pairs = []
+    pairs: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+    storages: dict[int, tuple] = {}
     for name, target in targets.items():
         source = state[name]
         if not (isinstance(target, torch.Tensor) and isinstance(source, torch.Tensor)):
             return None
-        if target.is_meta or target.shape != source.shape:
+        if target.shape != source.shape or not _copyable(target, source):
             return None
-        pairs.append((target.detach(), source))
-    return pairs
+        view = _view_key(target)
+        if storages.setdefault(view[0], view) != view:  # two keys view parts of one storage: order matters
+            return None
+        pairs.pop(view, None)  # a tied tensor: the last key wins, as in load_state_dict
+        pairs[view] = (target.detach(), source)
+    return list(pairs.values())
+
+
+def _view_key(tensor: torch.Tensor) -> tuple:
+    """What makes two tensors the same memory: storage, offset, shape, strides and dtype."""
+    return (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tensor.stride(), tensor.dtype)
 
 
 def _load_model_state_dict(model: torch.nn.Module, state: Mapping[str, Any]) -> None:
@@ -103,10 +126,12 @@ def _load_model_state_dict(model: torch.nn.Module, state: Mapping[str, Any]) -> 
         model.load_state_dict(state)
     except BaseException:
         current = model.state_dict(keep_vars=True)
-        with torch.no_grad():
-            for name, value in backup.items():
-                if isinstance(current.get(name), torch.Tensor) and current[name].shape == value.shape:
-                    current[name].copy_(value)
+        for name, value in backup.items():
+            target = current.get(name)
+            if isinstance(target, torch.Tensor) and target.shape == value.shape and _non_overlapping(target):
+                # an inference tensor's copy_ writes, then raises outside inference mode
+                with torch.inference_mode(target.is_inference()), torch.no_grad():
+                    target.copy_(value)
         raise
 
 
@@ -126,7 +151,10 @@ def _optimizer_plan(optimizer: torch.optim.Optimizer, saved: Mapping[str, Any], 
         raise ValueError("loaded state dict contains a parameter group that doesn't match the size of optimizer's group")
     substituted = dict(saved)
     pairs: Pairs = []
-    if optimizer._optimizer_load_state_dict_pre_hooks:  # a hook may rewrite the state dict: no shortcut
+    if (
+        optimizer._optimizer_load_state_dict_pre_hooks  # a hook may rewrite the state dict: no shortcut
+        or type(optimizer).load_state_dict is not torch.optim.Optimizer.load_state_dict  # nor may an override
+    ):
         substituted["state"] = _private(saved["state"], transient)
         return substituted, pairs
     params = dict(
@@ -169,12 +197,35 @@ def _fits(target: Any, value: torch.Tensor, param: torch.Tensor, name: Any, step
     follows the parameter's dtype and device, ``step`` stays as loaded unless fused or capturable)."""
     if not isinstance(target, torch.Tensor) or target is param or target.requires_grad or target.shape != value.shape:
         return False
+    if not _copyable(target, value):
+        return False
     if name == "step":
         dtype, device = (torch.float32, param.device) if step_on_device else (value.dtype, value.device)
     else:
         dtype = param.dtype if param.is_floating_point() else value.dtype
         device = param.device
     return target.dtype == dtype and target.device == device
+
+
+def _copyable(target: torch.Tensor, source: torch.Tensor) -> bool:
+    """Whether ``target.copy_(source)`` (same shapes) cannot fail but for an interrupt or lack of
+    memory: plain strided tensors, a target that is no meta or (outside inference mode) inference
+    tensor and in which no two elements share memory (not expanded)."""
+    if target.layout != torch.strided or source.layout != torch.strided or target.is_quantized or source.is_quantized:
+        return False
+    if target.is_meta or source.is_meta or (target.is_inference() and not torch.is_inference_mode_enabled()):
+        return False
+    return _non_overlapping(target)
+
+
+def _non_overlapping(tensor: torch.Tensor) -> bool:
+    """Whether no two elements of ``tensor`` share memory (``False`` for an expanded tensor)."""
+    reach = 1  # elements spanned by the dimensions of smaller strides
+    for size, stride in sorted(((size, stride) for size, stride in zip(tensor.shape, tensor.stride()) if size > 1), key=lambda d: d[1]):
+        if stride < reach:
+            return False
+        reach = stride * size
+    return True
 
 
 def _private(value: Any, transient: bool) -> Any:

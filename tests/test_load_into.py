@@ -208,3 +208,107 @@ def test_a_large_load_copied_by_two_threads_is_exact(monkeypatch) -> None:
     assert all(torch.equal(a, b) for a, b in zip(run.model.state_dict().values(), source.model.state_dict().values()))
     for key, entry in source.optimizer.state_dict()["state"].items():
         assert all(torch.equal(run.optimizer.state_dict()["state"][key][name], value) for name, value in entry.items())
+
+
+def test_a_model_or_optimizer_class_with_its_own_load_state_dict_has_it_called() -> None:
+    """An override may rebuild a cache or re-tie weights: the fast copy must not skip it."""
+    calls: list[str] = []
+
+    class Model(torch.nn.Sequential):
+        def load_state_dict(self, state_dict, strict=True, assign=False):
+            calls.append("model")
+            return super().load_state_dict(state_dict, strict, assign)
+
+    class Adam(torch.optim.Adam):
+        def load_state_dict(self, state_dict):
+            calls.append("optimizer")
+            return super().load_state_dict(state_dict)
+
+    source = _run(0)
+    model = Model(torch.nn.Linear(10, 20), torch.nn.BatchNorm1d(20), torch.nn.Linear(20, 3))
+    optimizer = Adam(model.parameters(), lr=0.5)
+    model(torch.randn(8, 10)).sum().backward()
+    optimizer.step()
+    load_into(model, optimizer, source.model.state_dict(), source.optimizer.state_dict())
+    assert sorted(calls) == ["model", "optimizer"]
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), source.model.state_dict().values()))
+    assert optimizer.param_groups[0]["lr"] == source.optimizer.param_groups[0]["lr"]
+
+
+def test_what_a_module_keeps_on_load_does_not_view_the_payload_file(tmp_path) -> None:
+    """A module's extra state is kept as given: it must be the module's own, not the file map."""
+
+    class WithExtra(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = torch.nn.Linear(4, 4)
+            self.table = {"t": torch.arange(4.0)}
+
+        def get_extra_state(self):
+            return self.table
+
+        def set_extra_state(self, state) -> None:
+            self.table = state
+
+    store = LocalWeightsStore(tmp_path)
+    source = WithExtra()
+    store.put_weights("r", 1, Weights(source.state_dict(), torch.optim.SGD(source.parameters(), lr=0.1).state_dict()))
+    model = WithExtra()
+    model.table = {"t": torch.zeros(4)}
+    store.load_weights(Run("r", model, torch.optim.SGD(model.parameters(), lr=0.2)), 1)
+    path = store.payload_path(store.checkpoint_info("r", 1).parts["model"].location)
+    with open(path, "r+b") as file:  # the store never does this; a map would show it
+        file.write(b"\0" * path.stat().st_size)
+    assert torch.equal(model.table["t"], torch.arange(4.0))
+
+
+def test_tied_parameters_get_the_last_keys_values_as_in_load_state_dict(monkeypatch) -> None:
+    """Two keys, one tensor: copying both (in slices on two threads) would mix the two entries."""
+    from dacapo_store import helper_threads, staged_copies
+
+    monkeypatch.setattr(helper_threads, "thread_count", lambda: 2)
+    monkeypatch.setattr(staged_copies, "PARALLEL_COPY_BYTES", 0)
+    monkeypatch.setattr(staged_copies, "COPY_SLICE_BYTES", 100)  # 3 slices: slice i of each key on other threads
+    # the threads' tasks one after the other, the second first: one order that threads may take
+    monkeypatch.setattr(helper_threads, "run_together", lambda tasks: [task() for task in reversed(tasks)])
+
+    def tied() -> torch.nn.Module:
+        model = torch.nn.Sequential(torch.nn.Linear(8, 8, bias=False), torch.nn.Linear(8, 8, bias=False))
+        model[1].weight = model[0].weight
+        return model
+
+    state = {"0.weight": torch.ones(8, 8), "1.weight": torch.full((8, 8), 2.0)}
+    expected = tied()
+    expected.load_state_dict(state)
+    model = tied()
+    load_into(model, None, state, None)
+    assert torch.equal(model[0].weight, expected[0].weight) and torch.equal(model[1].weight, expected[1].weight)
+
+
+@pytest.mark.parametrize("target", ["expanded buffer", "inference tensor"])
+def test_a_target_the_copy_would_fail_on_changes_nothing(target) -> None:
+    """Found before anything is copied: the optimizer is not left loaded while the model is not."""
+    source, run = _run(0), _run(1)
+    with torch.inference_mode():
+        inference = torch.ones(3)
+    run.model.register_buffer("extra", torch.ones(1).expand(3) if target == "expanded buffer" else inference)
+    state = source.model.state_dict()
+    state["extra"] = torch.full((3,), 5.0)
+    before = _snapshot(run)
+    with pytest.raises(RuntimeError):
+        load_into(run.model, run.optimizer, state, source.optimizer.state_dict())
+    _assert_same(run, before)
+
+
+def test_an_interrupt_during_the_copy_puts_the_optimizers_hyperparameters_back(monkeypatch) -> None:
+    from dacapo_store import load_into as module
+
+    def interrupted(pairs) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(module, "copy_pairs", interrupted)
+    source, run = _run(0), _run(1)
+    before = _snapshot(run)
+    with pytest.raises(KeyboardInterrupt):
+        load_into(run.model, run.optimizer, source.model.state_dict(), source.optimizer.state_dict())
+    _assert_same(run, before)  # nothing was copied yet here: all of it is as it was
