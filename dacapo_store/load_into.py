@@ -163,6 +163,11 @@ def _optimizer_plan(optimizer: torch.optim.Optimizer, saved: Mapping[str, Any], 
             chain.from_iterable(group["params"] for group in groups),
         )
     )
+    steps_on_device = {  # load_state_dict moves ``step`` to the parameter's device in these groups
+        param_id: bool(group.get("fused", False) or group.get("capturable", False))
+        for group in reversed(saved_groups)  # the first group naming a parameter wins
+        for param_id in group["params"]
+    }
     state: dict[Any, Any] = {}
     for key, entry in saved["state"].items():
         param = params.get(key)
@@ -170,7 +175,7 @@ def _optimizer_plan(optimizer: torch.optim.Optimizer, saved: Mapping[str, Any], 
             state[key] = _private(entry, transient)
             continue
         existing = optimizer.state.get(param, {})
-        on_device = _step_on_param_device(key, saved_groups)
+        on_device = steps_on_device.get(key, False)
         state[key] = {}
         for name, value in entry.items():
             target = existing.get(name)
@@ -181,14 +186,6 @@ def _optimizer_plan(optimizer: torch.optim.Optimizer, saved: Mapping[str, Any], 
                 state[key][name] = _private(value, transient)
     substituted["state"] = state
     return substituted, pairs
-
-
-def _step_on_param_device(param_id: Any, saved_groups: list[dict]) -> bool:
-    """Whether ``load_state_dict`` moves a ``step`` to the parameter's device (its group is fused or capturable)."""
-    for group in saved_groups:
-        if param_id in group["params"]:
-            return bool(group.get("fused", False) or group.get("capturable", False))
-    return False
 
 
 def _fits(target: Any, value: torch.Tensor, param: torch.Tensor, name: Any, step_on_device: bool) -> bool:
@@ -220,6 +217,8 @@ def _copyable(target: torch.Tensor, source: torch.Tensor) -> bool:
 
 def _non_overlapping(tensor: torch.Tensor) -> bool:
     """Whether no two elements of ``tensor`` share memory (``False`` for an expanded tensor)."""
+    if tensor.is_contiguous():
+        return True
     reach = 1  # elements spanned by the dimensions of smaller strides
     for size, stride in sorted(((size, stride) for size, stride in zip(tensor.shape, tensor.stride()) if size > 1), key=lambda d: d[1]):
         if stride < reach:

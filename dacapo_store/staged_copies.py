@@ -39,25 +39,26 @@ def copy_pairs(pairs: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> None:
 
 
 def copy_on_host(pairs: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> None:
-    """``target.copy_(source)`` for every pair; from :data:`PARALLEL_COPY_BYTES` on, the pairs
-    whose dtypes match and whose targets are contiguous are cut into slices shared by
-    :func:`~dacapo_store.helper_threads.thread_count` (at most 2) threads started for this call."""
+    """``target.copy_(source)`` for every pair; from :data:`PARALLEL_COPY_BYTES` in all, the
+    pairs are shared by :func:`~dacapo_store.helper_threads.thread_count` (at most 2) threads
+    started for this call, tensors larger than :data:`COPY_SLICE_BYTES` (same dtypes, contiguous
+    targets) cut into slices of that size so that the threads' shares even out."""
     threads = min(2, helper_threads.thread_count())
-    sliced: list[tuple[torch.Tensor, torch.Tensor]] = []
+    if threads < 2 or sum(target.nbytes for target, _ in pairs) < PARALLEL_COPY_BYTES:
+        _copy_all(pairs)
+        return
+    shares: list[tuple[torch.Tensor, torch.Tensor]] = []
     for target, source in pairs:
-        if threads > 1 and target.dtype == source.dtype and target.is_contiguous() and target.device.type == "cpu":
+        if target.nbytes > COPY_SLICE_BYTES and target.dtype == source.dtype and target.is_contiguous() and target.device.type == "cpu":
             into = target.view(-1).view(torch.uint8)
             out_of = source.contiguous().view(-1).view(torch.uint8)
-            sliced.extend(
+            shares.extend(
                 (into[start : start + COPY_SLICE_BYTES], out_of[start : start + COPY_SLICE_BYTES])
                 for start in range(0, into.numel(), COPY_SLICE_BYTES)
             )
         else:
-            target.copy_(source)
-    if sum(target.numel() for target, _ in sliced) < PARALLEL_COPY_BYTES:
-        _copy_all(sliced)
-        return
-    helper_threads.run_together([lambda share=sliced[turn::threads]: _copy_all(share) for turn in range(threads)])
+            shares.append((target, source))
+    helper_threads.run_together([lambda share=shares[turn::threads]: _copy_all(share) for turn in range(threads)])
 
 
 def _copy_all(pairs: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> None:
