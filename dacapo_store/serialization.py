@@ -13,15 +13,18 @@ is parsed is exactly what was verified. Loads are weights only: a safetensors-la
 a legacy flat v1 one, :mod:`~dacapo_store.flat_format`) holds nothing but data, and a
 ``torch.save`` archive is read with ``torch.load(weights_only=True)``'s unpickler, which refuses
 anything but a plain state dict, so no pickled code runs.
+
+Only public torch APIs are used here (``torch.save``, ``torch.load``,
+``torch.serialization.default_restore_location``): no private name of
+torch (``torch._C``, ``torch.serialization._...``) and no probing of torch's internals;
+``tests/test_serialization.py`` checks it.
 """
 
 from __future__ import annotations
 
-import inspect
 import io
 import mmap as mmap_module
 import os
-import pickle
 import time
 import zipfile
 from collections.abc import Iterator
@@ -112,39 +115,6 @@ class HashingWriter(io.RawIOBase):
         return format_digest(DEFAULT_ALGORITHM, self._hash)
 
 
-def _torch_saves_without_crc32() -> bool:
-    """Whether this torch can write an archive without zip CRC32s through its own writer
-    (``torch._C.PyTorchFileWriter(file, compute_crc32, storage_alignment)`` and
-    ``torch.serialization._save``, which ``torch.save`` uses since torch 2.5; private, so it is
-    checked rather than assumed)."""
-    save = getattr(torch.serialization, "_save", None)
-    alignment = getattr(torch.serialization, "_get_storage_alignment", None)
-    if save is None or alignment is None:
-        return False
-    try:
-        parameters = inspect.signature(save).parameters
-        torch._C.PyTorchFileWriter(io.BytesIO(), False, alignment())
-    except (TypeError, ValueError, RuntimeError):
-        return False
-    return list(parameters)[:5] == ["obj", "zip_file", "pickle_module", "pickle_protocol", "_disable_byteorder_record"]
-
-
-SAVES_WITHOUT_CRC32 = _torch_saves_without_crc32()
-
-
-def _save(state: Any, writer: BinaryIO) -> None:
-    """``torch.save(state, writer)``, without the zip CRC32 of each record where this torch
-    allows it (:data:`SAVES_WITHOUT_CRC32`): the part's XXH3-128 digest covers every byte and is
-    checked on every load, while CRC32 would cost about as much CPU as the rest of the save.
-    ``torch.load`` reads such archives as usual (zip tools warn about the CRCs)."""
-    if not SAVES_WITHOUT_CRC32:
-        torch.save(state, writer)
-        return
-    archive = torch._C.PyTorchFileWriter(writer, False, torch.serialization._get_storage_alignment())
-    torch.serialization._save(state, archive, pickle, torch.serialization.DEFAULT_PROTOCOL, False)
-    archive.write_end_of_file()
-
-
 PAYLOAD_FORMAT_VARIABLE = "DACAPO_STORE_PAYLOAD_FORMAT"
 PAYLOAD_FORMATS = ("safetensors", "torch")
 _FORMAT_ALIASES = {"flat": "safetensors"}
@@ -205,7 +175,7 @@ def serialize_state(
         if planned is not None:
             planned.write(gathering.write)
         else:
-            _save(state, gathering)
+            torch.save(state, gathering)
         gathering.flush()
     except BaseException:
         if writer.error is not None:
@@ -376,32 +346,15 @@ class _MemoryFile(io.RawIOBase):
         return count
 
 
-def _torch_loads_in_place() -> bool:
-    """Whether this torch can build tensors as views of one storage holding the whole archive
-    (``torch.serialization._load(..., overall_storage=...)``, what ``torch.load(mmap=True)``
-    uses since torch 2.1; private, so it is checked rather than assumed)."""
-    load = getattr(torch.serialization, "_load", None)
-    try:
-        parameters = inspect.signature(load).parameters if load is not None else {}
-    except (TypeError, ValueError):
-        return False
-    return (
-        "overall_storage" in parameters
-        and hasattr(torch.serialization, "_weights_only_unpickler")
-        and hasattr(torch.serialization, "_open_zipfile_reader")
-    )
-
-
-LOADS_IN_PLACE = _torch_loads_in_place()
-
-
 def load_state_from_memory(memory: Any, map_location: Any, describe: str) -> Any:
     """Load a payload held in writable memory (an ``mmap``, a ``bytearray`` or a memoryview of
     them, which the caller gives up), weights only, as ``torch.load`` would load it from a file.
 
-    Tensors loaded to the CPU are views of ``memory`` (for a ``torch.save`` archive, where this
-    torch allows it: :data:`LOADS_IN_PLACE`, else torch copies each tensor out of it): nothing is
-    copied, and ``memory`` lives as long as any of them.
+    Tensors of a safetensors-layout or flat payload loaded to the CPU are views of ``memory``:
+    nothing is copied, and ``memory`` lives as long as any of them. A ``torch.save`` archive
+    (written only for values the layout cannot describe, and by 0.5.0) is read by the public
+    ``torch.load(weights_only=True)`` from a read-only file over ``memory``, which copies each
+    tensor out of it.
 
     Raises:
         as :func:`load_state`.
@@ -416,17 +369,7 @@ def load_state_from_memory(memory: Any, map_location: Any, describe: str) -> Any
             return flat_format.load(memory, restore)
         if not head.startswith(ZIP_MAGIC):
             return safetensors_layout.load(memory, restore)
-        if not LOADS_IN_PLACE:
-            return torch.load(_MemoryFile(view), map_location=placement.map_location, weights_only=True)
-        storage = torch.frombuffer(memory, dtype=torch.uint8).untyped_storage()
-        with torch.serialization._open_zipfile_reader(_MemoryFile(view)) as archive:
-            return torch.serialization._load(
-                archive,
-                placement.map_location,
-                torch.serialization._weights_only_unpickler,
-                overall_storage=storage,
-                encoding="utf-8",  # as torch.load passes it
-            )
+        return torch.load(_MemoryFile(view), map_location=placement.map_location, weights_only=True)
 
 
 def check_uncompressed_archive(file: BinaryIO, describe: str) -> None:

@@ -129,12 +129,15 @@ def test_mmap_loads_map_the_verified_file(tmp_path) -> None:
     assert not torch.equal(mapped["w"], model["w"])
 
 
-def test_loads_without_torchs_in_place_loader_copy_out_of_the_verified_memory(tmp_path, monkeypatch) -> None:
-    store, model, _ = _stored(tmp_path)
-    monkeypatch.setattr(serialization, "LOADS_IN_PLACE", False)
+def test_torch_archive_payloads_load_from_the_verified_memory_into_private_tensors(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv(serialization.PAYLOAD_FORMAT_VARIABLE, "torch")
+    store, model, path = _stored(tmp_path)
+    assert path.read_bytes().startswith(serialization.ZIP_MAGIC)
     loaded = store.retrieve_weights("r", 1)
     assert all(torch.equal(loaded.model[key], model[key]) for key in model)
     assert loaded.optimizer == {"state": {}, "param_groups": []}
+    loaded.model["w"] += 1  # the caller's own memory: the payload is unchanged
+    assert torch.equal(store.retrieve_weights("r", 1).model["w"], model["w"])
 
 
 def test_a_file_that_ends_early_while_read_is_corrupt(tmp_path) -> None:

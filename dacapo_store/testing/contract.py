@@ -697,8 +697,8 @@ class StoreContract:
         def planting_save(state: Any, file: Any) -> None:  # the catalog records its true digest
             file.write(payload)
 
-        monkeypatch.setenv(serialization.PAYLOAD_FORMAT_VARIABLE, "torch")  # written by _save, then
-        monkeypatch.setattr(serialization, "_save", planting_save)  # how a payload is written
+        monkeypatch.setenv(serialization.PAYLOAD_FORMAT_VARIABLE, "torch")  # written by torch.save,
+        monkeypatch.setattr(torch, "save", planting_save)  # which is how such a payload is written
         weights_store.put_weights(run.name, 6, Weights(run.model.state_dict(), None))
         monkeypatch.undo()
         weights_store.verify(run.name, 6)  # size and digest match what was planted
