@@ -44,6 +44,7 @@ def load_into(
     model_state: Mapping[str, Any],
     optimizer_state: Mapping[str, Any] | None,
     transient: bool = False,
+    optimizer_transient: bool | None = None,
 ) -> None:
     """Load ``model_state`` into ``model`` and ``optimizer_state`` (if not ``None``) into
     ``optimizer``, as ``load_state_dict`` of each would (see the module doc).
@@ -52,6 +53,9 @@ def load_into(
     mapped payload file): whatever the optimizer keeps of them is copied into private memory, and
     a model that goes through ``load_state_dict`` is given private copies (a module may keep what
     it is given: ``set_extra_state``, its own ``_load_from_state_dict``, load hooks).
+    ``optimizer_transient`` says the same of ``optimizer_state`` alone (default: ``transient``):
+    ``False`` for an optimizer state in memory of its own lets the optimizer keep its tensors
+    without a copy.
 
     Raises:
         RuntimeError, ValueError, KeyError...: as ``load_state_dict`` for states that do not fit
@@ -64,7 +68,8 @@ def load_into(
     if optimizer_state is not None:
         if optimizer is None:
             raise ValueError("an optimizer state was given but no optimizer to load it into")
-        substituted, optimizer_pairs = _optimizer_plan(optimizer, optimizer_state, transient)
+        optimizer_transient = transient if optimizer_transient is None else optimizer_transient
+        substituted, optimizer_pairs = _optimizer_plan(optimizer, optimizer_state, optimizer_transient)
         previous = {"state": optimizer.state, "param_groups": optimizer.param_groups}
         optimizer.load_state_dict(substituted)  # the state tensors kept from before still hold their old values
     try:

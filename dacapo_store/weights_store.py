@@ -309,6 +309,8 @@ class WeightsStore(GarbageCollection, ABC):
         """Load checkpoint ``iteration`` into ``run.model`` and ``run.optimizer``: both parts are
         read and verified first, then copied straight into the existing tensors
         (:func:`~dacapo_store.load_into.load_into`; the result of both ``load_state_dict`` calls).
+        An optimizer without state yet has no tensors to copy into: its part is read as
+        :meth:`retrieve_weights` reads it, into memory of its own that the optimizer keeps.
 
         Raises:
             as :meth:`retrieve_weights`; TypeError if ``run`` is a name; as ``load_state_dict``
@@ -317,8 +319,17 @@ class WeightsStore(GarbageCollection, ABC):
         """
         if isinstance(run, str):
             raise TypeError("load_weights needs a run object with .model and .optimizer, not a name")
-        weights = self._retrieve(run, iteration, True, self._load_part_to_copy)
-        load_into(run.model, run.optimizer, weights.model, weights.optimizer, transient=True)
+        keeps_optimizer_state = run.optimizer is not None and not run.optimizer.state  # a fresh one keeps all it is given
+
+        def load_part(info: CheckpointInfo, part: str) -> Any:
+            if part == "optimizer" and keeps_optimizer_state:
+                return self._load_part(info, part, "cpu")
+            return self._load_part_to_copy(info, part)
+
+        weights = self._retrieve(run, iteration, True, load_part)
+        load_into(
+            run.model, run.optimizer, weights.model, weights.optimizer, transient=True, optimizer_transient=not keeps_optimizer_state
+        )
         if weights.optimizer is None:
             logger.warning("%s has no optimizer state; optimizer left as is", describe(run.name, iteration))
 

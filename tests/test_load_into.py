@@ -115,11 +115,12 @@ def test_loading_into_a_fresh_optimizer_equals_load_state_dict(store) -> None:
     _assert_loaded_as_load_state_dict(run, weights, fresh_optimizer=True)
 
 
+@pytest.mark.parametrize("stepped", [True, False], ids=["trained", "fresh-optimizer"])
 @pytest.mark.parametrize("part", ["model", "optimizer"])
-def test_a_corrupt_part_leaves_model_and_optimizer_bit_identical(store, part) -> None:
+def test_a_corrupt_part_leaves_model_and_optimizer_bit_identical(store, part, stepped) -> None:
     _stored(store)
     _flip_payload_byte(store, store.checkpoint_info("r", 1).parts[part].location)
-    run = _run(1)
+    run = _run(1, stepped=stepped)
     before = _snapshot(run)
     with pytest.raises(CorruptCheckpointError):
         store.load_weights(run, 1)
@@ -147,6 +148,29 @@ def test_an_optimizer_state_that_does_not_fit_changes_nothing(store) -> None:
     with pytest.raises(ValueError, match="parameter group"):
         store.load_weights(run, 1)
     _assert_same(run, before)
+
+
+def test_a_fresh_optimizer_keeps_the_verified_read_without_a_second_copy(store) -> None:
+    """It has no tensors to copy into: it is given the tensors of the checked read itself
+    (views of the memory read into, which torch did not allocate), not copies of them."""
+    weights = _stored(store)
+    run = _run(1, stepped=False)
+    store.load_weights(run, 1)
+    _assert_loaded_as_load_state_dict(run, weights, fresh_optimizer=True)
+    tensors = [value for entry in run.optimizer.state.values() for value in entry.values() if isinstance(value, torch.Tensor)]
+    assert tensors and not any(value.untyped_storage().resizable() for value in tensors)  # a clone's storage is torch's
+
+
+def test_load_into_lets_an_optimizer_keep_a_state_of_its_own() -> None:
+    run, source = _run(1, stepped=False), _run(0)
+    state = source.optimizer.state_dict()
+    load_into(run.model, run.optimizer, source.model.state_dict(), state, transient=True, optimizer_transient=False)
+    kept = run.optimizer.state[next(iter(run.model.parameters()))]["exp_avg"]
+    assert kept is state["state"][0]["exp_avg"]
+    copied = _run(1, stepped=False)
+    load_into(copied.model, copied.optimizer, source.model.state_dict(), state, transient=True)
+    moment = copied.optimizer.state[next(iter(copied.model.parameters()))]["exp_avg"]
+    assert torch.equal(moment, kept) and moment.data_ptr() != kept.data_ptr()
 
 
 def test_a_fresh_optimizers_state_does_not_view_the_payload_file(tmp_path) -> None:
