@@ -62,6 +62,7 @@ from .errors import (
 )
 from .load_into import load_into
 from .owner import upload_ended
+from .serialization import serialize_state
 from .records import PARTS, CheckpointInfo, PartInfo, RunTotals, Weights
 from .score_catalog import ScoreCatalog
 from .state_checks import check_loadable_weights
@@ -489,6 +490,29 @@ class WeightsStore(GarbageCollection, ABC):
         Raises:
             CheckpointExistsError: stored (without ``replace``), or being stored or replaced
                 by another writer.
+        """
+
+    def _serializing(
+        self, reservation: Reservation, state: Any, location: str, slice_bytes: int | None = None
+    ) -> Callable[[Callable[[memoryview], object]], PartInfo]:
+        """What a payload store's ``write`` runs for one part: ``state`` streamed as the payload
+        at ``location`` (see :func:`~dacapo_store.serialization.serialize_state`), heart-beating
+        ``reservation`` as it goes; returns the part's size and digest."""
+        return lambda write: serialize_state(
+            state,
+            write,
+            location,
+            heartbeat=lambda: self._heartbeat(reservation),
+            heartbeat_every=self.heartbeat_every,
+            slice_bytes=slice_bytes,
+        )
+
+    @abstractmethod
+    def _heartbeat(self, reservation: Reservation) -> None:
+        """Show that ``reservation``'s upload is alive (called while it streams).
+
+        Raises:
+            ReservationLostError: the claim was taken over meanwhile.
         """
 
     @abstractmethod

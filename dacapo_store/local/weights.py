@@ -17,7 +17,6 @@ from ..errors import CheckpointExistsError, CheckpointNotFoundError, CorruptChec
 from ..records import CheckpointInfo, PartInfo, RunTotals
 from .. import payload_store
 from ..payload_store import PayloadStore
-from ..serialization import serialize_state
 from ..weights_store import (
     DEFAULT_STALE_AFTER,
     GarbageItem,
@@ -200,17 +199,7 @@ class LocalWeightsStore(WeightsStore):
     def _write_part(self, reservation: Reservation, part: str, state: Any) -> PartInfo:
         location = f"{reservation.token}.{part}.pt"
         reservation.payloads.append(location)
-        return self.payloads.write(
-            location,
-            lambda write: serialize_state(
-                state,
-                write,
-                location,
-                heartbeat=lambda: self._heartbeat(reservation),
-                heartbeat_every=self.heartbeat_every,
-                slice_bytes=WRITE_SLICE_BYTES,
-            ),
-        )
+        return self.payloads.write(location, self._serializing(reservation, state, location, WRITE_SLICE_BYTES))
 
     def _sync_payloads(self, reservation: Reservation) -> None:
         """Make the reservation's payloads durable (for files: one data sync per file, then one

@@ -36,7 +36,6 @@ from pymongo.write_concern import WriteConcern
 from ..checks import run_name_of
 from ..errors import CheckpointExistsError, WriteConcernFailedError
 from ..records import PARTS, CheckpointInfo, PartInfo, RunTotals
-from ..serialization import serialize_state
 from ..weights_store import (
     DEFAULT_STALE_AFTER,
     Reservation,
@@ -303,13 +302,7 @@ class MongoWeightsStore(MongoGarbageCollection, WeightsStore):
         reservation.payloads.append(location)
         return self.payloads.write(
             location,
-            lambda write: serialize_state(
-                state,
-                write,
-                location,
-                heartbeat=lambda: self._heartbeat(reservation),
-                heartbeat_every=self.heartbeat_every,
-            ),
+            self._serializing(reservation, state, location),
             filename=f"{reservation.run}/{reservation.iteration}/{part}",
             metadata={
                 "run": reservation.run,
