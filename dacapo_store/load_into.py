@@ -162,6 +162,7 @@ def _optimizer_plan(optimizer: torch.optim.Optimizer, saved: Mapping[str, Any], 
     ):
         substituted["state"] = _private(saved["state"], transient)
         return substituted, pairs
+    substituted["param_groups"] = [_indexed(group) for group in saved_groups]
     params = dict(
         zip(
             chain.from_iterable(group["params"] for group in saved_groups),
@@ -191,6 +192,38 @@ def _optimizer_plan(optimizer: torch.optim.Optimizer, saved: Mapping[str, Any], 
                 state[key][name] = _private(value, transient)
     substituted["state"] = state
     return substituted, pairs
+
+
+class _IndexedParams(list):
+    """A saved parameter group's ``params``: a list whose ``in`` is a set lookup.
+
+    ``Optimizer.load_state_dict`` finds the group of each state tensor's parameter by
+    ``param_id in group["params"]``, a scan of the list: quadratic in the parameters (5,000
+    parameters with Adam, 15,000 state tensors: 260 ms of a 600 ms load). The list is read only
+    (``load_state_dict`` deep-copies the groups, as plain lists, and keeps the optimizer's own
+    ``params``), so the set cannot go stale."""
+
+    def __init__(self, ids: list) -> None:
+        super().__init__(ids)
+        self._members = frozenset(ids)
+
+    def __contains__(self, item: object) -> bool:
+        try:
+            return item in self._members
+        except TypeError:  # unhashable: compare as a list would
+            return list.__contains__(self, item)
+
+    def __deepcopy__(self, memo: dict) -> list:
+        return copy.deepcopy(list(self), memo)
+
+
+def _indexed(group: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``group`` with its ``params`` an :class:`_IndexedParams` (``group`` itself where an id is
+    unhashable)."""
+    try:
+        return {**group, "params": _IndexedParams(group["params"])}
+    except TypeError:
+        return group
 
 
 def _fits(target: Any, value: torch.Tensor, param: torch.Tensor, name: Any, step_on_device: bool) -> bool:

@@ -35,7 +35,7 @@ import torch
 from safetensors.torch import _TYPES as _SAFETENSORS_DTYPES
 
 from .gc_pause import gc_paused
-from .state_structure import DTYPES, build, check_extent, describe, parse_json, storage_location, tensor_paths
+from .state_structure import DTYPES, build, check_extent, describe, parse_json, tensor_paths
 
 ALIGNMENT = 64
 """The data starts at a multiple of this many bytes (the header is padded with spaces)."""
@@ -105,7 +105,7 @@ def plan(state: Any) -> PlannedPayload:
             position += nbytes
         description = {
             "version": STRUCTURE_VERSION,
-            "storages": [[entry.name, storage_location(storage)] for entry, storage in zip(entries, structure.storages)],
+            "storages": [[entry.name, location] for entry, location in zip(entries, structure.locations)],
             "tensors": structure.tensors,
             "root": structure.root,
         }
@@ -125,16 +125,13 @@ def _entries(structure: Any) -> list[_Entry]:
     elements of its first tensor's type where they divide evenly, else as bytes."""
     entries: list[_Entry | None] = [None] * len(structure.storages)
     taken: set[str] = set()
-    for record, path in zip(structure.tensors, structure.paths):
-        index, dtype_name, shape, stride, offset = record[:5]
-        if entries[index] is not None or path is None:
+    for record, path, whole in zip(structure.tensors, structure.paths, structure.whole):
+        index, dtype_name, shape = record[:3]
+        if entries[index] is not None or path is None or not whole:
             continue
         name = ".".join(path)
-        dtype = DTYPES[dtype_name]
-        st_dtype = SAFETENSORS_DTYPE.get(dtype)
-        if name in taken or name.startswith("__") or st_dtype is None or offset != 0:
-            continue
-        if stride != _contiguous_strides(shape) or math.prod(shape) * dtype.itemsize != structure.storages[index].nbytes():
+        st_dtype = SAFETENSORS_DTYPE.get(DTYPES[dtype_name])
+        if name in taken or name.startswith("__") or st_dtype is None:
             continue
         entries[index] = _Entry(name, st_dtype, shape)
         taken.add(name)

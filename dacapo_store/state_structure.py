@@ -65,6 +65,11 @@ class Structure:
     tensors: list[list[Any]] = field(default_factory=list)
     storages: list[torch.UntypedStorage] = field(default_factory=list)
     paths: list[tuple[str, ...] | None] = field(default_factory=list)
+    whole: list[bool] = field(default_factory=list)
+    """Per tensor record: whether the tensor covers its storage whole, in order (contiguous,
+    offset 0, as many bytes as the storage)."""
+    locations: list[str] = field(default_factory=list)
+    """Per storage: torch's location tag (``"cpu"``, ``"cuda:0"``)."""
 
 
 class _Describer:
@@ -139,11 +144,14 @@ class _Describer:
         if is_parameter and tensor._backward_hooks:
             raise Undescribable("a parameter with backward hooks")
         structure = self.structure
+        storage = tensor.untyped_storage()
+        offset = tensor.storage_offset()
         structure.tensors.append([
-            self.storage(tensor.untyped_storage()), dtype_name, list(tensor.shape), list(tensor.stride()),
-            tensor.storage_offset(), tensor.requires_grad, is_parameter,
+            self.storage(storage), dtype_name, list(tensor.shape), list(tensor.stride()),
+            offset, tensor.requires_grad, is_parameter,
         ])
         structure.paths.append(path)
+        structure.whole.append(offset == 0 and tensor.is_contiguous() and tensor.nbytes == storage.nbytes())
         self._tensor_index[id(tensor)] = index = len(structure.tensors) - 1
         return index
 
@@ -159,6 +167,7 @@ class _Describer:
         if index is None:
             index = self._storage_index[key] = len(self.structure.storages)
             self.structure.storages.append(storage)
+            self.structure.locations.append("cpu" if device.type == "cpu" else torch.serialization.location_tag(storage))
         return index
 
 
@@ -177,11 +186,6 @@ def describe(state: Any) -> Structure:
     describer = _Describer()
     describer.structure.root = describer.value(state, 0, ())
     return describer.structure
-
-
-def storage_location(storage: torch.UntypedStorage) -> str:
-    """torch's location tag of ``storage`` (``"cpu"``, ``"cuda:0"``)."""
-    return "cpu" if storage.device.type == "cpu" else torch.serialization.location_tag(storage)
 
 
 # JSON strings, with an unterminated one running to the end: each byte is looked at once, so
