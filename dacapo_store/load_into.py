@@ -207,11 +207,8 @@ class _IndexedParams(list):
         super().__init__(ids)
         self._members = frozenset(ids)
 
-    def __contains__(self, item: object) -> bool:
-        try:
-            return item in self._members
-        except TypeError:  # unhashable: compare as a list would
-            return list.__contains__(self, item)
+    def __contains__(self, item: object) -> bool:  # asked of state keys: hashable
+        return item in self._members
 
     def __deepcopy__(self, memo: dict) -> list:
         return copy.deepcopy(list(self), memo)
@@ -219,7 +216,7 @@ class _IndexedParams(list):
 
 def _indexed(group: Mapping[str, Any]) -> Mapping[str, Any]:
     """``group`` with its ``params`` an :class:`_IndexedParams` (``group`` itself where an id is
-    unhashable)."""
+    unhashable: ``load_state_dict`` then refuses it with its own error)."""
     try:
         return {**group, "params": _IndexedParams(group["params"])}
     except TypeError:

@@ -48,6 +48,7 @@ DTYPES: dict[str, torch.dtype] = {name: getattr(torch, name) for name in _DTYPE_
 """The element types a structure describes, by torch name (those of whole bytes this torch has)."""
 DTYPE_NAME = {dtype: name for name, dtype in DTYPES.items()}
 _TENSOR_TYPES = (torch.Tensor, torch.nn.Parameter)
+_STRIDED = torch.strided
 
 
 class Undescribable(Exception):
@@ -110,9 +111,10 @@ class _Describer:
 
     def items(self, mapping: dict, depth: int, path: tuple[str, ...] | None) -> list[Any]:
         flat: list[Any] = []
+        value = self.value
         for key, item in mapping.items():
-            flat.append(self.value(key, depth + 1, None))
-            flat.append(self.value(item, depth + 1, _join(path, key)))
+            flat.append(key if type(key) is str else value(key, depth + 1, None))
+            flat.append(value(item, depth + 1, _join(path, key)))
         return flat
 
     def ordered_dict(self, mapping: collections.OrderedDict, depth: int, path: tuple[str, ...] | None) -> dict:
@@ -134,11 +136,12 @@ class _Describer:
         dtype_name = DTYPE_NAME.get(tensor.dtype)  # quantized element types have none
         if dtype_name is None:
             raise Undescribable(f"a tensor of {tensor.dtype}")
-        if tensor.layout is not torch.strided or tensor.is_nested:
+        if tensor.layout is not _STRIDED or tensor.is_nested:
             raise Undescribable(f"a {tensor.layout} tensor")
-        if tensor.is_neg() or (tensor.is_complex() and tensor.is_conj()):
+        if tensor.is_neg() or (tensor.is_conj() and tensor.is_complex()):
             raise Undescribable("a tensor with a lazy conjugate or negation")
-        if tensor.requires_grad and not tensor.is_leaf:
+        requires_grad = tensor.requires_grad
+        if requires_grad and not tensor.is_leaf:
             raise Undescribable("a tensor that is not a leaf of autograd")
         is_parameter = type(tensor) is torch.nn.Parameter
         if is_parameter and tensor._backward_hooks:
@@ -147,8 +150,7 @@ class _Describer:
         storage = tensor.untyped_storage()
         offset = tensor.storage_offset()
         structure.tensors.append([
-            self.storage(storage), dtype_name, list(tensor.shape), list(tensor.stride()),
-            offset, tensor.requires_grad, is_parameter,
+            self.storage(storage), dtype_name, [*tensor.shape], [*tensor.stride()], offset, requires_grad, is_parameter,
         ])
         structure.paths.append(path)
         structure.whole.append(offset == 0 and tensor.is_contiguous() and tensor.nbytes == storage.nbytes())

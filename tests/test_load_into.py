@@ -336,3 +336,38 @@ def test_an_interrupt_during_the_copy_puts_the_optimizers_hyperparameters_back(m
     with pytest.raises(KeyboardInterrupt):
         load_into(run.model, run.optimizer, source.model.state_dict(), source.optimizer.state_dict())
     _assert_same(run, before)  # nothing was copied yet here: all of it is as it was
+
+
+def _two_group_run(seed: int) -> Run:
+    """A model whose optimizer has a plain and a fused parameter group (``load_state_dict`` casts
+    ``step`` to float32 only in the fused one)."""
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.Linear(5, 2))
+    groups = [{"params": list(model[0].parameters())}, {"params": list(model[1].parameters()), "fused": True, "lr": 0.5}]
+    optimizer = torch.optim.Adam(groups, lr=0.1)
+    model(torch.randn(3, 4)).sum().backward()
+    optimizer.step()
+    return Run("r", model, optimizer)
+
+
+def test_each_state_follows_the_policy_of_its_own_parameter_group() -> None:
+    """load_state_dict finds each state's group by ``param_id in group["params"]`` (load_into
+    answers that from a set): float64 steps stay float64 in the plain group, become float32 in
+    the fused one, exactly as torch's own load does."""
+    saved = _two_group_run(0)
+    state = saved.optimizer.state_dict()
+    for entry in state["state"].values():
+        entry["step"] = entry["step"].to(torch.float64)
+    expected, run = _two_group_run(1), _two_group_run(1)
+    params_lists = [group["params"] for group in run.optimizer.param_groups]
+    expected.optimizer.load_state_dict(state)
+    load_into(run.model, run.optimizer, saved.model.state_dict(), state)
+    got, want = run.optimizer.state_dict(), expected.optimizer.state_dict()
+    assert got["param_groups"] == want["param_groups"]
+    for key, entry in want["state"].items():
+        for name, value in entry.items():
+            mine = got["state"][key][name]
+            assert torch.equal(mine, value) and mine.dtype == value.dtype, (key, name)
+    assert [type(group["params"]) for group in run.optimizer.param_groups] == [list, list]
+    assert [group["params"] for group in run.optimizer.param_groups] == params_lists
+    assert {entry["step"].dtype for entry in got["state"].values()} == {torch.float64, torch.float32}
