@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from . import helper_threads
+from ._torch_internals import copy_lazy_bits, storage_key, tensor_pieces, typed_storage, untyped_storage
 from .records import CheckpointInfo, Weights
 from .gc_pause import gc_paused
 from .payload_memory import private_memory
@@ -104,7 +105,7 @@ class _Copier:
         if kind is torch.UntypedStorage:
             copied = self._storage(value)
         elif kind is torch.TypedStorage:
-            copied = torch.TypedStorage(wrap_storage=self._storage(value._untyped_storage), dtype=value.dtype, _internal=True)
+            copied = typed_storage(self._storage(untyped_storage(value)), value.dtype)
         elif kind is bytearray:
             copied = bytearray(value)
         elif kind is list:
@@ -140,7 +141,7 @@ class _Copier:
         if source.layout == torch.strided and not (source.is_quantized or source.is_nested or source.is_meta):
             copied = self._strided(source)
         else:  # rebuilt as torch.load would, from the pieces torch.save stores, each copied
-            rebuild, pieces = torch.Tensor._reduce_ex_internal(source, 2)
+            rebuild, pieces = tensor_pieces(source)
             self._held.append(pieces)
             self._filled_now = True  # a rebuild may read its pieces (a nested tensor's sizes)
             try:
@@ -160,9 +161,7 @@ class _Copier:
         copied = torch.empty(0, dtype=source.dtype).set_(
             self._storage(source.untyped_storage()), source.storage_offset(), source.size(), source.stride()
         )
-        metadata = torch._utils.get_tensor_metadata(source)  # the lazy conjugate and negation bits
-        if metadata:
-            torch._utils.set_tensor_metadata(copied, metadata)
+        copy_lazy_bits(copied, source)
         if source.requires_grad:
             copied.requires_grad_()
             if not source.is_leaf:  # nor is the copy: how a part is written depends on it
@@ -173,7 +172,7 @@ class _Copier:
         """The host copy of ``storage``: one per storage object (as ``torch.save`` tells storages
         apart), whether met as a tensor's storage or on its own. Its bytes are copied later
         (:attr:`host_copies`, or asynchronously from CUDA), except while :attr:`_filled_now`."""
-        key = storage._cdata
+        key = storage_key(storage)
         copy = self._copies.get(key) if storage.nbytes() else None
         if copy is not None and self._filled_now:
             host, source = self._sources[key]

@@ -25,14 +25,9 @@ from itertools import chain
 from typing import Any
 
 import torch
-from torch.nn.modules.batchnorm import _NormBase
 
+from ._torch_internals import has_load_pre_hooks, loads_plainly
 from .staged_copies import copy_pairs
-
-_PLAIN_MODULE_LOADS = (torch.nn.Module._load_from_state_dict, _NormBase._load_from_state_dict)
-"""``_load_from_state_dict`` implementations that, given exactly the module's own keys with
-matching shapes, do nothing but ``param.copy_(loaded)`` for each (BatchNorm's only adds a
-missing ``num_batches_tracked``)."""
 
 Pairs = list[tuple[torch.Tensor, torch.Tensor]]
 """(target already in the model or optimizer, loaded source) to copy."""
@@ -93,11 +88,8 @@ def _model_pairs(model: torch.nn.Module, state: Mapping[str, Any]) -> Pairs | No
     model class with its own ``load_state_dict`` or a module with its own ``_load_from_state_dict``."""
     if type(model).load_state_dict is not torch.nn.Module.load_state_dict:
         return None
-    for module in model.modules():
-        if module._load_state_dict_pre_hooks or module._load_state_dict_post_hooks:
-            return None
-        if type(module)._load_from_state_dict not in _PLAIN_MODULE_LOADS:
-            return None
+    if not all(loads_plainly(module) for module in model.modules()):
+        return None
     targets = model.state_dict(keep_vars=True)
     if set(targets) != set(state):
         return None
@@ -157,7 +149,7 @@ def _optimizer_plan(optimizer: torch.optim.Optimizer, saved: Mapping[str, Any], 
     substituted = dict(saved)
     pairs: Pairs = []
     if (
-        optimizer._optimizer_load_state_dict_pre_hooks  # a hook may rewrite the state dict: no shortcut
+        has_load_pre_hooks(optimizer)  # a hook may rewrite the state dict: no shortcut
         or type(optimizer).load_state_dict is not torch.optim.Optimizer.load_state_dict  # nor may an override
     ):
         substituted["state"] = _private(saved["state"], transient)

@@ -31,6 +31,8 @@ from typing import Any
 import numpy
 import torch
 
+from ._torch_internals import has_backward_hooks, storage_key
+
 MAX_INT_BITS = 1024
 """Larger integers are left to ``torch.save``: Python refuses to parse integers of over 4,300
 digits from text by default."""
@@ -144,7 +146,7 @@ class _Describer:
         if requires_grad and not tensor.is_leaf:
             raise Undescribable("a tensor that is not a leaf of autograd")
         is_parameter = type(tensor) is torch.nn.Parameter
-        if is_parameter and tensor._backward_hooks:
+        if is_parameter and has_backward_hooks(tensor):
             raise Undescribable("a parameter with backward hooks")
         structure = self.structure
         storage = tensor.untyped_storage()
@@ -164,7 +166,7 @@ class _Describer:
         # One record per storage object, as torch.save keys them (views of one tensor and tied
         # weights share one; two storage objects over the same bytes get one each). The walk
         # holds every storage it met, so no key is reused while it runs.
-        key = storage._cdata
+        key = storage_key(storage)
         index = self._storage_index.get(key)
         if index is None:
             index = self._storage_index[key] = len(self.structure.storages)
