@@ -19,6 +19,7 @@ import textwrap
 import threading
 import time
 from typing import Any
+from unittest import mock
 
 import pytest
 import safetensors.torch
@@ -382,6 +383,84 @@ def test_an_80_kb_hostile_header_is_refused_with_a_raised_recursion_limit(header
     done = subprocess.run([sys.executable, "-c", script], input=header, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "CorruptCheckpointError deep: refused" in done.stdout and reason in done.stdout
+
+
+def scanned_depth(text: bytes) -> int:
+    """The nesting ``check_json_depth`` finds in ``text``, read byte by byte: brackets count
+    outside strings, and a quote after an odd run of backslashes neither ends nor starts one
+    (outside strings a backslash is a syntax error, where ``json.loads`` stops reading)."""
+    inside, backslashes, depth, deepest = False, 0, 0, 0
+    for byte in text:
+        if byte == ord('"') and backslashes % 2 == 0:
+            inside = not inside
+        elif not inside and byte in b"[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif not inside and byte in b"]}":
+            depth -= 1
+        backslashes = backslashes + 1 if byte == ord("\\") else 0
+    return deepest
+
+
+def assert_json_depth(text: bytes, depth: int, scan_bytes: int = state_structure._SCAN_BYTES) -> None:
+    """``check_json_depth`` scanning ``scan_bytes`` at a time accepts ``text`` nested ``depth``
+    deep, and refuses it one level less."""
+    with mock.patch.object(state_structure, "_SCAN_BYTES", scan_bytes):
+        state_structure.check_json_depth(text, depth)
+        if depth > 0:
+            with pytest.raises(ValueError, match=f"JSON nested deeper than {depth - 1}$"):
+                state_structure.check_json_depth(text, depth - 1)
+
+
+# Scanned a few bytes at a time, strings, escapes and runs of backslashes cross the chunks.
+scan_sizes = st.sampled_from([1, 2, 3, 5, 8, state_structure._SCAN_BYTES])
+json_ish = st.lists(st.sampled_from([bytes([byte]) for byte in b'[]{}"\\ a,:']), max_size=200).map(b"".join)
+json_text = st.text(alphabet='[]{}"\\ a,:\n\u00e9', max_size=8)
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | json_text,
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(json_text, children, max_size=4),
+    max_leaves=30,
+)
+
+
+def nesting(value: Any) -> int:
+    if isinstance(value, dict):
+        value = list(value.values())
+    return 1 + max(map(nesting, value), default=0) if isinstance(value, list) else 0
+
+
+@settings(max_examples=500, deadline=None)
+@given(json_ish, scan_sizes)
+def test_the_json_depth_check_reads_any_text_as_the_byte_by_byte_scan(text: bytes, scan_bytes: int) -> None:
+    assert_json_depth(text, scanned_depth(text), scan_bytes)
+
+
+@settings(max_examples=200, deadline=None)
+@given(json_values, scan_sizes)
+def test_the_json_depth_check_finds_the_nesting_of_json_values(value: Any, scan_bytes: int) -> None:
+    """Also of a value beside its JSON text in a string, as a header holds the structure."""
+    for text, depth in ((json.dumps(value), nesting(value)), (json.dumps([json.dumps(value), value]), 1 + nesting(value))):
+        assert scanned_depth(text.encode("ascii")) == depth
+        assert_json_depth(text.encode("ascii"), depth, scan_bytes)
+
+
+SCAN = state_structure._SCAN_BYTES
+HOSTILE_JSON = {
+    "200,000 [": (b"[" * 200_000, 200_000),
+    "200,000 [ in a string never closed": (b'"' + b"[" * 200_000, 0),
+    "a run of 200,001 backslashes escaping the quote": (b'["' + b"\\" * 200_001 + b'"[[', 1),
+    "a run of 200,000 backslashes before the quote": (b'["' + b"\\" * 200_000 + b'"[[', 3),
+    "100,000 escaped quotes, never closed": (b'{"a' + b'\\"' * 100_000 + b"[[", 1),
+    "an odd run of backslashes ending a scanned chunk": (b'[ "' + b"\\" * (SCAN - 3) + b'"[[', 1),
+    "an even run of backslashes ending a scanned chunk": (b'["' + b"\\" * (SCAN - 2) + b'"[[', 3),
+    "a string crossing a scanned chunk": (b"[" + b'"' + b"[" * SCAN + b'"[', 2),
+}
+
+
+@pytest.mark.parametrize(("text", "depth"), HOSTILE_JSON.values(), ids=HOSTILE_JSON.keys())
+def test_the_json_depth_check_reads_hostile_texts_as_the_byte_by_byte_scan(text: bytes, depth: int) -> None:
+    assert scanned_depth(text) == depth
+    assert_json_depth(text, depth)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="tests a device this machine lacks")
