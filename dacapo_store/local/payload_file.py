@@ -81,8 +81,9 @@ def _read_verified(file: BinaryIO, expected: PartInfo, describe: str) -> Any:
     """Read the ``expected.size`` bytes of ``file`` into private memory, hashing each piece in
     order as soon as it has landed; return the memory once size and digest match.
 
-    A payload of at least :data:`PARALLEL_READ_BYTES` is read by several threads at once
-    (:class:`_SharedRead`), else by the calling thread alone.
+    A payload of at least :data:`PARALLEL_READ_BYTES` that the page cache holds is read by
+    several threads at once (:class:`_SharedRead`), else by the calling thread alone: from the
+    disk, one sequential reader is faster (see :func:`_cached`).
 
     Raises:
         CorruptCheckpointError: the file ends early (truncated meanwhile), or the digest differs.
@@ -94,7 +95,7 @@ def _read_verified(file: BinaryIO, expected: PartInfo, describe: str) -> Any:
     view = memoryview(memory)
     try:
         threads = helper_threads.thread_count()
-        if threads > 1 and expected.size >= PARALLEL_READ_BYTES and hasattr(os, "preadv"):
+        if threads > 1 and expected.size >= PARALLEL_READ_BYTES and hasattr(os, "preadv") and _cached(file.fileno(), expected.size):
             _SharedRead(file.fileno(), view, hash_object, expected, describe).run(threads - 1)
         else:
             _read_in_turn(file, view, hash_object, expected, describe)
@@ -102,6 +103,27 @@ def _read_verified(file: BinaryIO, expected: PartInfo, describe: str) -> Any:
         view.release()
     check_payload(expected.size, format_digest(algorithm, hash_object), expected, describe)
     return memory
+
+
+def _cached(fd: int, size: int) -> bool:
+    """Whether the last byte of the file (``size`` bytes) is in the page cache: a read of it
+    with ``RWF_NOWAIT`` would not wait for the disk. ``True`` where that cannot be asked.
+
+    Threads pay only from the page cache: 300 MB read and hashed into fresh memory by two
+    threads took 38 ms instead of 47 warm, but 140 ms instead of 122 from the disk (medians of
+    11 interleaved rounds, two cores, a virtio disk). The last byte is asked because the whole
+    file's read-ahead was just requested from the start (:func:`_open_payload`).
+    """
+    nowait = getattr(os, "RWF_NOWAIT", None)
+    if nowait is None or size == 0:
+        return True
+    try:
+        os.preadv(fd, [bytearray(1)], size - 1, nowait)
+    except BlockingIOError:
+        return False
+    except OSError:  # a file system that cannot answer (EOPNOTSUPP)
+        return True
+    return True
 
 
 def _read_in_turn(file: BinaryIO, view: memoryview, hash_object: Any, expected: PartInfo, describe: str) -> None:
