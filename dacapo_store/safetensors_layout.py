@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import json.encoder
 import math
 import struct
 from collections.abc import Callable
@@ -46,17 +47,15 @@ STRUCTURE_KEY = "dacapo_store"
 STRUCTURE_VERSION = 1
 STORAGE_PREFIX = "__storage__."
 _LENGTH = struct.Struct("<Q")
+_GATHER_BYTES = 1 << 20
+_CPU = torch.device("cpu")
 _HEADER_DEPTH = 3
 """``{"name": {"data_offsets": [...]}}``: no valid header nests deeper."""
 
 SAFETENSORS_DTYPE: dict[torch.dtype, str] = {dtype: name for name, dtype in _SAFETENSORS_DTYPES.items()}
 """safetensors' name of each element type it holds (``torch.float32`` -> ``"F32"``)."""
-
-
-class _Entry(NamedTuple):
-    name: str
-    dtype: str
-    shape: list[int]
+_ENTRY_DTYPE = {name: SAFETENSORS_DTYPE[dtype] for name, dtype in DTYPES.items() if dtype in SAFETENSORS_DTYPE}
+"""The same by the torch names of structures (``"float32"`` -> ``"F32"``)."""
 
 
 def is_safetensors(head: bytes) -> bool:
@@ -76,14 +75,30 @@ class PlannedPayload:
 
     def write(self, write: Callable[[Any], object]) -> None:
         """Hand the payload to ``write`` piece by piece (bytes or memoryviews, in order); a
-        piece is only valid during the call."""
+        piece is only valid during the call.
+
+        Storages smaller than :data:`_GATHER_BYTES` are copied together into pieces of up to
+        that size (one call per storage costs more than the copy where there are thousands)."""
         write(_LENGTH.pack(len(self.header)))
         write(self.header)
+        gathered = (ctypes.c_char * _GATHER_BYTES)()
+        gathered_view = memoryview(gathered).cast("B")
+        address, filled = ctypes.addressof(gathered), 0
         for storage in self.storages:
             size = storage.nbytes()
-            if size:
-                host = storage if storage.device.type == "cpu" else storage.cpu()
+            if not size:
+                continue
+            host = storage if storage.device == _CPU else storage.cpu()
+            if filled + size > _GATHER_BYTES and filled:
+                write(gathered_view[:filled])
+                filled = 0
+            if size >= _GATHER_BYTES:
                 write(memoryview((ctypes.c_char * size).from_address(host.data_ptr())).cast("B"))
+            else:
+                ctypes.memmove(address + filled, host.data_ptr(), size)
+                filled += size
+        if filled:
+            write(gathered_view[:filled])
 
 
 def plan(state: Any) -> PlannedPayload:
@@ -95,54 +110,72 @@ def plan(state: Any) -> PlannedPayload:
     with gc_paused():
         structure = describe(state)
         entries = _entries(structure)
-        order = sorted(range(len(entries)), key=lambda s: (-_itemsize(entries[s].dtype), s))
-        header: dict[str, Any] = {}
-        position = 0
-        for s in order:
-            nbytes = structure.storages[s].nbytes()
-            entry = entries[s]
-            header[entry.name] = {"dtype": entry.dtype, "shape": entry.shape, "data_offsets": [position, position + nbytes]}
-            position += nbytes
+        largest_first = [-_ITEMSIZE[dtype] for _, dtype, _ in entries]
+        order = sorted(range(len(entries)), key=largest_first.__getitem__)  # stable: ties in storage order
         description = {
             "version": STRUCTURE_VERSION,
-            "storages": [[entry.name, location] for entry, location in zip(entries, structure.locations)],
+            "storages": [[name, location] for (name, _, _), location in zip(entries, structure.locations)],
             "tensors": structure.tensors,
             "root": structure.root,
         }
-        metadata = {"format": "pt", STRUCTURE_KEY: json.dumps(description, separators=(",", ":"))}
-        encoded = json.dumps({"__metadata__": metadata, **header}, separators=(",", ":")).encode("ascii")
+        metadata = {"format": "pt", STRUCTURE_KEY: _json(description)}
+        # The header {"__metadata__": metadata, name: {"dtype", "shape", "data_offsets"}, ...}
+        # spelled out entry by entry as json.dumps writes it (about half the time of building
+        # and encoding a dict per entry): names escaped by json's own encoder, shapes lists of
+        # ints, whose str() is their JSON but for spaces.
+        pieces = [f'"__metadata__":{_json(metadata)}']
+        position = 0
+        for s in order:
+            name, dtype, shape = entries[s]
+            end = position + structure.nbytes[s]
+            shape_json = str(shape).replace(" ", "")
+            pieces.append(f'{_json_string(name)}:{{"dtype":"{dtype}","shape":{shape_json},"data_offsets":[{position},{end}]}}')
+            position = end
+        encoded = f"{{{','.join(pieces)}}}".encode("ascii")
     encoded += b" " * (-(_LENGTH.size + len(encoded)) % ALIGNMENT)
     return PlannedPayload(encoded, [structure.storages[s] for s in order])
 
 
-def _itemsize(safetensors_dtype: str) -> int:
-    return _SAFETENSORS_DTYPES[safetensors_dtype].itemsize
+_json_string = json.encoder.encode_basestring_ascii
+"""A string as JSON text, as :func:`json.dumps` writes it (``ensure_ascii``)."""
 
 
-def _entries(structure: Any) -> list[_Entry]:
-    """The safetensors entry of each storage: named by the path of the first tensor covering it
-    whole and contiguously (if that name is free), else ``__storage__.N`` holding its bytes as
-    elements of its first tensor's type where they divide evenly, else as bytes."""
-    entries: list[_Entry | None] = [None] * len(structure.storages)
+def _json(value: Any) -> str:
+    """``value`` as compact JSON (no cycle check: what :func:`plan` encodes is a tree it built)."""
+    return json.dumps(value, separators=(",", ":"), check_circular=False)
+
+
+_ITEMSIZE = {name: dtype.itemsize for name, dtype in _SAFETENSORS_DTYPES.items()}
+"""The size in bytes of an element of each safetensors dtype (``"F32"`` -> 4)."""
+
+
+def _entries(structure: Any) -> list[tuple[str, str, list[int]]]:
+    """The safetensors entry ``(name, dtype, shape)`` of each storage: named by the path of the
+    first tensor covering it whole and contiguously (if that name is free), else
+    ``__storage__.N`` holding its bytes as elements of its first tensor's type where they divide
+    evenly, else as bytes."""
+    entries: list[tuple[str, str, list[int]] | None] = [None] * len(structure.storages)
     taken: set[str] = set()
-    for record, path, whole in zip(structure.tensors, structure.paths, structure.whole):
-        index, dtype_name, shape = record[:3]
-        if entries[index] is not None or path is None or not whole:
+    for record, name in zip(structure.tensors, structure.names):
+        if name is None:
             continue
-        name = ".".join(path)
-        st_dtype = SAFETENSORS_DTYPE.get(DTYPES[dtype_name])
-        if name in taken or name.startswith("__") or st_dtype is None:
-            continue
-        entries[index] = _Entry(name, st_dtype, shape)
-        taken.add(name)
-    for record in structure.tensors:
         index = record[0]
-        if entries[index] is None:
-            nbytes = structure.storages[index].nbytes()
-            st_dtype = SAFETENSORS_DTYPE.get(DTYPES[record[1]], "U8")
-            if nbytes % _itemsize(st_dtype):
-                st_dtype = "U8"
-            entries[index] = _Entry(f"{STORAGE_PREFIX}{index}", st_dtype, [nbytes // _itemsize(st_dtype)])
+        if entries[index] is not None or name in taken or name.startswith("__"):
+            continue
+        st_dtype = _ENTRY_DTYPE.get(record[1])
+        if st_dtype is None:
+            continue
+        entries[index] = (name, st_dtype, record[2])
+        taken.add(name)
+    if None in entries:
+        for record in structure.tensors:
+            index = record[0]
+            if entries[index] is None:
+                nbytes = structure.nbytes[index]
+                st_dtype = _ENTRY_DTYPE.get(record[1], "U8")
+                if nbytes % _ITEMSIZE[st_dtype]:
+                    st_dtype = "U8"
+                entries[index] = (f"{STORAGE_PREFIX}{index}", st_dtype, [nbytes // _ITEMSIZE[st_dtype]])
     return entries  # type: ignore[return-value]
 
 
@@ -255,7 +288,7 @@ def _checked_entries(header: dict[str, Any], data_bytes: int, data_start: int) -
         if type(offsets) is not list or len(offsets) != 2 or any(type(n) is not int for n in offsets):
             raise ValueError(f"entry {name!r} has malformed data_offsets")
         begin, end = offsets
-        if end - begin != math.prod(shape) * _itemsize(dtype):
+        if end - begin != math.prod(shape) * _ITEMSIZE[dtype]:
             raise ValueError(f"entry {name!r} holds {end - begin} bytes, its dtype and shape need another size")
         entries[name] = (begin, end, dtype, shape)
     position = 0

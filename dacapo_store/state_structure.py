@@ -48,7 +48,9 @@ _DTYPE_NAMES = (
 DTYPES: dict[str, torch.dtype] = {name: getattr(torch, name) for name in _DTYPE_NAMES if hasattr(torch, name)}
 """The element types a structure describes, by torch name (those of whole bytes this torch has)."""
 DTYPE_NAME = {dtype: name for name, dtype in DTYPES.items()}
-_TENSOR_TYPES = (torch.Tensor, torch.nn.Parameter)
+_PARAMETER = torch.nn.Parameter
+_TENSOR_TYPES = (torch.Tensor, _PARAMETER)
+_COMPLEX = {"complex32", "complex64", "complex128"}
 _STRIDED = torch.strided
 
 
@@ -59,23 +61,29 @@ class Undescribable(Exception):
 @dataclass
 class Structure:
     """A state dict described: ``root`` (its JSON value), ``tensors`` (the tensor records),
-    ``storages`` (the storage objects, in order of first use, held so their memory stays valid)
-    and ``paths`` (per tensor record, the keys and indices leading to its first use from the
-    root, or ``None`` where a key is neither a string nor an integer)."""
+    ``storages`` (the storage objects, in order of first use, held so their memory stays valid),
+    ``locations`` and ``nbytes`` (per storage) and ``names`` (per tensor record)."""
 
     root: Any = None
     tensors: list[list[Any]] = field(default_factory=list)
     storages: list[torch.UntypedStorage] = field(default_factory=list)
-    paths: list[tuple[str, ...] | None] = field(default_factory=list)
-    whole: list[bool] = field(default_factory=list)
-    """Per tensor record: whether the tensor covers its storage whole, in order (contiguous,
-    offset 0, as many bytes as the storage)."""
+    names: list[str | None] = field(default_factory=list)
+    """Per tensor record: the keys and indices leading to its first use from the root, joined
+    with ``"."`` (``"state.0.exp_avg"``), if the tensor covers its storage whole, in order
+    (contiguous, offset 0, as many bytes as the storage); ``None`` for a tensor that does not,
+    or where a key on the way is neither a string nor an integer."""
     locations: list[str] = field(default_factory=list)
     """Per storage: torch's location tag (``"cpu"``, ``"cuda:0"``)."""
+    nbytes: list[int] = field(default_factory=list)
+    """Per storage: its size in bytes."""
 
 
 class _Describer:
-    """One walk over a state dict, filling a :class:`Structure`."""
+    """One walk over a state dict, filling a :class:`Structure`.
+
+    The walk carries each value's ``name`` (its path joined with ``"."``, ``None`` once a key is
+    neither a string nor an integer); the items of a container are named ``prefix + key``, the
+    prefix being ``""`` at the root and the container's name and a dot below it."""
 
     def __init__(self) -> None:
         self.structure = Structure()
@@ -83,7 +91,7 @@ class _Describer:
         self._tensor_index: dict[int, int] = {}
         self._containers: set[int] = set()
 
-    def value(self, value: Any, depth: int, path: tuple[str, ...] | None) -> Any:
+    def value(self, value: Any, depth: int, name: str | None) -> Any:
         kind = type(value)
         if kind is str or kind is float or kind is bool or value is None:
             return value
@@ -92,7 +100,7 @@ class _Describer:
                 raise Undescribable(f"an integer of more than {MAX_INT_BITS} bits")
             return value
         if kind in _TENSOR_TYPES:
-            return {"t": self.tensor(value, path)}
+            return {"t": self.tensor(value, name)}
         if kind is tuple and not value:
             return {"u": []}  # the one empty tuple of the interpreter, met anywhere
         if depth >= MAX_DEPTH:
@@ -101,33 +109,37 @@ class _Describer:
             if id(value) in self._containers:
                 raise Undescribable("a container referenced twice (torch.save keeps it shared)")
             self._containers.add(id(value))
+        prefix = None if name is None else f"{name}." if depth else ""
         if kind is list or kind is tuple:
-            items = [self.value(item, depth + 1, _join(path, i)) for i, item in enumerate(value)]
+            items = [self.value(item, depth + 1, None if prefix is None else f"{prefix}{i}") for i, item in enumerate(value)]
             return {"l" if kind is list else "u": items}
         if kind is dict:
-            return {"d": self.items(value, depth, path)}
+            return {"d": self.items(value, depth, prefix)}
         if kind is collections.OrderedDict:
-            return self.ordered_dict(value, depth, path)
+            return self.ordered_dict(value, depth, prefix)
         raise Undescribable(f"a value of type {kind.__qualname__}")
 
-    def items(self, mapping: dict, depth: int, path: tuple[str, ...] | None) -> list[Any]:
+    def items(self, mapping: dict, depth: int, prefix: str | None) -> list[Any]:
         flat: list[Any] = []
-        value = self.value
+        append, value, tensor = flat.append, self.value, self.tensor
         for key, item in mapping.items():
-            flat.append(key if type(key) is str else value(key, depth + 1, None))
-            flat.append(value(item, depth + 1, _join(path, key)))
+            kind = type(key)
+            append(key if kind is str else value(key, depth + 1, None))
+            name = None if prefix is None or (kind is not str and kind is not int) else f"{prefix}{key}"
+            # A tensor item (most of a state dict's items) skips value()'s dispatch.
+            append({"t": tensor(item, name)} if type(item) in _TENSOR_TYPES else value(item, depth + 1, name))
         return flat
 
-    def ordered_dict(self, mapping: collections.OrderedDict, depth: int, path: tuple[str, ...] | None) -> dict:
+    def ordered_dict(self, mapping: collections.OrderedDict, depth: int, prefix: str | None) -> dict:
         attributes = vars(mapping)
-        encoded: dict[str, Any] = {"o": self.items(mapping, depth, path)}
+        encoded: dict[str, Any] = {"o": self.items(mapping, depth, prefix)}
         if "_metadata" in attributes:
             encoded["m"] = self.value(attributes["_metadata"], depth + 1, None)
         if attributes.keys() - {"_metadata"}:
             raise Undescribable("an OrderedDict with attributes other than _metadata")
         return encoded
 
-    def tensor(self, tensor: torch.Tensor, path: tuple[str, ...] | None) -> int:
+    def tensor(self, tensor: torch.Tensor, name: str | None) -> int:
         """The index of ``tensor``'s record (one record per tensor object, as pickle keeps one)."""
         index = self._tensor_index.get(id(tensor))
         if index is not None:
@@ -139,45 +151,40 @@ class _Describer:
             raise Undescribable(f"a tensor of {tensor.dtype}")
         if tensor.layout is not _STRIDED or tensor.is_nested:
             raise Undescribable(f"a {tensor.layout} tensor")
-        if tensor.is_neg() or (tensor.is_conj() and tensor.is_complex()):
+        if tensor.is_neg() or (dtype_name in _COMPLEX and tensor.is_conj()):
             raise Undescribable("a tensor with a lazy conjugate or negation")
         requires_grad = tensor.requires_grad
         if requires_grad and not tensor.is_leaf:
             raise Undescribable("a tensor that is not a leaf of autograd")
-        is_parameter = type(tensor) is torch.nn.Parameter
+        is_parameter = type(tensor) is _PARAMETER
         if is_parameter and has_backward_hooks(tensor):
             raise Undescribable("a parameter with backward hooks")
         structure = self.structure
         storage = tensor.untyped_storage()
-        offset = tensor.storage_offset()
-        structure.tensors.append([
-            self.storage(storage), dtype_name, [*tensor.shape], [*tensor.stride()], offset, requires_grad, is_parameter,
-        ])
-        structure.paths.append(path)
-        structure.whole.append(offset == 0 and tensor.is_contiguous() and tensor.nbytes == storage.nbytes())
-        self._tensor_index[id(tensor)] = index = len(structure.tensors) - 1
-        return index
-
-    def storage(self, storage: torch.UntypedStorage) -> int:
-        device = storage.device
-        if device.type != "cpu" and device.type != "cuda":
-            raise Undescribable(f"a tensor on {device}")
         # One record per storage object, as torch.save keys them (views of one tensor and tied
         # weights share one; two storage objects over the same bytes get one each). The walk
         # holds every storage it met, so no key is reused while it runs.
         key = storage_key(storage)
-        index = self._storage_index.get(key)
-        if index is None:
-            index = self._storage_index[key] = len(self.structure.storages)
-            self.structure.storages.append(storage)
-            self.structure.locations.append("cpu" if device.type == "cpu" else torch.serialization.location_tag(storage))
+        storage_index = self._storage_index.get(key)
+        if storage_index is None:
+            if tensor.is_cpu:  # the tensor's device is its storage's
+                location = "cpu"
+            elif tensor.is_cuda:
+                location = torch.serialization.location_tag(storage)
+            else:
+                raise Undescribable(f"a tensor on {storage.device}")
+            storage_index = self._storage_index[key] = len(structure.storages)
+            structure.storages.append(storage)
+            structure.locations.append(location)
+            structure.nbytes.append(storage.nbytes())
+        offset = tensor.storage_offset()
+        structure.tensors.append([
+            storage_index, dtype_name, [*tensor.shape], [*tensor.stride()], offset, requires_grad, is_parameter,
+        ])
+        whole = offset == 0 and tensor.nbytes == structure.nbytes[storage_index] and tensor.is_contiguous()
+        structure.names.append(name if whole else None)
+        self._tensor_index[id(tensor)] = index = len(structure.tensors) - 1
         return index
-
-
-def _join(path: tuple[str, ...] | None, key: Any) -> tuple[str, ...] | None:
-    if path is None or not (type(key) is str or type(key) is int):
-        return None
-    return (*path, str(key))
 
 
 def describe(state: Any) -> Structure:
@@ -187,7 +194,7 @@ def describe(state: Any) -> Structure:
         Undescribable: ``state`` holds something only a ``torch.save`` archive stores.
     """
     describer = _Describer()
-    describer.structure.root = describer.value(state, 0, ())
+    describer.structure.root = describer.value(state, 0, "")
     return describer.structure
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import gc
+import hashlib
 import io
 import json
 import math
@@ -648,3 +649,49 @@ def test_the_safetensors_dtype_names_are_the_packages() -> None:
     for dtype, name in safetensors_layout.SAFETENSORS_DTYPE.items():
         payload = safetensors.torch.save({"x": torch.zeros(2, dtype=dtype)}, metadata={"format": "pt"})
         assert entries_of(payload)["x"]["dtype"] == name
+
+
+def fixed_state() -> dict[Any, Any]:
+    """A state of most things the layout writes: names that collide, are reserved or need
+    escaping, tied weights and views, several element types, ``_metadata``, non-string keys."""
+    weight = torch.arange(12.0).reshape(3, 4)
+    model = collections.OrderedDict([("0.weight", weight), ("0.bias", torch.arange(3.0, dtype=torch.float16))])
+    model._metadata = collections.OrderedDict([("", {"version": 1})])  # type: ignore[attr-defined]
+    return {
+        "model": model,
+        "optimizer": {
+            "state": {0: {"step": torch.tensor(3.0), "exp_avg": torch.full((3, 4), 0.5), "exp_avg_sq": torch.ones(3, 4).t()}},
+            "param_groups": [{"lr": 1e-3, "betas": (0.9, 0.999), "params": [0]}],
+        },
+        "views": {"tied": weight, "row": weight[1], "column": weight[:, 0]},
+        'q"\\\u00fc\u2028': torch.arange(5), "__reserved": torch.ones(2, dtype=torch.bfloat16), "views.tied": torch.ones(1),
+        "bytes": torch.arange(3, dtype=torch.int8).view(torch.uint8)[1:], (1, "k"): [None, True, -0.0, math.nan, 2**70],
+        "empty": torch.empty(0, 2, dtype=torch.float64), "flags": torch.tensor([True, False]),
+    }
+
+
+def test_the_payload_of_a_fixed_state_is_the_same_byte_for_byte() -> None:
+    """The format is fixed (docs/format.md): the header and data written for a fixed state stay
+    the same, whatever the way of writing them (digests of dacapo-store 0.6's payload)."""
+    planned = safetensors_layout.plan(fixed_state())
+    pieces: list[bytes] = []
+    planned.write(lambda piece: pieces.append(bytes(piece)))
+    payload = b"".join(pieces)
+    assert payload == payload_of(fixed_state())
+    assert hashlib.sha256(planned.header).hexdigest() == "7e25cc5f02401bc5c0c90757d87caa724edc98177366f7c26b2f34e78ea7e24d"
+    assert hashlib.sha256(payload).hexdigest() == "82e65be1249273b4f1091ef9a3ba4cf1d147c795a406d15c36724176f34e64f3"
+
+
+def test_storages_small_and_large_are_written_whole_and_in_order() -> None:
+    """Small storages are gathered into pieces of up to ``_GATHER_BYTES``, larger ones written as
+    they are: every size around the piece size lands where the header says."""
+    gather = safetensors_layout._GATHER_BYTES
+    sizes = [1000, gather - 500, 2000, gather + 8, 12, gather, 4, gather - 1, 1, 0, 3]
+    state = {f"s{i}": torch.randint(0, 256, (size,), dtype=torch.uint8, generator=torch.Generator().manual_seed(i)) for i, size in enumerate(sizes)}
+    pieces: list[bytes] = []
+    safetensors_layout.plan(state).write(lambda piece: pieces.append(bytes(piece)))
+    assert max(len(piece) for piece in pieces) == gather + 8
+    read = safetensors.torch.load(b"".join(pieces))
+    assert read.keys() == state.keys()
+    for name, tensor in state.items():
+        assert torch.equal(read[name], tensor)
