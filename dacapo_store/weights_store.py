@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
 from typing import Any
 
+from . import helper_threads
 from ._garbage import (
     GARBAGE_KINDS,
     GarbageCollection,
@@ -293,13 +294,27 @@ class WeightsStore(GarbageCollection, ABC):
         """
         return self._retrieve(run, iteration, optimizer, lambda info, part: self._load_part(info, part, map_location, mmap))
 
-    def _retrieve(self, run: RunLike, iteration: int, optimizer: bool, load_part: Callable[[CheckpointInfo, str], Any]) -> Weights:
-        """:meth:`retrieve_weights`, each part loaded by ``load_part(info, part)``."""
+    def _retrieve(
+        self,
+        run: RunLike,
+        iteration: int,
+        optimizer: bool,
+        load_part: Callable[[CheckpointInfo, str], Any],
+        concurrently: bool = False,
+    ) -> Weights:
+        """:meth:`retrieve_weights`, each part loaded by ``load_part(info, part)``; with
+        ``concurrently``, each part on a thread of its own (:func:`~dacapo_store.helper_threads.run_together`)."""
         info = self.checkpoint_info(run, iteration)
         for _ in range(READ_ATTEMPTS):
             wanted = [part for part in PARTS if part in info.parts and (optimizer or part == "model")]
+            states: dict[str, Any] = {}
             try:
-                states = {part: load_part(info, part) for part in wanted}
+                loads = [lambda part=part: states.__setitem__(part, load_part(info, part)) for part in wanted]
+                if concurrently and len(loads) > 1:
+                    helper_threads.run_together(loads)
+                else:
+                    for load in loads:
+                        load()
             except (CorruptCheckpointError, FileNotFoundError) as error:
                 info = self._current_version(info, error)
                 continue
@@ -327,7 +342,7 @@ class WeightsStore(GarbageCollection, ABC):
                 return self._load_part(info, part, "cpu")
             return self._load_part_to_copy(info, part)
 
-        weights = self._retrieve(run, iteration, True, load_part)
+        weights = self._retrieve(run, iteration, True, load_part, self._loads_copies_concurrently and not keeps_optimizer_state)
         load_into(
             run.model, run.optimizer, weights.model, weights.optimizer, transient=True, optimizer_transient=not keeps_optimizer_state
         )
@@ -542,6 +557,10 @@ class WeightsStore(GarbageCollection, ABC):
         :meth:`retrieve_weights`.
 
         Raises CorruptCheckpointError naming run, iteration and part."""
+
+    _loads_copies_concurrently = False
+    """Whether :meth:`load_weights` reads the parts it copies from (:meth:`_load_part_to_copy`)
+    on a thread each: where a part's load is hashing a file map, the two overlap."""
 
     def _load_part_to_copy(self, info: CheckpointInfo, part: str) -> Any:
         """One part's state on the CPU, verified, to be copied into a model at once and dropped
