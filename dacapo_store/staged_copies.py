@@ -1,6 +1,8 @@
 """Copying loaded tensors into tensors that already exist (a model's parameters, an optimizer's
 state): on the CPU with ``copy_`` (large copies in slices over two threads, which releases the
-GIL: 300 MB in 9.5 ms instead of 16.7 ms on two shared cores), and into CUDA memory through a few small pinned staging
+GIL: 300 MB in 9.5 ms instead of 16.7 ms on one 2-core VM; no gain on the VM of
+``docs/performance.md``, where one core already saturates the memory's bandwidth: 15.0 ms
+instead of 15.4), and into CUDA memory through a few small pinned staging
 buffers, so that the host-to-device transfer of one piece overlaps the host copy of the next.
 """
 

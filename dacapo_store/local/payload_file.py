@@ -145,10 +145,11 @@ class _SharedRead:
     it, and every later piece that has landed, so most pieces are hashed by the thread that just
     read them, from its cache.
 
-    One core copies from the page cache (and faults in fresh pages) well below the memory's
-    bandwidth, and a disk serves several reads in flight faster than one: measured here on two
-    cores, a 200 MB payload was read and hashed in 46 ms instead of 68 from the page cache, and
-    in 136 ms instead of 155 from the disk (medians).
+    One core copies from the page cache (and faults in fresh pages) below the memory's
+    bandwidth: measured on two cores, 300 MB were read and hashed into fresh memory in 38 ms
+    instead of 47 from the page cache. From the disk it cost more than it gained on the VM of
+    ``docs/performance.md`` (140 ms instead of 122), so it is used only for cached files
+    (:func:`_cached`).
     """
 
     def __init__(self, fd: int, view: memoryview, hash_object: Any, expected: PartInfo, describe: str) -> None:
