@@ -34,6 +34,12 @@ SMALL_CHECKPOINT_BYTES = 8_000_000
 """The many-small-tensors checkpoint: 5,000 parameters and their Adam state (20,000 tensors)."""
 
 WORKER = Path(__file__).with_name("worker.py")
+FIXED_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(64 << 20), "MALLOC_TRIM_THRESHOLD_": str(256 << 20)}
+"""glibc ``malloc`` settings both workers run with. By default glibc maps blocks from 128 KiB
+anew (and faults their pages in) until a larger block is freed, and trims its heap when it frees
+that much: when an Adam step's 5 MB temporaries are mapped anew depends on what the process
+allocated before, not on the load being timed (in new processes after the same load, steps took
+36-95 ms). Fixed thresholds serve them from the heap in both workers alike."""
 OURS, RELEASE, SAFETENSORS, FLOOR = "ours", "0.5.0", "safetensors", "floor"
 
 
@@ -41,7 +47,7 @@ class Worker:
     """A :mod:`benchmarks.worker` process with ``python`` and ``source`` on ``PYTHONPATH``."""
 
     def __init__(self, python: str, source: str, cwd: str) -> None:
-        env = dict(os.environ, PYTHONPATH=source, OMP_NUM_THREADS="1")
+        env = dict(os.environ, PYTHONPATH=source, OMP_NUM_THREADS="1", **FIXED_MALLOC)
         self.process = subprocess.Popen([python, str(WORKER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                         text=True, env=env, cwd=cwd)
         self.hello = self.ask(op="hello")
