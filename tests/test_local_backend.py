@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import sqlite3
 
 import pytest
 import torch
 
 from dacapo_store import CheckpointExistsError, CorruptCheckpointError, LocalWeightsStore, Weights, serialization
 from dacapo_store.local import payload_file
+from dacapo_store.local.catalog import switch_journal_mode
 from dacapo_store.records import PartInfo
 from dacapo_store.testing.contract import ToyRun
 from dacapo_store.weights_store import Reservation
@@ -237,3 +239,36 @@ def test_a_catalog_of_version_0_2_is_upgraded_when_opened(tmp_path) -> None:
     store.store_weights(ToyRun("r"), 1, overwrite=True)
     assert [item.kind for item in store.collect_garbage().items] == ["stale-reservation"]
     assert store.latest_iteration("r") == 1
+
+
+class _LockedThenFine:
+    """A connection whose journal-mode switch SQLite refuses as locked ``refusals`` times."""
+
+    def __init__(self, refusals: int, error: str = "database is locked") -> None:
+        self.refusals, self.error, self.calls = refusals, error, 0
+
+    def execute(self, sql: str):
+        self.calls += 1
+        assert sql == "PRAGMA journal_mode=WAL"
+        if self.calls <= self.refusals:
+            raise sqlite3.OperationalError(self.error)
+        return self
+
+    def fetchone(self) -> tuple[str]:
+        return ("wal",)
+
+
+def test_a_journal_mode_switch_refused_as_locked_is_retried_until_it_goes_through() -> None:
+    """Processes opening a new catalog at once: SQLite refuses all but one switch to WAL as
+    "locked" without waiting for its busy timeout; the others try again."""
+    db = _LockedThenFine(refusals=3)
+    assert switch_journal_mode(db, "wal") == "wal" and db.calls == 4
+
+
+def test_a_journal_mode_switch_gives_up_after_its_timeout_and_never_retries_other_errors() -> None:
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        switch_journal_mode(_LockedThenFine(refusals=10**6), "wal", timeout=0.05)
+    other = _LockedThenFine(refusals=1, error="disk I/O error")
+    with pytest.raises(sqlite3.OperationalError, match="disk I/O"):
+        switch_journal_mode(other, "wal")
+    assert other.calls == 1

@@ -40,6 +40,7 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -287,7 +288,7 @@ class Catalog:
                 db = sqlite3.connect(self._read_only_uri, uri=True, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None)
             else:
                 db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None)
-                mode = db.execute(f"PRAGMA journal_mode={self.journal_mode.upper()}").fetchone()[0]
+                mode = switch_journal_mode(db, self.journal_mode)
                 if mode.lower() != self.journal_mode:
                     db.close()
                     raise StoreConnectionError(
@@ -412,3 +413,26 @@ def checkpoint_from_row(row: sqlite3.Row) -> CheckpointInfo:
 def parts_to_json(parts: dict[str, PartInfo]) -> str:
     """Serialize a checkpoint's parts for the ``parts`` column."""
     return json.dumps({name: part.to_document() for name, part in parts.items()})
+
+
+def switch_journal_mode(db: sqlite3.Connection, mode: str, timeout: float = BUSY_TIMEOUT_SECONDS) -> str:
+    """Ask for journal ``mode`` on ``db``; return the mode the catalog is in afterwards.
+
+    The switch takes an exclusive lock, and SQLite answers a switch that would deadlock with
+    another (processes opening a new catalog at once) with "database is locked" at once instead
+    of waiting for its busy timeout: that answer is retried, with a growing pause, for up to
+    ``timeout`` seconds.
+
+    Raises:
+        sqlite3.OperationalError: still locked after ``timeout``, or any other error.
+    """
+    deadline = time.monotonic() + timeout
+    pause = 0.001
+    while True:
+        try:
+            return db.execute(f"PRAGMA journal_mode={mode.upper()}").fetchone()[0]
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() + pause > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(2 * pause, 0.1)
