@@ -25,6 +25,7 @@ the new checkpoint.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from abc import ABC, abstractmethod
@@ -308,13 +309,16 @@ class WeightsStore(GarbageCollection, ABC):
         for _ in range(READ_ATTEMPTS):
             wanted = [part for part in PARTS if part in info.parts and (optimizer or part == "model")]
             states: dict[str, Any] = {}
+
+            def load(part: str) -> None:
+                states[part] = load_part(info, part)
+
             try:
-                loads = [lambda part=part: states.__setitem__(part, load_part(info, part)) for part in wanted]
-                if concurrently and len(loads) > 1:
-                    helper_threads.run_together(loads)
+                if concurrently and len(wanted) > 1:
+                    helper_threads.run_together([functools.partial(load, part) for part in wanted])
                 else:
-                    for load in loads:
-                        load()
+                    for part in wanted:
+                        load(part)
             except (CorruptCheckpointError, FileNotFoundError) as error:
                 info = self._current_version(info, error)
                 continue
@@ -342,7 +346,7 @@ class WeightsStore(GarbageCollection, ABC):
                 return self._load_part(info, part, "cpu")
             return self._load_part_to_copy(info, part)
 
-        weights = self._retrieve(run, iteration, True, load_part, self._loads_copies_concurrently and not keeps_optimizer_state)
+        weights = self._retrieve(run, iteration, True, load_part, self._loads_copies_concurrently() and not keeps_optimizer_state)
         load_into(
             run.model, run.optimizer, weights.model, weights.optimizer, transient=True, optimizer_transient=not keeps_optimizer_state
         )
@@ -558,9 +562,10 @@ class WeightsStore(GarbageCollection, ABC):
 
         Raises CorruptCheckpointError naming run, iteration and part."""
 
-    _loads_copies_concurrently = False
-    """Whether :meth:`load_weights` reads the parts it copies from (:meth:`_load_part_to_copy`)
-    on a thread each: where a part's load is hashing a file map, the two overlap."""
+    def _loads_copies_concurrently(self) -> bool:
+        """Whether :meth:`load_weights` reads the parts it copies from (:meth:`_load_part_to_copy`)
+        on a thread each (where a part's load hashes a file map, the two overlap); by default not."""
+        return False
 
     def _load_part_to_copy(self, info: CheckpointInfo, part: str) -> Any:
         """One part's state on the CPU, verified, to be copied into a model at once and dropped
